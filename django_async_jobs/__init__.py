@@ -1,0 +1,24 @@
+"""Background jobs for Django in the style of ActiveJob and Sidekiq, on Redis."""
+
+from django_async_jobs.callbacks import (
+    after_enqueue,
+    after_perform,
+    around_enqueue,
+    around_perform,
+    before_enqueue,
+    before_perform,
+)
+from django_async_jobs.job import ApplicationJob, ConfiguredJob
+from django_async_jobs.serialization import SerializationError
+
+__all__ = [
+    "ApplicationJob",
+    "ConfiguredJob",
+    "SerializationError",
+    "after_enqueue",
+    "after_perform",
+    "around_enqueue",
+    "around_perform",
+    "before_enqueue",
+    "before_perform",
+]

@@ -1,0 +1,198 @@
+"""The Python face of the Lua steps: one method per atomic operation.
+
+One ``Broker`` per process and settings; redis-py's pool notices a fork and reconnects, so a
+supervisor's children inherit nothing stale.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+
+from django_async_jobs.broker.keys import Keys
+from django_async_jobs.conf import Settings, get_settings
+
+DAILY_STATS_TTL = 5 * 365 * 24 * 3600
+POLL_BATCH = 1000
+
+
+@cache
+def _script_source(name: str) -> str:
+    scripts = resources.files("django_async_jobs.broker") / "scripts"
+    lib = (scripts / "lib.lua").read_text()
+    return lib + "\n" + (scripts / f"{name}.lua").read_text()
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """The Redis client for these settings: from a django-redis cache alias, or from the URL."""
+    if settings.cache_alias:
+        from django_redis import get_redis_connection
+
+        return get_redis_connection(settings.cache_alias)
+    if settings.redis_url.startswith("fakeredis://"):
+        import fakeredis
+
+        return fakeredis.FakeRedis(server=_fake_server())
+    return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+
+
+@cache
+def _fake_server() -> Any:
+    import fakeredis
+
+    return fakeredis.FakeServer()
+
+
+def today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+class Broker:
+    """Every Redis operation of the project, named after what it does to a job."""
+
+    def __init__(self, settings: Settings, connection: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.redis = connection if connection is not None else connect(settings)
+        self._scripts = {
+            name: self.redis.register_script(_script_source(name))
+            for name in ("push", "fetch", "settle", "heartbeat", "recover", "release", "poll")
+        }
+
+    def _run(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        k = self.keys
+        return self._scripts[name](
+            keys=[k.queues, k.seq, k.dead, *keys],
+            args=[k.queue_base, k.notify, *args],
+            client=client or self.redis,
+        )
+
+    # -- client side -------------------------------------------------------------------------
+
+    def push(self, payloads: list[str], client: Any = None) -> int:
+        """Make jobs ready now; one round trip for the whole list."""
+        return self._run("push", [], payloads, client)
+
+    def schedule(self, entries: list[tuple[str, float]], client: Any = None) -> int:
+        """Delay jobs until their epoch times (the poller moves them when due)."""
+        mapping = dict(entries)
+        return (client or self.redis).zadd(self.keys.schedule, mapping)
+
+    # -- worker side -------------------------------------------------------------------------
+
+    def fetch(self, process_id: str, queues: list[str], count: int) -> list[tuple[str, bytes]]:
+        flat = self._run("fetch", [self.keys.inflight(process_id)], [count, *queues])
+        return list(zip(flat[::2], flat[1::2], strict=True))
+
+    def settle(self, process_id: str, ops: list[tuple[str, str, Any, Any]], processed: int, failed: int) -> None:
+        """Acknowledge, retry, bury or hand back a batch of this process's jobs atomically."""
+        k = self.keys
+        day = today()
+        args: list[Any] = [processed, failed, DAILY_STATS_TTL]
+        for op in ops:
+            args.extend(op)
+        self._run(
+            "settle",
+            [
+                k.inflight(process_id), k.recoveries, k.retry,
+                k.stat("processed"), k.stat("processed", day),
+                k.stat("failed"), k.stat("failed", day),
+            ],
+            args,
+        )
+
+    def heartbeat(self, process_id: str, info: dict[str, Any], ttl: float) -> float:
+        fields: list[Any] = []
+        for name, value in info.items():
+            fields.extend((name, value))
+        now = self._run(
+            "heartbeat",
+            [self.keys.processes, self.keys.process(process_id)],
+            [process_id, max(1, int(ttl)), *fields],
+        )
+        return float(now)
+
+    def recover(self, timeout: float, max_recoveries: int) -> tuple[int, int, int]:
+        """Requeue the jobs of processes that stopped beating; returns (processes, requeued, dead)."""
+        k = self.keys
+        gone, recovered, dead = self._run(
+            "recover",
+            [k.processes, k.recoveries],
+            [k.inflight_base, timeout, max_recoveries, k.process_base],
+        )
+        return gone, recovered, dead
+
+    def release(self, process_id: str) -> int:
+        """A stopping process hands back everything it holds."""
+        k = self.keys
+        return self._run(
+            "release",
+            [k.inflight(process_id), k.processes, k.process(process_id)],
+            [process_id],
+        )
+
+    def poll(self) -> tuple[int, float | None]:
+        """Move due scheduled and retry jobs; returns (moved, seconds to the next due job)."""
+        moved, wait = self._run("poll", [self.keys.schedule, self.keys.retry], [POLL_BATCH])
+        wait = float(wait)
+        return moved, (None if wait < 0 else wait)
+
+    def pubsub(self) -> Any:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.keys.notify)
+        return pubsub
+
+    # -- inspection --------------------------------------------------------------------------
+
+    def queue_size(self, name: str) -> int:
+        return self.redis.zcard(self.keys.queue(name))
+
+    def inflight(self, process_id: str) -> dict[bytes, bytes]:
+        return self.redis.hgetall(self.keys.inflight(process_id))
+
+    def stat(self, name: str, day: str | None = None) -> int:
+        return int(self.redis.get(self.keys.stat(name, day)) or 0)
+
+    def flush(self) -> int:
+        """Delete every key of this prefix (tests and ``jobs clear --all``)."""
+        deleted = 0
+        for batch in _chunks(self.redis.scan_iter(match=self.keys.pattern, count=1000), 1000):
+            deleted += self.redis.delete(*batch)
+        return deleted
+
+
+def _chunks(iterable: Any, size: int) -> Any:
+    batch: list[Any] = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+_broker: Broker | None = None
+_lock = threading.Lock()
+
+
+def get_broker() -> Broker:
+    """The process's broker for the current settings."""
+    global _broker
+    broker = _broker
+    if broker is None:
+        with _lock:
+            if _broker is None:
+                _broker = Broker(get_settings())
+            broker = _broker
+    return broker
+
+
+def reset() -> None:
+    global _broker
+    _broker = None

@@ -1,0 +1,92 @@
+"""Every Redis key the project uses, built from ``KEY_PREFIX`` in this one place.
+
+Layout (``p`` is the prefix):
+
+=====================================  =========  ===============================================
+key                                    type       holds
+=====================================  =========  ===============================================
+``p:queue:<name>``                     zset       ready jobs; score = priority band + sequence
+``p:queues``                           set        names of every queue ever pushed to
+``p:seq``                              string     the FIFO sequence inside a priority band
+``p:schedule``                         zset       delayed jobs; score = run-at epoch seconds
+``p:retry``                            zset       jobs waiting for a retry; score = run-at
+``p:processes``                        zset       worker process id -> last heartbeat (Redis TIME)
+``p:process:<id>``                     hash       a process's info (host, pid, queues, ...)
+``p:inflight:<id>``                    hash       a process's fetched, unacknowledged jobs
+``p:recoveries``                       hash       job id -> times recovered from a dead process
+``p:dead``                             hash       dead jobs staged for the database
+``p:stat:<name>`` / ``:<YYYY-MM-DD>``  string     processed / failed counters, total and daily
+``p:notify``                           channel    "work is ready" wake-ups for idle fetchers
+=====================================  =========  ===============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def queue(self, name: str) -> str:
+        return f"{self.prefix}:queue:{name}"
+
+    @property
+    def queue_base(self) -> str:
+        """Lua builds a queue key from a payload's queue name with this base."""
+        return f"{self.prefix}:queue:"
+
+    @property
+    def queues(self) -> str:
+        return f"{self.prefix}:queues"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}:seq"
+
+    @property
+    def schedule(self) -> str:
+        return f"{self.prefix}:schedule"
+
+    @property
+    def retry(self) -> str:
+        return f"{self.prefix}:retry"
+
+    @property
+    def processes(self) -> str:
+        return f"{self.prefix}:processes"
+
+    def process(self, process_id: str) -> str:
+        return f"{self.prefix}:process:{process_id}"
+
+    @property
+    def process_base(self) -> str:
+        return f"{self.prefix}:process:"
+
+    def inflight(self, process_id: str) -> str:
+        return f"{self.prefix}:inflight:{process_id}"
+
+    @property
+    def inflight_base(self) -> str:
+        return f"{self.prefix}:inflight:"
+
+    @property
+    def recoveries(self) -> str:
+        return f"{self.prefix}:recoveries"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def stat(self, name: str, day: str | None = None) -> str:
+        return f"{self.prefix}:stat:{name}" if day is None else f"{self.prefix}:stat:{name}:{day}"
+
+    @property
+    def notify(self) -> str:
+        return f"{self.prefix}:notify"
+
+    @property
+    def pattern(self) -> str:
+        """Matches every key of this prefix (for tooling and test clean-up)."""
+        return f"{self.prefix}:*"

@@ -1,0 +1,54 @@
+-- Shared prelude, prepended to every script that moves jobs into queues or to the dead stage.
+-- Convention: KEYS[1] = known-queues set, KEYS[2] = sequence, KEYS[3] = dead stage hash;
+-- ARGV[1] = queue key base, ARGV[2] = notify channel. A script's own keys and args follow.
+local QUEUES, SEQ, DEAD = KEYS[1], KEYS[2], KEYS[3]
+local QUEUE_BASE, CHANNEL = ARGV[1], ARGV[2]
+-- Higher priority sorts first; inside a band, the sequence keeps FIFO order. 2^45 leaves room
+-- for 3.5e13 jobs per band while 201 bands stay below 2^53, where doubles are exact.
+local BAND = 35184372088832
+
+local function now_seconds()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function band(priority)
+  local p = tonumber(priority) or 0
+  if p > 100 then p = 100 elseif p < -100 then p = -100 end
+  return (100 - p) * BAND
+end
+
+-- A payload this script can route, or nil when it is not a JSON object naming a queue.
+local function decode(payload)
+  local ok, job = pcall(cjson.decode, payload)
+  if ok and type(job) == 'table' and type(job.queue) == 'string' and job.queue ~= '' then
+    return job
+  end
+  return nil
+end
+
+-- at_head puts the job before every job of its band (a job handed back keeps its turn).
+local function enqueue(payload, job, at_head)
+  local offset = 0
+  if not at_head then offset = redis.call('INCR', SEQ) end
+  redis.call('ZADD', QUEUE_BASE .. job.queue, band(job.priority) + offset, payload)
+  redis.call('SADD', QUEUES, job.queue)
+end
+
+local function stage_dead(dead_id, job_id, payload, reason, now)
+  redis.call('HSET', DEAD, dead_id, cjson.encode({
+    dead_id = dead_id, job_id = job_id, payload = payload, reason = reason, died_at = now,
+  }))
+end
+
+-- Put a fetched job back at the head of its queue, or stage it as dead: with dead_reason, or
+-- when the payload cannot be routed at all. Returns true when the job went back to a queue.
+local function hand_back(field, payload, now, dead_reason)
+  local job = decode(payload)
+  if job and not dead_reason then
+    enqueue(payload, job, true)
+    return true
+  end
+  stage_dead(field .. ':' .. tostring(now), field, payload, job and dead_reason or 'malformed_payload', now)
+  return false
+end

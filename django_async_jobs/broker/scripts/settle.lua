@@ -1,0 +1,43 @@
+-- Finish a batch of fetched jobs in one round trip. KEYS[4] = in-flight hash, KEYS[5] = recovery
+-- counts, KEYS[6] = retry set, KEYS[7..10] = processed total/day, failed total/day.
+-- ARGV[3] = processed count, ARGV[4] = failed count, ARGV[5] = daily counter TTL, then groups
+-- of four: op, field, a, b.
+--   ack     : done (success, discard, or recorded elsewhere)
+--   retry   : a = run-at score, b = payload for the retry set
+--   dead    : a = dead id, b = staged record (JSON)
+--   requeue : back to the head of its queue, untouched (a stopping worker's unfinished job)
+-- A follow-up happens only if the job was still ours: when another process already recovered
+-- it, a retry or dead record would duplicate it.
+local inflight, recoveries, retry = KEYS[4], KEYS[5], KEYS[6]
+local requeued = false
+for i = 6, #ARGV, 4 do
+  local op, field, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local payload = redis.call('HGET', inflight, field)
+  if payload then
+    redis.call('HDEL', inflight, field)
+    if op == 'requeue' then
+      if hand_back(field, payload, now_seconds(), nil) then requeued = true end
+    else
+      redis.call('HDEL', recoveries, field)
+      if op == 'retry' then
+        redis.call('ZADD', retry, tonumber(a), b)
+      elseif op == 'dead' then
+        redis.call('HSET', DEAD, a, b)
+      end
+    end
+  end
+end
+local ttl = tonumber(ARGV[5])
+local processed, failed = tonumber(ARGV[3]), tonumber(ARGV[4])
+if processed > 0 then
+  redis.call('INCRBY', KEYS[7], processed)
+  redis.call('INCRBY', KEYS[8], processed)
+  redis.call('EXPIRE', KEYS[8], ttl)
+end
+if failed > 0 then
+  redis.call('INCRBY', KEYS[9], failed)
+  redis.call('INCRBY', KEYS[10], failed)
+  redis.call('EXPIRE', KEYS[10], ttl)
+end
+if requeued then redis.call('PUBLISH', CHANNEL, 'ready') end
+return 1

@@ -1,0 +1,71 @@
+"""System checks: settings mistakes surface at start-up, not as jobs that never run."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+from django.conf import settings as django_settings
+from django.core.checks import Error, Tags, Warning, register
+
+from django_async_jobs import conf, registry
+
+TAG = "async_jobs"
+URL_SCHEMES = {"redis", "rediss", "unix", "fakeredis"}
+MODES = {"redis", "test", "inline"}
+
+
+@register(TAG, Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    raw = getattr(django_settings, "ASYNC_JOBS", {}) or {}
+    errors: list[Any] = []
+    if not isinstance(raw, dict):
+        return [Error("ASYNC_JOBS must be a dict.", id="async_jobs.E001")]
+    unknown = sorted(set(raw) - set(conf.DEFAULTS) - conf.LATER_KEYS)
+    for key in unknown:
+        errors.append(Warning(f"ASYNC_JOBS has an unknown key {key!r}.", hint="Check its spelling against the docs' configuration page.", id="async_jobs.W001"))
+    merged = {**conf.DEFAULTS, **raw}
+    try:
+        spec = conf.parse_queues(merged["QUEUES"])
+    except ValueError as exc:
+        errors.append(Error(f"ASYNC_JOBS['QUEUES']: {exc}", id="async_jobs.E002"))
+        spec = None
+    url = merged["REDIS_URL"]
+    if not merged["CACHE_ALIAS"]:
+        parsed = urlparse(url) if isinstance(url, str) else None
+        if parsed is None or parsed.scheme not in URL_SCHEMES or (parsed.scheme in ("redis", "rediss") and not parsed.hostname):
+            errors.append(Error(
+                f"ASYNC_JOBS['REDIS_URL'] = {url!r} is not a Redis URL.",
+                hint="Use redis://host:6379/0, rediss://... for TLS, or unix:///path/to/socket.",
+                id="async_jobs.E003",
+            ))
+    for key in ("CONCURRENCY", "MAX_RECOVERIES"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "CONCURRENCY" else 0):
+            errors.append(Error(f"ASYNC_JOBS['{key}'] must be a positive integer, got {value!r}.", id="async_jobs.E004"))
+    for key in ("SHUTDOWN_TIMEOUT", "HEARTBEAT_TIMEOUT", "POLL_INTERVAL"):
+        try:
+            ok = conf._seconds(merged[key]) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            errors.append(Error(f"ASYNC_JOBS['{key}'] must be a positive number of seconds or a timedelta.", id="async_jobs.E005"))
+    if merged["MODE"] not in MODES:
+        errors.append(Error(f"ASYNC_JOBS['MODE'] = {merged['MODE']!r}; use one of {sorted(MODES)}.", id="async_jobs.E006"))
+    if spec is not None:
+        errors.extend(_check_job_queues(spec))
+    return errors
+
+
+def _check_job_queues(spec: conf.QueueSpec) -> list[Any]:
+    errors = []
+    for name, job_class in sorted(registry.all_jobs().items()):
+        queue_as = job_class.__dict__.get("queue_as")
+        if isinstance(queue_as, str) and queue_as not in spec.names:
+            errors.append(Error(
+                f"{name}.queue_as = {queue_as!r}, a queue no worker reads.",
+                hint=f"Add {queue_as!r} to ASYNC_JOBS['QUEUES'] (now {list(spec.names)}) or fix the name.",
+                obj=job_class,
+                id="async_jobs.E010",
+            ))
+    return errors

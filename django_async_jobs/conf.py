@@ -1,0 +1,150 @@
+"""The ``ASYNC_JOBS`` setting: defaults, normalisation, one cached object.
+
+Reading Django settings on every enqueue or fetch would put a dict lookup chain on the hot
+path; instead the worker and client read this object, which is rebuilt only when a test
+changes the setting (``setting_changed``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    "REDIS_URL": "redis://localhost:6379/0",
+    "CACHE_ALIAS": None,
+    "QUEUES": ["default"],
+    "CONCURRENCY": 10,
+    "SHUTDOWN_TIMEOUT": 25,
+    "HEARTBEAT_TIMEOUT": 60,
+    "HEARTBEAT_INTERVAL": None,
+    "MAX_RECOVERIES": 3,
+    "KEY_PREFIX": "async_jobs",
+    "POLL_INTERVAL": 0.5,
+    "TAGGED_ARGUMENTS": False,
+    "MODE": "redis",
+    "LOG_JOBS": True,
+}
+
+
+# Keys read by features with their own pages (retries, dead jobs, recurring jobs, ...): known to
+# the unknown-key check even though their defaults live with those features.
+LATER_KEYS = {
+    "MAX_RETRIES", "DEAD_JOB_RETENTION", "DEATH_HANDLERS", "ERROR_HANDLERS", "RECURRING",
+    "ENQUEUE_AFTER_COMMIT", "RESULT_TTL", "PROGRESS_EVERY", "PROGRESS_SECONDS",
+}
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """The configured queues and how a worker orders them when it fetches."""
+
+    names: tuple[str, ...]
+    weights: tuple[int, ...]
+    strict: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    cache_alias: str | None
+    queues: QueueSpec
+    concurrency: int
+    shutdown_timeout: float
+    heartbeat_timeout: float
+    heartbeat_interval: float
+    max_recoveries: int
+    key_prefix: str
+    poll_interval: float
+    tagged_arguments: bool
+    mode: str
+    log_jobs: bool
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def parse_queues(value: Any) -> QueueSpec:
+    """``["a", "b"]`` is strict order; ``[("a", 3), ("b", 1)]`` is weighted.
+
+    Raises ``ValueError`` with a message the system check shows as is.
+    """
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(
+            'QUEUES must be a non-empty list of names (strict order) or of (name, weight) '
+            'pairs, e.g. [("critical", 6), ("default", 5)].'
+        )
+    names: list[str] = []
+    weights: list[int] = []
+    weighted = [not isinstance(item, str) for item in value]
+    if any(weighted) and not all(weighted):
+        raise ValueError("QUEUES mixes plain names and (name, weight) pairs; use one form.")
+    for item in value:
+        if isinstance(item, str):
+            name, weight = item, 1
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            name, weight = item
+        else:
+            raise ValueError(f"QUEUES entry {item!r} is neither a name nor a (name, weight) pair.")
+        if not isinstance(name, str) or not name or ":" in name:
+            raise ValueError(f"QUEUES name {name!r} must be a non-empty string without ':'.")
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise ValueError(f"QUEUES weight for {name!r} must be a positive integer, got {weight!r}.")
+        if name in names:
+            raise ValueError(f"QUEUES lists {name!r} twice.")
+        names.append(name)
+        weights.append(weight)
+    return QueueSpec(tuple(names), tuple(weights), strict=not any(weighted))
+
+
+def build(raw: dict[str, Any]) -> Settings:
+    merged = {**DEFAULTS, **raw}
+    heartbeat_timeout = _seconds(merged["HEARTBEAT_TIMEOUT"])
+    interval = merged["HEARTBEAT_INTERVAL"]
+    return Settings(
+        redis_url=merged["REDIS_URL"],
+        cache_alias=merged["CACHE_ALIAS"],
+        queues=parse_queues(merged["QUEUES"]),
+        concurrency=int(merged["CONCURRENCY"]),
+        shutdown_timeout=_seconds(merged["SHUTDOWN_TIMEOUT"]),
+        heartbeat_timeout=heartbeat_timeout,
+        # Several beats fit in one timeout, so one slow beat never looks like a death.
+        heartbeat_interval=_seconds(interval) if interval else max(0.2, min(5.0, heartbeat_timeout / 6)),
+        max_recoveries=int(merged["MAX_RECOVERIES"]),
+        key_prefix=merged["KEY_PREFIX"],
+        poll_interval=_seconds(merged["POLL_INTERVAL"]),
+        tagged_arguments=bool(merged["TAGGED_ARGUMENTS"]),
+        mode=merged["MODE"],
+        log_jobs=bool(merged["LOG_JOBS"]),
+        raw=merged,
+    )
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    global _cached
+    if _cached is None:
+        _cached = build(getattr(django_settings, "ASYNC_JOBS", {}) or {})
+    return _cached
+
+
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    global _cached
+    if setting == "ASYNC_JOBS":
+        _cached = None
+        from django_async_jobs.broker import client
+
+        client.reset()
+
+
+setting_changed.connect(_reset)

@@ -1,0 +1,275 @@
+"""``ApplicationJob``: the class users subclass, and ``set()`` for per-call options."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from asgiref.sync import async_to_sync
+from django.utils import timezone
+
+from django_async_jobs import callbacks, registry
+from django_async_jobs.conf import get_settings
+from django_async_jobs.serialization import (
+    dump_arguments,
+    load_arguments,
+    new_job_id,
+)
+
+PRIORITY_RANGE = (-100, 100)
+
+
+class _ClassOrInstance:
+    """``Job.perform_now(*args)`` builds and runs a job; ``job.perform_now()`` runs that one."""
+
+    def __init__(self, for_class: Callable[..., Any], for_instance: Callable[..., Any]) -> None:
+        self.for_class = for_class
+        self.for_instance = for_instance
+
+    def __get__(self, instance: Any, owner: type) -> Callable[..., Any]:
+        if instance is None:
+            return self.for_class.__get__(owner, owner)
+        return self.for_instance.__get__(instance, owner)
+
+
+def _to_seconds(value: Any, name: str) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{name} must be a number of seconds or a timedelta, got {value!r}.")
+
+
+def _validate_priority(priority: Any) -> int:
+    low, high = PRIORITY_RANGE
+    if isinstance(priority, bool) or not isinstance(priority, int) or not low <= priority <= high:
+        raise ValueError(
+            f"priority must be an integer from {low} to {high} (higher runs first), got {priority!r}."
+        )
+    return priority
+
+
+def _run_at(wait: Any, wait_until: Any) -> float | None:
+    if wait is not None and wait_until is not None:
+        raise TypeError("Pass either wait= or wait_until=, not both.")
+    if wait is not None:
+        return time.time() + _to_seconds(wait, "wait")
+    if wait_until is not None:
+        if isinstance(wait_until, datetime):
+            if timezone.is_naive(wait_until):
+                wait_until = timezone.make_aware(wait_until)
+            return wait_until.timestamp()
+        if isinstance(wait_until, (int, float)) and not isinstance(wait_until, bool):
+            return float(wait_until)
+        raise TypeError(f"wait_until must be a datetime or an epoch timestamp, got {wait_until!r}.")
+    return None
+
+
+class ApplicationJob:
+    """Subclass it, set ``queue_as`` (and friends), write ``perform``.
+
+    ``queue_as`` is a queue name or a method returning one (it can read ``self.arguments``);
+    ``priority`` runs from -100 to 100, higher first inside a queue (``django.tasks``' scale).
+    """
+
+    queue_as: ClassVar[str | Callable[..., str]] = "default"
+    priority: ClassVar[int] = 0
+    tagged_arguments: ClassVar[bool | None] = None
+
+    job_name: ClassVar[str]
+    _callbacks: ClassVar[dict[str, tuple[str, ...]]]
+    _signature: ClassVar[inspect.Signature]
+    _positional_names: ClassVar[tuple[str, ...]]
+    _is_async: ClassVar[bool]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.job_name = registry.register(cls)
+        cls._prepare()
+
+    @classmethod
+    def _prepare(cls) -> None:
+        cls._callbacks = callbacks.collect(cls)
+        signature = inspect.signature(cls.perform)
+        cls._signature = signature
+        cls._positional_names = tuple(
+            p.name for p in list(signature.parameters.values())[1:]
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        )
+        cls._is_async = inspect.iscoroutinefunction(cls.perform)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.arguments: list[Any] = list(args)
+        self.kwargs: dict[str, Any] = kwargs
+        self.job_id: str = new_job_id()
+        self.executions: int = 0
+        self.queue_name: str | None = None
+        self.priority = type(self).priority
+        self.scheduled_at: float | None = None
+        self.enqueued_at: float | None = None
+        self.successfully_enqueued: bool | None = None
+        self.payload: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.job_id} queue={self.queue_name!r}>"
+
+    def __bool__(self) -> bool:
+        # A halted enqueue returns the job, falsy, as ActiveJob returns false.
+        return self.successfully_enqueued is not False
+
+    def perform(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define perform().")
+
+    # -- enqueueing --------------------------------------------------------------------------
+
+    @classmethod
+    def set(
+        cls,
+        *,
+        wait: float | timedelta | None = None,
+        wait_until: datetime | float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> ConfiguredJob:
+        """Options for one enqueue: ``Job.set(wait=timedelta(minutes=1)).perform_later(...)``."""
+        return ConfiguredJob(cls, wait=wait, wait_until=wait_until, queue=queue, priority=priority)
+
+    @classmethod
+    def perform_later(cls, *args: Any, **kwargs: Any) -> ApplicationJob:
+        """Enqueue; returns the job (``.job_id`` set), falsy if a callback halted it."""
+        return cls(*args, **kwargs).enqueue()
+
+    def enqueue(
+        self,
+        *,
+        wait: float | timedelta | None = None,
+        wait_until: datetime | float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> ApplicationJob:
+        self._check_arguments()
+        if queue is not None:
+            if not isinstance(queue, str) or not queue:
+                raise TypeError(f"queue must be a non-empty string, got {queue!r}.")
+            self.queue_name = queue
+        if priority is not None:
+            self.priority = priority
+        self.priority = _validate_priority(self.priority)
+        self.scheduled_at = _run_at(wait, wait_until)
+
+        def push() -> ApplicationJob:
+            from django_async_jobs import dispatch
+
+            if self.queue_name is None:
+                self.queue_name = self._resolve_queue()
+            dispatch.enqueue([self])
+            self.successfully_enqueued = True
+            return self
+
+        if callbacks.run(self, "enqueue", push) is callbacks.HALTED:
+            self.successfully_enqueued = False
+        return self
+
+    def _resolve_queue(self) -> str:
+        queue_as = type(self).queue_as
+        name = queue_as(self) if callable(queue_as) else queue_as
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{type(self).__name__}.queue_as gave {name!r}; it must give a queue name.")
+        return name
+
+    def _check_arguments(self) -> None:
+        try:
+            self._signature.bind(self, *self.arguments, **self.kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{type(self).__name__}.perform() cannot take these arguments: {exc}") from None
+
+    def _argument_name(self, index: int) -> str:
+        names = self._positional_names
+        return names[index] if index < len(names) else f"#{index}"
+
+    def _uses_tagged(self) -> bool:
+        tagged = type(self).tagged_arguments
+        return get_settings().tagged_arguments if tagged is None else tagged
+
+    def serialize(self) -> dict[str, Any]:
+        """The payload as a dict; ``jid`` first (the fetch script reads it from the head)."""
+        tagged = self._uses_tagged()
+        try:
+            args, kwargs = dump_arguments(self.arguments, self.kwargs, tagged, self._argument_name)
+        except TypeError as exc:
+            raise type(exc)(f"{type(self).__name__}.perform_later(): {exc}") from None
+        data: dict[str, Any] = {"jid": self.job_id, "job": self.job_name, "queue": self.queue_name, "args": args}
+        if kwargs:
+            data["kwargs"] = kwargs
+        if self.priority:
+            data["priority"] = self.priority
+        if self.executions:
+            data["executions"] = self.executions
+        if tagged:
+            data["tagged"] = 1
+        self.enqueued_at = data["enqueued_at"] = round(time.time(), 3)
+        if self.scheduled_at is not None:
+            data["at"] = round(self.scheduled_at, 3)
+        for key, value in self.payload.items():
+            data.setdefault(key, value)
+        return data
+
+    @classmethod
+    def deserialize(cls, data: dict[str, Any]) -> ApplicationJob:
+        """A job rebuilt from its payload (the worker's side of ``serialize``)."""
+        job = cls.__new__(cls)
+        args, kwargs = load_arguments(data["args"], data.get("kwargs") or {}, bool(data.get("tagged")))
+        job.arguments = args
+        job.kwargs = kwargs
+        job.job_id = data["jid"]
+        job.executions = data.get("executions", 0)
+        job.queue_name = data["queue"]
+        job.priority = data.get("priority", 0)
+        job.scheduled_at = data.get("at")
+        job.enqueued_at = data.get("enqueued_at")
+        job.successfully_enqueued = True
+        job.payload = data
+        return job
+
+    # -- performing --------------------------------------------------------------------------
+
+    def _perform_now_instance(self) -> Any:
+        self.executions += 1
+        perform = async_to_sync(self.perform) if self._is_async else self.perform
+        result = callbacks.run(self, "perform", lambda: perform(*self.arguments, **self.kwargs))
+        return None if result is callbacks.HALTED else result
+
+    @classmethod
+    def _perform_now_class(cls, *args: Any, **kwargs: Any) -> Any:
+        job = cls(*args, **kwargs)
+        job._check_arguments()
+        return job.perform_now()
+
+    perform_now = _ClassOrInstance(_perform_now_class, _perform_now_instance)
+
+
+ApplicationJob.job_name = registry.job_name(ApplicationJob)
+ApplicationJob._prepare()
+
+
+class ConfiguredJob:
+    """What ``Job.set(...)`` returns: the job class with options for the next enqueue."""
+
+    def __init__(self, job_class: type[ApplicationJob], **options: Any) -> None:
+        self.job_class = job_class
+        self.options = options
+
+    def perform_later(self, *args: Any, **kwargs: Any) -> ApplicationJob:
+        return self.job_class(*args, **kwargs).enqueue(**self.options)
+
+    def perform_now(self, *args: Any, **kwargs: Any) -> Any:
+        job = self.job_class(*args, **kwargs)
+        if self.options.get("queue"):
+            job.queue_name = self.options["queue"]
+        if self.options.get("priority") is not None:
+            job.priority = _validate_priority(self.options["priority"])
+        job._check_arguments()
+        return job.perform_now()

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from django_async_jobs.conf import get_settings
+from django_async_jobs.worker.fetcher import select_queues
+
+
+class Command(BaseCommand):
+    help = "Run background job workers: fetch jobs from Redis and perform them."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "-q", "--queue", action="append", default=[], dest="queues", metavar="NAME[,WEIGHT]",
+            help="A queue to work (repeatable; default: every queue in ASYNC_JOBS['QUEUES']).",
+        )
+        parser.add_argument(
+            "-c", "--concurrency", type=int, default=None,
+            help="Threads per process (default: ASYNC_JOBS['CONCURRENCY']).",
+        )
+        parser.add_argument(
+            "--processes", type=int, default=1,
+            help="Worker processes under one supervisor (default: 1, no supervisor).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        settings = get_settings()
+        try:
+            queues = select_queues(settings.queues, options["queues"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        concurrency = options["concurrency"]
+        if concurrency is not None and concurrency < 1:
+            raise CommandError("--concurrency must be at least 1.")
+        if options["processes"] < 1:
+            raise CommandError("--processes must be at least 1.")
+        _configure_logging(options["verbosity"])
+
+        def run_one() -> int:
+            from django_async_jobs.worker.launcher import Worker
+
+            return Worker(queues=queues, concurrency=concurrency).run()
+
+        if options["processes"] == 1:
+            code = run_one()
+        else:
+            from django_async_jobs.worker.supervisor import Supervisor
+
+            code = Supervisor(options["processes"], run_one).run()
+        sys.exit(code)
+
+
+def _configure_logging(verbosity: int) -> None:
+    """Give the worker's loggers a handler unless the project's LOGGING already did."""
+    root = logging.getLogger("django_async_jobs")
+    if root.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING)

@@ -1,0 +1,183 @@
+"""Job arguments <-> JSON, and the payload format stored in Redis.
+
+Strict by default, as Sidekiq's ``strict_args!``: anything that would not come back as the same
+value (a model instance, a set, an object, a non-string dict key) is refused *at enqueue time*,
+with the argument's name, instead of failing later in a worker. Opt-in tagged types carry
+datetimes, decimals and UUIDs exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+TAG = "__aj__"
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class SerializationError(TypeError):
+    """An argument that cannot travel as JSON; the message names it and says what to pass."""
+
+
+class MalformedPayload(ValueError):
+    """A payload in Redis that is not a job this version can read."""
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(12)
+
+
+def _hint(value: Any, tagged: bool) -> str:
+    from django.db.models import Model
+
+    if isinstance(value, Model):
+        return (
+            f"a {type(value).__name__} model instance. Pass its primary key (obj.pk) and load "
+            f"it in perform(): {type(value).__name__}.objects.get(pk=...)"
+        )
+    if isinstance(value, (set, frozenset)):
+        return "a set, which JSON has no type for. Pass a list (sorted(...) keeps it stable)"
+    if isinstance(value, (dt.datetime, dt.date, dt.time, dt.timedelta, Decimal, UUID)):
+        if tagged:
+            return f"a {type(value).__name__}"  # unreachable: tagged types are encoded
+        return (
+            f"a {type(value).__name__}. Set ASYNC_JOBS['TAGGED_ARGUMENTS'] = True to send it "
+            f"exactly, or pass str(value) / value.isoformat()"
+        )
+    if isinstance(value, float):
+        return "a float that is NaN or infinite, which JSON cannot carry"
+    if isinstance(value, bytes):
+        return "bytes. Decode them to a str, or base64-encode them"
+    return f"a {type(value).__name__} object, which is not JSON. Pass plain values (ids, strings, numbers)"
+
+
+def _encode_tagged(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return {TAG: "datetime", "v": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {TAG: "date", "v": value.isoformat()}
+    if isinstance(value, dt.time):
+        return {TAG: "time", "v": value.isoformat()}
+    if isinstance(value, dt.timedelta):
+        return {TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+    if isinstance(value, Decimal):
+        return {TAG: "decimal", "v": str(value)}
+    if isinstance(value, UUID):
+        return {TAG: "uuid", "v": str(value)}
+    return None
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
+    "decimal": Decimal,
+    "uuid": UUID,
+}
+
+
+def dump_value(value: Any, tagged: bool, path: str) -> Any:
+    """``value`` as JSON-ready data, or ``SerializationError`` naming ``path``."""
+    kind = type(value)
+    if kind in _SCALARS:
+        if kind is float and (value != value or value in (float("inf"), float("-inf"))):
+            raise SerializationError(f"{path} is {_hint(value, tagged)}.")
+        return value
+    if kind is list or kind is tuple:
+        return [dump_value(item, tagged, f"{path}[{i}]") for i, item in enumerate(value)]
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise SerializationError(
+                    f"{path} has the key {key!r} ({type(key).__name__}); JSON object keys are "
+                    f"strings, so it would come back as {str(key)!r}. Use string keys."
+                )
+            out[key] = dump_value(item, tagged, f"{path}[{key!r}]")
+        if tagged and TAG in out:
+            return {TAG: "dict", "v": out}
+        return out
+    if tagged:
+        encoded = _encode_tagged(value)
+        if encoded is not None:
+            return encoded
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        # str/int subclasses (enums, lazy strings) would lose their type; say so.
+        raise SerializationError(
+            f"{path} is a {kind.__name__} (a {kind.__mro__[1].__name__} subclass), which would "
+            f"come back as a plain {kind.__mro__[1].__name__}. Pass value.value or str(value)."
+        )
+    raise SerializationError(f"{path} is {_hint(value, tagged)}.")
+
+
+def load_value(value: Any) -> Any:
+    """Undo ``dump_value`` for tagged payloads."""
+    kind = type(value)
+    if kind is list:
+        return [load_value(item) for item in value]
+    if kind is dict:
+        tag = value.get(TAG)
+        if tag is not None:
+            if tag == "dict":
+                return {k: load_value(v) for k, v in value["v"].items()}
+            try:
+                return _DECODERS[tag](value["v"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise MalformedPayload(f"bad tagged value {value!r}: {exc}") from exc
+        return {k: load_value(v) for k, v in value.items()}
+    return value
+
+
+def dump_arguments(
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    tagged: bool,
+    names: Callable[[int], str],
+) -> tuple[list[Any], dict[str, Any]]:
+    """JSON-ready ``(args, kwargs)``; ``names(i)`` gives positional argument i's parameter name."""
+    return (
+        [dump_value(value, tagged, f"argument {names(i)!r}") for i, value in enumerate(args)],
+        {key: dump_value(value, tagged, f"argument {key!r}") for key, value in kwargs.items()},
+    )
+
+
+def load_arguments(args: list[Any], kwargs: dict[str, Any], tagged: bool) -> tuple[list[Any], dict[str, Any]]:
+    if not tagged:
+        return args, kwargs
+    return [load_value(a) for a in args], {k: load_value(v) for k, v in kwargs.items()}
+
+
+# -- payloads -----------------------------------------------------------------------------------
+# The job id comes first: the fetch script reads it from the payload's head without parsing JSON.
+# Defaults (no kwargs, priority 0, first execution) are left out to keep payloads small.
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode_payload(data: dict[str, Any]) -> str:
+    return _dumps(data)
+
+
+REQUIRED = {"jid": str, "job": str, "queue": str, "args": list}
+
+
+def decode_payload(raw: bytes | str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedPayload(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MalformedPayload("not a JSON object")
+    for field, kind in REQUIRED.items():
+        if not isinstance(data.get(field), kind):
+            raise MalformedPayload(f"field {field!r} is missing or not a {kind.__name__}")
+    if not isinstance(data.get("kwargs", {}), dict):
+        raise MalformedPayload("field 'kwargs' is not an object")
+    return data

@@ -1,0 +1,1 @@
+"""The worker runtime: one launcher per process, a supervisor above several of them."""

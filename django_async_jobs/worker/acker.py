@@ -1,0 +1,77 @@
+"""Settles finished jobs in batches: whatever finished since the last round trip goes in one.
+
+Processor threads never wait on Redis to acknowledge; if Redis is away, settlements wait here
+(the jobs stay in the in-flight hash meanwhile, so a crash re-runs them rather than losing them).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+import redis
+
+from django_async_jobs.worker.processor import Settlement
+
+logger = logging.getLogger("django_async_jobs.worker")
+
+BATCH = 500
+
+
+class Acker(threading.Thread):
+    def __init__(self, broker: Any, process_id: str) -> None:
+        super().__init__(name="async-jobs-acker", daemon=True)
+        self.broker = broker
+        self.process_id = process_id
+        self.pending: queue.SimpleQueue[Settlement | None] = queue.SimpleQueue()
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def add(self, settlement: Settlement) -> None:
+        self.idle.clear()
+        self.pending.put(settlement)
+
+    def close(self, timeout: float) -> bool:
+        """Settle what is pending and stop; False if Redis did not take it in time."""
+        self.pending.put(None)
+        self.join(timeout)
+        return not self.is_alive()
+
+    def run(self) -> None:
+        closing = False
+        while not closing:
+            first = self.pending.get()
+            batch: list[Settlement] = []
+            if first is None:
+                closing = True
+            else:
+                batch.append(first)
+            while len(batch) < BATCH:
+                try:
+                    item = self.pending.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            if batch:
+                self._settle(batch)
+            if self.pending.empty():
+                self.idle.set()
+
+    def _settle(self, batch: list[Settlement]) -> None:
+        ops = [s.args() for s in batch]
+        processed = sum(1 for s in batch if s.op != "requeue")
+        failed = sum(1 for s in batch if s.failed)
+        backoff = 0.1
+        while True:
+            try:
+                self.broker.settle(self.process_id, ops, processed, failed)
+                return
+            except redis.RedisError as exc:
+                logger.warning("settling %d jobs failed, retrying in %.1fs: %s", len(batch), backoff, exc)
+                threading.Event().wait(backoff)
+                backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,209 @@
+"""One worker process: its threads, its signals, and how it stops.
+
+Threads: a fetcher (Redis -> local work queue), ``concurrency`` processors, an acker (batched
+settlements), a poller (scheduled/retry), a heart (heartbeat + recovery) and a listener
+(wake-ups). Signals: TERM/INT stop gracefully, a second INT exits at once, TSTP quiets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+
+from django_async_jobs.broker.client import Broker, get_broker
+from django_async_jobs.conf import QueueSpec, Settings, get_settings
+from django_async_jobs.worker.acker import Acker
+from django_async_jobs.worker.fetcher import Fetcher, Listener, QueueOrder
+from django_async_jobs.worker.poller import Poller
+from django_async_jobs.worker.processor import Settlement, process
+from django_async_jobs.worker.recovery import Heart
+
+logger = logging.getLogger("django_async_jobs.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        queues: QueueSpec | None = None,
+        concurrency: int | None = None,
+        settings: Settings | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.broker = broker or get_broker()
+        self.queues = queues or self.settings.queues
+        self.concurrency = concurrency or self.settings.concurrency
+        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.started_at = time.time()
+        self.stopping = threading.Event()  # no more fetching
+        self.stopped = threading.Event()  # run() has returned
+        self.quiet = False
+        self._work: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._interrupts = 0
+        self._stop_requested = threading.Event()
+        self.acker = Acker(self.broker, self.process_id)
+        self.fetcher = Fetcher(
+            self.broker, self.process_id, QueueOrder(self.queues), self.concurrency,
+            self._deliver, self.stopping,
+        )
+        self.processors = [
+            threading.Thread(target=self._process_loop, name=f"async-jobs-processor-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        s = self.settings
+        self.heart = Heart(
+            self.broker, self.process_id, self.info, s.heartbeat_interval, s.heartbeat_timeout,
+            s.max_recoveries, self.stopped,
+        )
+        self.poller = Poller(self.broker, s.poll_interval, self.stopping)
+        self.listener = Listener(self.broker, self.fetcher.wake, self.stopping)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": ",".join(self.queues.names),
+            "concurrency": self.concurrency,
+            "started_at": self.started_at,
+            "busy": self._busy,
+            "quiet": int(self.quiet),
+        }
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    # -- threads -----------------------------------------------------------------------------
+
+    def _deliver(self, items: list[tuple[str, bytes]]) -> None:
+        for field, raw in items:
+            self._work.put((field.decode() if isinstance(field, bytes) else field, raw))
+
+    def _process_loop(self) -> None:
+        log_jobs = self.settings.log_jobs
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            field, raw = item
+            if self.stopping.is_set():
+                # Fetched but not started when the stop came: hand it back untouched.
+                self.acker.add(Settlement("requeue", field))
+                self.fetcher.release_slot()
+                continue
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                settlement = process(field, raw, log_jobs)
+            except BaseException:  # never lose a job to a bug of ours: it stays in flight
+                logger.exception("processor crashed on job %s; it will be recovered", field)
+                settlement = None
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+            if settlement is not None:
+                self.acker.add(settlement)
+            self.fetcher.release_slot()
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        backoff = 0.1
+        while True:  # register before fetching: in-flight jobs must belong to a live process
+            try:
+                self.heart.beat()
+                break
+            except redis.RedisError as exc:
+                logger.warning("cannot reach Redis, retrying in %.1fs: %s", backoff, exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        for thread in (self.acker, *self.processors, self.heart, self.poller, self.listener, self.fetcher):
+            thread.start()
+        logger.info(
+            "worker %s started: queues=%s (%s) concurrency=%d",
+            self.process_id, ",".join(self.queues.names),
+            "strict" if self.queues.strict else "weighted", self.concurrency,
+        )
+
+    def set_quiet(self) -> None:
+        """Stop fetching; running jobs finish (SIGTSTP, or the dashboard's Quiet)."""
+        self.quiet = True
+        self.stopping.set()
+        self.fetcher.wake.set()
+        logger.info("worker %s is quiet: no new jobs will be fetched", self.process_id)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful stop: wait up to ``timeout`` for running jobs, hand back the rest."""
+        if self.stopped.is_set():
+            return
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        self.stopping.set()
+        self.fetcher.wake.set()
+        self.fetcher.join(2)
+        deadline = time.monotonic() + timeout
+        for _ in self.processors:
+            self._work.put(None)
+        for thread in self.processors:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        unfinished = sum(1 for t in self.processors if t.is_alive())
+        self.acker.close(timeout=10)
+        self.stopped.set()  # the heart stops beating before the process record goes
+        try:
+            handed_back = self.broker.release(self.process_id)
+        except redis.RedisError as exc:
+            handed_back = 0
+            logger.error("could not hand jobs back (%s); they will be recovered after the heartbeat timeout", exc)
+        logger.info(
+            "worker %s stopped: %d job(s) still running after %.0fs, %d handed back to their queues",
+            self.process_id, unfinished, timeout, handed_back,
+        )
+
+    def kill(self) -> None:
+        """Exit now without handing anything back: the jobs stay in flight and get recovered."""
+        logger.warning("worker %s exiting at once; its jobs will be recovered", self.process_id)
+        logging.shutdown()
+        os._exit(1)
+
+    def run(self) -> int:
+        """Run until a signal stops the process (the ``runworker`` entry point)."""
+        self._install_signals()
+        self.start()
+        try:
+            while not self.stopping.wait(1.0):
+                pass
+            if self.quiet:
+                while not self._stop_requested.wait(1.0):
+                    pass
+        finally:
+            self.stop()
+        return 0
+
+    def _install_signals(self) -> None:
+        def on_stop(signum: int, frame: Any) -> None:
+            if signum == signal.SIGINT:
+                self._interrupts += 1
+                if self._interrupts > 1:
+                    self.kill()
+            self._stop_requested.set()
+            self.stopping.set()
+            self.fetcher.wake.set()
+
+        def on_quiet(signum: int, frame: Any) -> None:
+            self.set_quiet()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGTSTP, on_quiet)

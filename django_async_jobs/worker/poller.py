@@ -1,0 +1,42 @@
+"""Moves due scheduled and retry jobs to their queues, in every worker process.
+
+The Lua step says how long until the next due job, so the poller sleeps exactly that long
+(capped at ``POLL_INTERVAL``) instead of a beat that grows with the number of processes:
+a job is due-to-ready within one round trip of its time at any scale.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+
+from django_async_jobs.broker.client import POLL_BATCH
+
+logger = logging.getLogger("django_async_jobs.worker")
+
+
+class Poller(threading.Thread):
+    def __init__(self, broker: Any, interval: float, stopping: threading.Event) -> None:
+        super().__init__(name="async-jobs-poller", daemon=True)
+        self.broker = broker
+        self.interval = interval
+        self.stopping = stopping
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                moved, wait = self.broker.poll()
+                backoff = 0.1
+            except redis.RedisError as exc:
+                logger.warning("polling scheduled jobs failed, retrying in %.1fs: %s", backoff, exc)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if moved >= POLL_BATCH:
+                continue
+            delay = self.interval if wait is None else min(wait, self.interval)
+            self.stopping.wait(max(delay, 0.005))

@@ -1,0 +1,56 @@
+"""Heartbeats, and the recovery of jobs held by processes that stopped beating.
+
+Every live process both beats and looks for the dead: no single janitor to lose. Recovery is
+one Lua step, so two processes recovering at once cannot hand back a job twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+logger = logging.getLogger("django_async_jobs.worker")
+
+
+class Heart(threading.Thread):
+    def __init__(
+        self,
+        broker: Any,
+        process_id: str,
+        info: Callable[[], dict[str, Any]],
+        interval: float,
+        timeout: float,
+        max_recoveries: int,
+        stopping: threading.Event,
+    ) -> None:
+        super().__init__(name="async-jobs-heartbeat", daemon=True)
+        self.broker = broker
+        self.process_id = process_id
+        self.info = info
+        self.interval = interval
+        self.timeout = timeout
+        self.max_recoveries = max_recoveries
+        self.stopping = stopping
+
+    def beat(self) -> None:
+        self.broker.heartbeat(self.process_id, self.info(), ttl=self.timeout * 2)
+
+    def recover(self) -> None:
+        gone, requeued, dead = self.broker.recover(self.timeout, self.max_recoveries)
+        if gone:
+            logger.warning(
+                "recovered %d job(s) from %d stopped worker process(es); %d poison pill(s) set aside",
+                requeued, gone, dead,
+            )
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                self.beat()
+                self.recover()
+            except redis.RedisError as exc:
+                logger.warning("heartbeat failed: %s", exc)

@@ -1,0 +1,79 @@
+"""``runworker --processes N``: forks N worker processes, restarts any that crash, and passes
+TERM/INT/TSTP on to them. It holds no jobs and no Redis connection of its own."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("django_async_jobs.worker")
+
+RESTART_DELAY = 1.0
+
+
+class Supervisor:
+    def __init__(self, processes: int, run_child: Callable[[], int]) -> None:
+        self.processes = processes
+        self.run_child = run_child
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.stopping = False
+
+    def _spawn(self, slot: int) -> None:
+        from django.db import connections
+
+        from django_async_jobs.broker import client
+
+        connections.close_all()
+        client.reset()
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = self.run_child()
+            except BaseException:
+                logger.exception("worker process crashed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = slot
+        logger.info("supervisor started worker process %d (slot %d)", pid, slot)
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP):
+            signal.signal(sig, self._forward)
+        for slot in range(self.processes):
+            self._spawn(slot)
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            slot = self.children.pop(pid, None)
+            if slot is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                logger.info("worker process %d exited (%d)", pid, code)
+                continue
+            logger.error("worker process %d exited unexpectedly (%d); restarting it", pid, code)
+            time.sleep(RESTART_DELAY)
+            if not self.stopping:
+                self._spawn(slot)
+        return 0
