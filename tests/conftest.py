@@ -1,8 +1,6 @@
-import os
 import secrets
 
 import pytest
-from django.test import override_settings
 
 from django_async_jobs.broker.client import get_broker
 
