@@ -9,6 +9,7 @@ from django_async_jobs.callbacks import (
     before_perform,
 )
 from django_async_jobs.job import ApplicationJob, ConfiguredJob
+from django_async_jobs.retries import discard, polynomially_longer, retry
 from django_async_jobs.serialization import SerializationError
 
 __all__ = [
@@ -21,4 +22,7 @@ __all__ = [
     "around_perform",
     "before_enqueue",
     "before_perform",
+    "discard",
+    "polynomially_longer",
+    "retry",
 ]

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
-from django_async_jobs import callbacks, registry
+from django_async_jobs import callbacks, registry, retries
 from django_async_jobs.conf import get_settings
 from django_async_jobs.serialization import (
     dump_arguments,
@@ -20,6 +20,8 @@ from django_async_jobs.serialization import (
 )
 
 PRIORITY_RANGE = (-100, 100)
+# Payload fields that travel with a job when it enqueues itself again (retry counters).
+CARRIED = ("retries", "retry_count")
 
 
 class _ClassOrInstance:
@@ -78,12 +80,17 @@ class ApplicationJob:
     queue_as: ClassVar[str | Callable[..., str]] = "default"
     priority: ClassVar[int] = 0
     tagged_arguments: ClassVar[bool | None] = None
+    retry_on: ClassVar[list[retries.RetryRule] | tuple[retries.RetryRule, ...]] = ()
+    discard_on: ClassVar[list[Any] | tuple[Any, ...]] = ()
+    max_retries: ClassVar[int | None] = None
+    retry: ClassVar[bool] = True
 
     job_name: ClassVar[str]
     _callbacks: ClassVar[dict[str, tuple[str, ...]]]
     _signature: ClassVar[inspect.Signature]
     _positional_names: ClassVar[tuple[str, ...]]
     _is_async: ClassVar[bool]
+    _rules: ClassVar[tuple[retries.Rule, ...]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -100,6 +107,7 @@ class ApplicationJob:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         )
         cls._is_async = inspect.iscoroutinefunction(cls.perform)
+        cls._rules = retries.compile_rules(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.arguments: list[Any] = list(args)
@@ -122,6 +130,24 @@ class ApplicationJob:
 
     def perform(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define perform().")
+
+    def after_discard(self, exc: BaseException) -> None:
+        """Called when a ``discard_on`` rule drops this job; override to clean up or notify."""
+
+    def retry_job(
+        self,
+        *,
+        wait: float | timedelta | None = None,
+        wait_until: datetime | float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> ApplicationJob:
+        """From inside ``perform``: enqueue this job again (same id, executions kept).
+
+        The current execution then ends normally; raise instead to let ``retry_on`` decide.
+        """
+        self.enqueue(wait=wait, wait_until=wait_until, queue=queue, priority=priority)
+        return self
 
     # -- enqueueing --------------------------------------------------------------------------
 
@@ -213,8 +239,9 @@ class ApplicationJob:
         self.enqueued_at = data["enqueued_at"] = round(time.time(), 3)
         if self.scheduled_at is not None:
             data["at"] = round(self.scheduled_at, 3)
-        for key, value in self.payload.items():
-            data.setdefault(key, value)
+        for key in CARRIED:
+            if key in self.payload:
+                data[key] = self.payload[key]
         return data
 
     @classmethod

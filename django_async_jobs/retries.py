@@ -1,18 +1,54 @@
-"""What happens when ``perform`` raises: retry later, discard, or die."""
+"""What happens when ``perform`` raises: one retry system for every job.
+
+Order of decisions for an exception:
+
+1. The job's rules (``retry_on`` and ``discard_on``) that match it; the most specific wins (the
+   rule naming the closest class in the exception's MRO), ties go to the rule declared first.
+   A retry rule counts its own attempts (the first execution is attempt 1); when they run out
+   the job dies, or the rule's ``on_exhausted`` callback is called instead. A discard rule
+   drops the job: logged, ``after_discard`` called, nothing recorded as dead.
+2. No rule matches: the default policy, Sidekiq's: up to ``MAX_RETRIES`` (25) retries with
+   ``count**4 + 15 + rand(10 * (count + 1))`` seconds of backoff, then dead. A class can
+   set ``max_retries = N`` (0: die at the first failure) or ``retry = False`` (same as 0).
+
+Retries wait in the Redis retry set and are moved to their queue by the scheduled-job poller.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+from django_async_jobs import signals
 from django_async_jobs.serialization import encode_payload
 
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
     from django_async_jobs.worker.processor import Settlement
 
+logger = logging.getLogger("django_async_jobs.job")
+
 DEFAULT_MAX_RETRIES = 25
+DEFAULT_JITTER = 0.15
+UNLIMITED = "unlimited"
+
+Wait = float | int | timedelta | Callable[[int], Any]
+
+
+def polynomially_longer(executions: int) -> float:
+    """ActiveJob's backoff: executions**4 + 2 seconds (3s, 18s, 83s, 258s, 627s), before jitter."""
+    return executions**4 + 2
 
 
 def default_backoff(count: int) -> float:
@@ -20,11 +56,226 @@ def default_backoff(count: int) -> float:
     return count**4 + 15 + random.randint(0, 10 * (count + 1))
 
 
+def _seconds(value: Any, what: str) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    raise TypeError(f"{what} must give seconds (a number >= 0) or a timedelta, got {value!r}.")
+
+
+def _exceptions(values: tuple[Any, ...], where: str) -> tuple[type[BaseException], ...]:
+    if len(values) == 1 and isinstance(values[0], tuple):
+        values = values[0]
+    if not values:
+        raise TypeError(f"{where} needs at least one exception class.")
+    for value in values:
+        if not (isinstance(value, type) and issubclass(value, BaseException)):
+            raise TypeError(f"{where} takes exception classes, got {value!r}.")
+    return values
+
+
+@dataclass(frozen=True)
+class RetryRule:
+    """One ``retry(...)`` entry of a job's ``retry_on``."""
+
+    exceptions: tuple[type[BaseException], ...]
+    wait: Wait = 3
+    attempts: int | str = 5
+    queue: str | None = None
+    priority: int | None = None
+    jitter: float = DEFAULT_JITTER
+    on_exhausted: Callable[[ApplicationJob, BaseException], Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return ",".join(f"{e.__module__}.{e.__qualname__}" for e in self.exceptions)
+
+    def delay(self, executions: int) -> float:
+        wait = self.wait
+        if wait is polynomially_longer:
+            base = polynomially_longer(executions)
+            return base + random.uniform(0, base * self.jitter) if self.jitter else base
+        base = _seconds(wait(executions) if callable(wait) else wait, f"retry wait for {self.key}")
+        return base + random.uniform(0, base * self.jitter) if self.jitter else base
+
+
+@dataclass(frozen=True)
+class DiscardRule:
+    exceptions: tuple[type[BaseException], ...]
+    on_discard: Callable[[ApplicationJob, BaseException], Any] | None = None
+
+
+def retry(
+    *exceptions: type[BaseException],
+    wait: Wait = 3,
+    attempts: int | str = 5,
+    queue: str | None = None,
+    priority: int | None = None,
+    jitter: float = DEFAULT_JITTER,
+    on_exhausted: Callable[[ApplicationJob, BaseException], Any] | None = None,
+) -> RetryRule:
+    """A ``retry_on`` entry: ``retry(TimeoutError, wait=polynomially_longer, attempts=5)``."""
+    exceptions = _exceptions(exceptions, "retry()")
+    if attempts != UNLIMITED and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1):
+        raise TypeError(f"retry(attempts=) must be a positive integer or 'unlimited', got {attempts!r}.")
+    if not (callable(wait) or isinstance(wait, (int, float, timedelta))) or isinstance(wait, bool):
+        raise TypeError(
+            f"retry(wait=) takes seconds, a timedelta, polynomially_longer or a callable of executions, got {wait!r}."
+        )
+    if not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
+        raise TypeError(f"retry(jitter=) must be a fraction from 0 to 1, got {jitter!r}.")
+    return RetryRule(exceptions, wait, attempts, queue, priority, float(jitter), on_exhausted)
+
+
+def discard(
+    *exceptions: type[BaseException],
+    on_discard: Callable[[ApplicationJob, BaseException], Any] | None = None,
+) -> DiscardRule:
+    """A ``discard_on`` entry with a callback; a bare exception class works too."""
+    return DiscardRule(_exceptions(exceptions, "discard()"), on_discard)
+
+
+Rule = RetryRule | DiscardRule
+
+
+def compile_rules(job_class: type) -> tuple[Rule, ...]:
+    """Validate a class's ``retry_on`` / ``discard_on`` once, when the class is defined."""
+    name = job_class.__qualname__
+    rules: list[Rule] = []
+    for entry in job_class.retry_on or ():
+        if not isinstance(entry, RetryRule):
+            raise ImproperlyConfigured(
+                f"{name}.retry_on takes retry(...) entries, got {entry!r}; "
+                f"write retry({getattr(entry, '__name__', entry)}, attempts=..., wait=...)."
+            )
+        rules.append(entry)
+    for entry in job_class.discard_on or ():
+        if isinstance(entry, type) and issubclass(entry, BaseException):
+            entry = DiscardRule((entry,))
+        if not isinstance(entry, DiscardRule):
+            raise ImproperlyConfigured(f"{name}.discard_on takes exception classes or discard(...), got {entry!r}.")
+        rules.append(entry)
+    retried = {e for r in rules if isinstance(r, RetryRule) for e in r.exceptions}
+    both = [e.__name__ for r in rules if isinstance(r, DiscardRule) for e in r.exceptions if e in retried]
+    if both:
+        raise ImproperlyConfigured(f"{name} both retries and discards {', '.join(both)}; keep one.")
+    max_retries = job_class.max_retries
+    if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
+        raise ImproperlyConfigured(f"{name}.max_retries must be an integer >= 0 or None, got {max_retries!r}.")
+    return tuple(rules)
+
+
+def match(rules: tuple[Rule, ...], exc: BaseException) -> Rule | None:
+    """The most specific matching rule; ties go to the one declared first."""
+    mro = type(exc).__mro__
+    best: Rule | None = None
+    best_distance = len(mro)
+    for rule in rules:
+        for klass in rule.exceptions:
+            if klass in mro and mro.index(klass) < best_distance:
+                best, best_distance = rule, mro.index(klass)
+    return best
+
+
+# -- hooks ---------------------------------------------------------------------------------------
+
+
+@cache
+def _handlers(setting: str) -> tuple[Callable[..., Any], ...]:
+    paths = (getattr(django_settings, "ASYNC_JOBS", {}) or {}).get(setting, ())
+    return tuple(import_string(p) if isinstance(p, str) else p for p in paths)
+
+
+def _reset_handlers(*, setting: str, **kwargs: Any) -> None:
+    if setting == "ASYNC_JOBS":
+        _handlers.cache_clear()
+
+
+setting_changed.connect(_reset_handlers)
+
+
+def call_handlers(setting: str, payload: dict[str, Any], exc: BaseException) -> None:
+    """``ERROR_HANDLERS`` / ``DEATH_HANDLERS``: called with (payload, exception); never raise."""
+    for handler in _handlers(setting):
+        try:
+            handler(payload, exc)
+        except Exception:
+            logger.exception("%s handler %r raised; the worker goes on", setting, handler)
+
+
+def _max_retries(job: ApplicationJob) -> int:
+    if job.retry is False:
+        return 0
+    if job.max_retries is not None:
+        return job.max_retries
+    return (getattr(django_settings, "ASYNC_JOBS", {}) or {}).get("MAX_RETRIES", DEFAULT_MAX_RETRIES)
+
+
+# -- the decision --------------------------------------------------------------------------------
+
+
 def handle_failure(job: ApplicationJob, field: str, raw: bytes, exc: Exception) -> Settlement:
     from django_async_jobs.worker.processor import Settlement, dead_record
 
-    retries = job.payload.get("retry_count", 0)
-    if retries < DEFAULT_MAX_RETRIES:
-        data: dict[str, Any] = {**job.payload, "executions": job.executions, "retry_count": retries + 1}
-        return Settlement("retry", field, time.time() + default_backoff(retries), encode_payload(data), failed=True)
-    return dead_record(field, raw, "retries_exhausted", exc, job.payload)
+    payload = job.payload
+    call_handlers("ERROR_HANDLERS", payload, exc)
+    signals.send(signals.job_failed, type(job), job=job, exception=exc)
+    rule = match(job._rules, exc)
+
+    if isinstance(rule, DiscardRule):
+        logger.warning("discarding %s %s: %s: %s", job.job_name, job.job_id, type(exc).__name__, exc)
+        _call_quietly(job.after_discard, exc)
+        if rule.on_discard is not None:
+            _call_quietly(rule.on_discard, job, exc)
+        signals.send(signals.job_discarded, type(job), job=job, exception=exc)
+        return Settlement("ack", field, failed=True)
+
+    if isinstance(rule, RetryRule):
+        counters = dict(payload.get("retries") or {})
+        count = counters.get(rule.key, 0) + 1
+        if rule.attempts == UNLIMITED or count < rule.attempts:
+            counters[rule.key] = count
+            wait = rule.delay(count)
+            return _retry(job, field, wait, {"retries": counters}, rule.queue, rule.priority, exc)
+        if rule.on_exhausted is not None:
+            _call_quietly(rule.on_exhausted, job, exc)
+            return Settlement("ack", field, failed=True)
+    else:
+        count = payload.get("retry_count", 0)
+        if count < _max_retries(job):
+            return _retry(job, field, default_backoff(count), {"retry_count": count + 1}, None, None, exc)
+
+    call_handlers("DEATH_HANDLERS", payload, exc)
+    signals.send(signals.job_died, type(job), job=job, exception=exc, reason="retries_exhausted")
+    return dead_record(field, raw, "retries_exhausted", exc, {**payload, "executions": job.executions})
+
+
+def _retry(
+    job: ApplicationJob,
+    field: str,
+    wait: float,
+    counters: dict[str, Any],
+    queue: str | None,
+    priority: int | None,
+    exc: BaseException,
+) -> Settlement:
+    from django_async_jobs.worker.processor import Settlement
+
+    data = {**job.payload, **counters, "executions": job.executions, "error_class": type(exc).__name__}
+    data["error_message"] = str(exc)[:500]
+    if queue:
+        data["queue"] = queue
+    if priority is not None:
+        data["priority"] = priority
+    run_at = time.time() + wait
+    data["at"] = round(run_at, 3)
+    signals.send(signals.job_retried, type(job), job=job, exception=exc, wait=wait)
+    return Settlement("retry", field, run_at, encode_payload(data), failed=True)
+
+
+def _call_quietly(callback: Callable[..., Any], *args: Any) -> None:
+    try:
+        callback(*args)
+    except Exception:
+        logger.exception("callback %r raised; the worker goes on", callback)

@@ -3,6 +3,8 @@
 A receiver that raises is logged by the worker and never stops it.
 """
 
+import logging
+
 from django.dispatch import Signal
 
 job_enqueued = Signal()
@@ -12,3 +14,13 @@ job_failed = Signal()  # also exception=
 job_retried = Signal()  # also exception=, wait=
 job_discarded = Signal()  # also exception=
 job_died = Signal()  # also exception=, reason=
+
+
+def send(signal: Signal, job_class: type | None, **kwargs: object) -> None:
+    """Send without letting a broken receiver reach the worker or the enqueuing code."""
+    if not signal.receivers:
+        return
+    try:
+        signal.send(sender=job_class, **kwargs)
+    except Exception:
+        logging.getLogger("django_async_jobs").exception("a receiver of a job signal raised; going on")

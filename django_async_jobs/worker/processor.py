@@ -15,9 +15,18 @@ from typing import Any
 from django.db import close_old_connections
 
 from django_async_jobs import registry, retries, signals
-from django_async_jobs.serialization import MalformedPayload, decode_payload, new_job_id
+from django_async_jobs.serialization import (
+    MalformedPayload,
+    decode_payload,
+    encode_payload,
+    new_job_id,
+)
 
 logger = logging.getLogger("django_async_jobs.job")
+
+
+class UnknownJobClass(LookupError):
+    """A payload names a job no installed app's jobs.py registers."""
 
 
 @dataclass(frozen=True)
@@ -35,16 +44,17 @@ class Settlement:
 
 
 def dead_record(field: str, raw: bytes | str, reason: str, exc: BaseException | None, data: dict | None) -> Settlement:
-    from django_async_jobs.serialization import encode_payload
-
+    """The settle entry that stages a job as dead (the database row is written from there)."""
     dead_id = new_job_id()
-    record = {
+    record: dict[str, Any] = {
         "dead_id": dead_id,
         "job_id": (data or {}).get("jid", field),
         "payload": raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw,
         "reason": reason,
         "died_at": time.time(),
     }
+    if data and data.get("executions"):
+        record["executions"] = data["executions"]
     if exc is not None:
         record["error_class"] = f"{type(exc).__module__}.{type(exc).__qualname__}"
         record["error_message"] = str(exc)
@@ -52,56 +62,54 @@ def dead_record(field: str, raw: bytes | str, reason: str, exc: BaseException | 
     return Settlement("dead", field, dead_id, encode_payload(record), failed=exc is not None)
 
 
-def _send(signal: Any, sender: type, **kwargs: Any) -> None:
-    try:
-        signal.send(sender=sender, **kwargs)
-    except Exception:
-        logger.exception("a %s receiver raised; the job goes on", signal)
+def _bury(field: str, raw: bytes, reason: str, exc: BaseException, data: dict[str, Any] | None) -> Settlement:
+    """A job that cannot even start: dead at once, with death handlers and the signal."""
+    logger.error("job %s is dead (%s): %s", field, reason, exc)
+    retries.call_handlers("DEATH_HANDLERS", data or {}, exc)
+    signals.send(signals.job_died, registry.lookup(data["job"]) if data else None, job=None, exception=exc, reason=reason)
+    return dead_record(field, raw, reason, exc, data)
 
 
 def process(field: str, raw: bytes, log_jobs: bool = True) -> Settlement:
     try:
         data = decode_payload(raw)
     except MalformedPayload as exc:
-        logger.error("job %s has a malformed payload: %s", field, exc)
-        return dead_record(field, raw, "malformed_payload", exc, None)
+        return _bury(field, raw, "malformed_payload", exc, None)
     job_class = registry.lookup(data["job"])
     if job_class is None:
-        logger.error("job %s names an unknown job class %r", data["jid"], data["job"])
-        return dead_record(field, raw, "unknown_class", None, data)
+        exc = UnknownJobClass(f"no registered job is named {data['job']!r}")
+        return _bury(field, raw, "unknown_class", exc, data)
     try:
         job = job_class.deserialize(data)
         job._check_arguments()
     except (MalformedPayload, TypeError) as exc:
-        logger.error("job %s cannot be rebuilt: %s", data["jid"], exc)
-        return dead_record(field, raw, "arguments_mismatch", exc, data)
+        return _bury(field, raw, "arguments_mismatch", exc, data)
 
     log = log_jobs and logger.isEnabledFor(logging.INFO)
-    extra = {"job_class": data["job"], "job_id": job.job_id, "queue": job.queue_name}
     if log:
+        extra = {"job_class": data["job"], "job_id": job.job_id, "queue": job.queue_name}
         logger.info("start %s %s queue=%s", data["job"], job.job_id, job.queue_name, extra=extra)
     close_old_connections()
     started = time.perf_counter()
-    _send(signals.job_started, job_class, job=job)
+    signals.send(signals.job_started, job_class, job=job)
     try:
         job.perform_now()
     except Exception as exc:
         settlement = retries.handle_failure(job, field, raw, exc)
-        if log:
-            elapsed = (time.perf_counter() - started) * 1000
-            logger.info(
-                "fail %s %s queue=%s elapsed_ms=%.1f outcome=%s error=%s",
-                data["job"], job.job_id, job.queue_name, elapsed, settlement.op, type(exc).__name__,
-                extra={**extra, "elapsed_ms": elapsed, "outcome": settlement.op},
-            )
-        return settlement
+        outcome = "discarded" if settlement.op == "ack" else settlement.op
+        error = type(exc).__name__
+    else:
+        settlement = Settlement("ack", field)
+        outcome = "ok"
+        error = None
+        signals.send(signals.job_succeeded, job_class, job=job)
     finally:
         close_old_connections()
     if log:
         elapsed = (time.perf_counter() - started) * 1000
         logger.info(
-            "done %s %s queue=%s elapsed_ms=%.1f", data["job"], job.job_id, job.queue_name, elapsed,
-            extra={**extra, "elapsed_ms": elapsed, "outcome": "ack"},
+            "finish %s %s queue=%s elapsed_ms=%.1f outcome=%s%s",
+            data["job"], job.job_id, job.queue_name, elapsed, outcome, f" error={error}" if error else "",
+            extra={**extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome, "error": error},
         )
-    _send(signals.job_succeeded, job_class, job=job)
-    return Settlement("ack", field)
+    return settlement

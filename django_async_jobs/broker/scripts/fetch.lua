@@ -9,7 +9,8 @@ for i = 4, #ARGV do
   local items = redis.call('ZPOPMIN', QUEUE_BASE .. ARGV[i], want)
   for j = 1, #items, 2 do
     local payload = items[j]
-    local id = string.match(payload, '^{"jid":"([^"]+)"') or redis.sha1hex(payload)
+    local id = (string.match(payload, '^{"jid":"([^"]+)"') or redis.sha1hex(payload))
+      .. ':' .. redis.call('INCR', SEQ)
     redis.call('HSET', inflight, id, payload)
     out[#out + 1] = id
     out[#out + 1] = payload

@@ -7,6 +7,12 @@ local QUEUE_BASE, CHANNEL = ARGV[1], ARGV[2]
 -- for 3.5e13 jobs per band while 201 bands stay below 2^53, where doubles are exact.
 local BAND = 35184372088832
 
+-- In-flight fields are "<job id>:<fetch number>": unique per fetch, so a job that re-enqueued
+-- itself (retry_job) and is fetched again never shares a field with the running copy.
+local function job_key(field)
+  return string.match(field, '^(.+):%d+$') or field
+end
+
 local function now_seconds()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000

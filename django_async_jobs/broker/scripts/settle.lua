@@ -18,7 +18,7 @@ for i = 6, #ARGV, 4 do
     if op == 'requeue' then
       if hand_back(field, payload, now_seconds(), nil) then requeued = true end
     else
-      redis.call('HDEL', recoveries, field)
+      redis.call('HDEL', recoveries, job_key(field))
       if op == 'retry' then
         redis.call('ZADD', retry, tonumber(a), b)
       elseif op == 'dead' then
