@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
-from django_async_jobs import callbacks, registry, retries
+from django_async_jobs import callbacks, registry, retries, signals
 from django_async_jobs.conf import get_settings
 from django_async_jobs.serialization import (
     dump_arguments,
@@ -193,6 +193,7 @@ class ApplicationJob:
                 self.queue_name = self._resolve_queue()
             dispatch.enqueue([self])
             self.successfully_enqueued = True
+            signals.send(signals.job_enqueued, type(self), job=self)
             return self
 
         if callbacks.run(self, "enqueue", push) is callbacks.HALTED:

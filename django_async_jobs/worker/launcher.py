@@ -1,8 +1,9 @@
 """One worker process: its threads, its signals, and how it stops.
 
 Threads: a fetcher (Redis -> local work queue), ``concurrency`` processors, an acker (batched
-settlements), a poller (scheduled/retry), a heart (heartbeat + recovery) and a listener
-(wake-ups). Signals: TERM/INT stop gracefully, a second INT exits at once, TSTP quiets.
+settlements), a poller (scheduled/retry), a heart (heartbeat + recovery), a dead writer (staged
+dead jobs -> database) and a listener (wake-ups). Signals: TERM/INT stop gracefully, a second
+INT exits at once, TSTP quiets.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import redis
 from django_async_jobs.broker.client import Broker, get_broker
 from django_async_jobs.conf import QueueSpec, Settings, get_settings
 from django_async_jobs.worker.acker import Acker
+from django_async_jobs.worker.dead_writer import DeadWriter
 from django_async_jobs.worker.fetcher import Fetcher, Listener, QueueOrder
 from django_async_jobs.worker.poller import Poller
 from django_async_jobs.worker.processor import Settlement, process
@@ -68,6 +70,7 @@ class Worker:
         )
         self.poller = Poller(self.broker, s.poll_interval, self.stopping)
         self.listener = Listener(self.broker, self.fetcher.wake, self.stopping)
+        self.dead_writer = DeadWriter(self.broker, self.stopped)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -130,7 +133,7 @@ class Worker:
                 logger.warning("cannot reach Redis, retrying in %.1fs: %s", backoff, exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-        for thread in (self.acker, *self.processors, self.heart, self.poller, self.listener, self.fetcher):
+        for thread in (self.acker, *self.processors, self.heart, self.poller, self.listener, self.dead_writer, self.fetcher):
             thread.start()
         logger.info(
             "worker %s started: queues=%s (%s) concurrency=%d",
