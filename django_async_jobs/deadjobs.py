@@ -1,0 +1,377 @@
+"""Dead jobs: from the Redis stage to the database, and from the database back to a queue.
+
+Workers never write to the database when a job dies: the Lua steps stage a record in the
+``<prefix>:dead`` hash atomically with the job's removal from the in-flight list, and
+``flush_staged`` moves the records into ``DeadJob`` rows later. A database outage therefore
+costs nothing but delay, and each step is idempotent (keyed on the dead id) so a crash or two
+flushers at once neither lose nor duplicate a job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DataError, IntegrityError, connections, router, transaction
+from django.db import Error as DatabaseError
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from django_async_jobs.broker.client import Broker, get_broker
+from django_async_jobs.models import DeadJob, DeathReason
+from django_async_jobs.serialization import MalformedPayload, decode_payload, encode_payload
+
+logger = logging.getLogger("django_async_jobs.dead")
+
+DEFAULT_RETENTION = timedelta(days=180)
+FLUSH_BATCH = 500
+RETRY_CHUNK = 1000
+PRUNE_CHUNK = 1000
+
+# Bookkeeping of the attempts that led to the death; a retried dead job starts afresh.
+RESET_KEYS = frozenset({"executions", "retry_count", "retries", "at", "error_class", "error_message"})
+
+_CHAR_LIMIT = 255
+_INT_LIMIT = 2**31 - 1
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def retention() -> timedelta | None:
+    """``ASYNC_JOBS["DEAD_JOB_RETENTION"]``: a timedelta or seconds; ``None`` keeps rows forever."""
+    raw = getattr(django_settings, "ASYNC_JOBS", {}) or {}
+    value = raw.get("DEAD_JOB_RETENTION", DEFAULT_RETENTION)
+    if value is None or isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return timedelta(seconds=value)
+    raise ImproperlyConfigured(
+        f"ASYNC_JOBS['DEAD_JOB_RETENTION'] must be a timedelta, a number of seconds or None, got {value!r}."
+    )
+
+
+# -- staged records -> rows ---------------------------------------------------------------------
+
+
+def _text(value: Any, limit: int | None = None) -> str:
+    """A string every database accepts: no NUL, valid UTF-8, at most ``limit`` characters."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from "\ud800"-style escapes
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    if limit is not None and len(value) > limit:
+        value = value[:limit]
+    return value
+
+
+def _unique_text(value: str) -> str:
+    """A dead id that fits the column and still identifies its record (so stays idempotent)."""
+    value = _text(value)
+    if len(value) <= _CHAR_LIMIT:
+        return value
+    return value[:200] + ":" + hashlib.sha1(value.encode("utf-8")).hexdigest()
+
+
+def _json(value: Any) -> Any:
+    """``value`` if every database stores it as JSON, else ``None`` (the payload text keeps it)."""
+    try:
+        encoded = encode_payload(value)
+        encoded.encode("utf-8")
+    except (TypeError, ValueError):
+        return None
+    if "\\u0000" in encoded:  # PostgreSQL's jsonb refuses NUL in strings
+        return None
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _datetime(value: Any) -> datetime | None:
+    seconds = _number(value)
+    if seconds is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment if django_settings.USE_TZ else timezone.make_naive(moment)
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return min(value, _INT_LIMIT)
+
+
+def _parse_payload(text: str) -> dict[str, Any]:
+    """Whatever the payload says that fits its field; a malformed payload yields less, or nothing."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def build_row(field: bytes | str, value: bytes | str) -> DeadJob:
+    """The ``DeadJob`` for one staged record; never raises, whatever the record holds."""
+    if isinstance(field, bytes):
+        field = field.decode("utf-8", "replace")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    try:
+        record = json.loads(value)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        # Not even the record is readable: keep all of it as the payload.
+        record = {"payload": value, "reason": DeathReason.MALFORMED_PAYLOAD}
+
+    payload_text = record.get("payload")
+    if not isinstance(payload_text, str):
+        payload_text = "" if payload_text is None else json.dumps(payload_text)
+    payload = _parse_payload(payload_text)
+
+    died_at = _datetime(record.get("died_at")) or timezone.now()
+    error_class = _text(record.get("error_class"), _CHAR_LIMIT)
+    failed_at = _datetime(record.get("failed_at")) or (died_at if error_class else None)
+    executions = _count(record.get("executions"))
+    if executions is None:
+        executions = _count(payload.get("executions")) or 0
+    args = payload.get("args")
+    kwargs = payload.get("kwargs")
+    job_id = payload.get("jid") if isinstance(payload.get("jid"), str) else record.get("job_id")
+    reason = record.get("reason")
+    return DeadJob(
+        dead_id=_unique_text(field),
+        job_id=_text(job_id, _CHAR_LIMIT),
+        job_class=_text(payload.get("job") if isinstance(payload.get("job"), str) else "", _CHAR_LIMIT),
+        queue=_text(payload.get("queue") if isinstance(payload.get("queue"), str) else "", _CHAR_LIMIT),
+        arguments=_json(args) if isinstance(args, list) else None,
+        kwargs=_json(kwargs) if isinstance(kwargs, dict) else ({} if isinstance(args, list) else None),
+        error_class=error_class,
+        error_message=_text(record.get("error_message")),
+        traceback=_text(record.get("traceback")),
+        executions=executions,
+        enqueued_at=_datetime(payload.get("enqueued_at")),
+        failed_at=failed_at,
+        died_at=died_at,
+        payload=_text(payload_text),
+        reason=_text(reason, 32) if isinstance(reason, str) else "",
+    )
+
+
+def _forget_broken_connection(alias: str) -> None:
+    """After an outage, let the next flush reconnect instead of reusing a dead connection."""
+    connection = connections[alias]
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
+
+
+def _write(rows: list[DeadJob], alias: str) -> list[int] | None:
+    """Insert rows (existing dead ids are left alone); the indexes written, or None if the DB is down."""
+    try:
+        with transaction.atomic(using=alias):
+            DeadJob.objects.using(alias).bulk_create(rows, ignore_conflicts=True)
+        return list(range(len(rows)))
+    except (DataError, IntegrityError) as exc:
+        # A record the database refuses must not hold back the others: write them one by one.
+        logger.warning("dead jobs: a batch was refused (%s); writing its records one by one", exc)
+    except DatabaseError as exc:
+        logger.warning("dead jobs: database unavailable, records stay staged in Redis: %s", exc)
+        _forget_broken_connection(alias)
+        return None
+    written = []
+    for index, row in enumerate(rows):
+        try:
+            with transaction.atomic(using=alias):
+                DeadJob.objects.using(alias).bulk_create([row], ignore_conflicts=True)
+        except (DataError, IntegrityError) as exc:
+            logger.error("dead jobs: record %s stays staged, the database refuses it: %s", row.dead_id, exc)
+            continue
+        except DatabaseError as exc:
+            logger.warning("dead jobs: database unavailable, records stay staged in Redis: %s", exc)
+            _forget_broken_connection(alias)
+            return written or None
+        written.append(index)
+    return written
+
+
+def flush_staged(broker: Broker | None = None, batch: int = FLUSH_BATCH) -> int:
+    """Move staged dead-job records from Redis into ``DeadJob`` rows; returns how many moved.
+
+    Rows are written before their fields are deleted, and a dead id already in the table is
+    skipped, so a crash in between or a second flusher never loses nor duplicates a record.
+    When the database is down, the records stay staged and the call returns early: call it
+    again later.
+    """
+    broker = broker or get_broker()
+    key = broker.keys.dead
+    alias = router.db_for_write(DeadJob)
+    moved = 0
+    cursor = 0
+    while True:
+        cursor, entries = broker.redis.hscan(key, cursor, count=batch)
+        items = list(entries.items())
+        for start in range(0, len(items), batch):
+            chunk = items[start : start + batch]
+            rows = [build_row(field, value) for field, value in chunk]
+            written = _write(rows, alias)
+            if written is None:
+                return moved
+            if written:
+                broker.redis.hdel(key, *(chunk[i][0] for i in written))
+                moved += len(written)
+            if len(written) < len(chunk) and not _db_up(alias):
+                return moved
+        if cursor == 0:
+            return moved
+
+
+def _db_up(alias: str) -> bool:
+    try:
+        connections[alias].ensure_connection()
+    except DatabaseError:
+        return False
+    return True
+
+
+# -- rows -> queues -----------------------------------------------------------------------------
+
+
+def fresh_payload(text: str) -> str | None:
+    """The payload to enqueue again: same job id and arguments, attempt counters reset.
+
+    ``None`` when the payload is not a job (it cannot be retried, only read and deleted).
+    """
+    try:
+        data = decode_payload(text)
+    except MalformedPayload:
+        return None
+    if not data["queue"] or not data["job"]:
+        return None
+    fresh = {"jid": data["jid"]}
+    fresh.update((k, v) for k, v in data.items() if k != "jid" and k not in RESET_KEYS)
+    fresh["enqueued_at"] = round(time.time(), 3)
+    try:
+        return encode_payload(fresh)
+    except ValueError:  # NaN or infinity: the Lua side could not route it
+        return None
+
+
+def _chunks(values: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for value in values:
+        chunk.append(value)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _primary_keys(queryset_or_ids: QuerySet[DeadJob] | Iterable[str], size: int) -> Iterator[list[int]]:
+    """Chunks of primary keys, walking the queryset by key (deleting rows never shifts a page)."""
+    if isinstance(queryset_or_ids, QuerySet):
+        keys = queryset_or_ids.order_by("pk").values_list("pk", flat=True)
+        last = None
+        while True:
+            page = list((keys if last is None else keys.filter(pk__gt=last))[:size])
+            if not page:
+                return
+            last = page[-1]
+            yield page
+    else:
+        for ids in _chunks(queryset_or_ids, size):
+            page = list(DeadJob.objects.filter(dead_id__in=ids).order_by("pk").values_list("pk", flat=True))
+            if page:
+                yield page
+
+
+def _retry_chunk(pks: list[int], broker: Broker, skipped: list[str] | None) -> int:
+    alias = router.db_for_write(DeadJob)
+    with transaction.atomic(using=alias):
+        rows = DeadJob.objects.using(alias).filter(pk__in=pks)
+        if connections[alias].features.has_select_for_update_skip_locked:
+            # Two people retrying the same rows at once enqueue each job once.
+            rows = rows.select_for_update(skip_locked=True)
+        payloads: list[str] = []
+        done: list[int] = []
+        for pk, dead_id, text in rows.values_list("pk", "dead_id", "payload"):
+            payload = fresh_payload(text)
+            if payload is None:
+                logger.warning("dead job %s has a malformed payload; it cannot be retried", dead_id)
+                if skipped is not None:
+                    skipped.append(dead_id)
+                continue
+            payloads.append(payload)
+            done.append(pk)
+        if not done:
+            return 0
+        # Delete, then push, then commit: if Redis fails the rows come back with the rollback.
+        DeadJob.objects.using(alias).filter(pk__in=done).delete()
+        pushed = broker.push(payloads)
+        if pushed != len(payloads):
+            raise RuntimeError(f"Redis accepted {pushed} of {len(payloads)} dead jobs; none were removed.")
+    return len(done)
+
+
+def retry_dead(
+    queryset_or_ids: QuerySet[DeadJob] | Iterable[str],
+    broker: Broker | None = None,
+    *,
+    skipped: list[str] | None = None,
+    chunk: int = RETRY_CHUNK,
+) -> int:
+    """Enqueue dead jobs again on their queues and delete their rows; returns how many.
+
+    Takes a ``DeadJob`` queryset or dead ids. Works in chunks of ``chunk`` rows (one Redis call
+    each), so ten thousand rows take seconds. Rows whose payload is not a job stay in the table;
+    their dead ids are appended to ``skipped`` when given.
+    """
+    broker = broker or get_broker()
+    retried = 0
+    for pks in _primary_keys(queryset_or_ids, chunk):
+        retried += _retry_chunk(pks, broker, skipped)
+    return retried
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+def prune(older_than: timedelta | None = None, *, chunk: int = PRUNE_CHUNK) -> int:
+    """Delete rows that died more than ``older_than`` ago (default: ``DEAD_JOB_RETENTION``).
+
+    Deletes in chunks so a large backlog never holds a long lock. Returns how many went.
+    """
+    if older_than is None:
+        older_than = retention()
+        if older_than is None:
+            return 0
+    cutoff = timezone.now() - older_than
+    old = DeadJob.objects.filter(died_at__lt=cutoff).order_by().values_list("pk", flat=True)
+    deleted = 0
+    while True:
+        pks = list(old[:chunk])
+        if not pks:
+            return deleted
+        deleted += DeadJob.objects.filter(pk__in=pks).delete()[0]
