@@ -1,0 +1,115 @@
+"""Settings of the example project: a delivery service that notifies recipients about tasks.
+
+Everything that differs between a laptop, CI and production comes from the environment:
+``REDIS_URL``, ``ASYNC_JOBS_KEY_PREFIX``, ``DATABASE_URL`` (SQLite in this folder when unset),
+``WORKER_CONCURRENCY``, ``DJANGO_DEBUG`` and ``DJANGO_SECRET_KEY``.
+"""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-not-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_async_jobs",
+    "deliveries",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+
+def _database() -> dict:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        import dj_database_url
+
+        config = dj_database_url.parse(url)
+        # Never share a test database name with the library's own suite on the same server.
+        config["TEST"] = {"NAME": "test_example_project"}
+        return config
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": BASE_DIR / "db.sqlite3",
+        # The worker writes from several threads while runserver and the demo read: wait for
+        # the lock instead of failing, and take it when a transaction starts.
+        "OPTIONS": {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+
+# The queues of the guide this project follows, as (name, weight): a worker picks a queue of
+# weight 6 first six times as often as one of weight 1, and no queue starves.
+ASYNC_JOBS = {
+    "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "KEY_PREFIX": os.environ.get("ASYNC_JOBS_KEY_PREFIX", "demo"),
+    "QUEUES": [
+        ("critical", 6),  # payments, time-sensitive work
+        ("default", 5),  # standard operations
+        ("notifications", 4),  # SMS, email, push
+        ("integrations", 3),  # external APIs, may be slow
+        ("bulk", 2),  # batch processing, imports
+        ("scheduled", 1),  # scheduled and recurring work
+        ("low", 1),  # can wait
+    ],
+    "CONCURRENCY": int(os.environ.get("WORKER_CONCURRENCY", "5")),
+    "SHUTDOWN_TIMEOUT": 10,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "django_async_jobs": {"handlers": ["console"], "level": "INFO"},
+        "deliveries": {"handlers": ["console"], "level": "INFO"},
+    },
+}
