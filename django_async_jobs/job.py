@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -40,7 +41,7 @@ class _ClassOrInstance:
 def _to_seconds(value: Any, name: str) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     raise TypeError(f"{name} must be a number of seconds or a timedelta, got {value!r}.")
 
@@ -64,7 +65,7 @@ def _run_at(wait: Any, wait_until: Any) -> float | None:
             if timezone.is_naive(wait_until):
                 wait_until = timezone.make_aware(wait_until)
             return wait_until.timestamp()
-        if isinstance(wait_until, (int, float)) and not isinstance(wait_until, bool):
+        if isinstance(wait_until, (int, float)) and not isinstance(wait_until, bool) and math.isfinite(wait_until):
             return float(wait_until)
         raise TypeError(f"wait_until must be a datetime or an epoch timestamp, got {wait_until!r}.")
     return None

@@ -17,3 +17,43 @@ def prefix(settings):
 @pytest.fixture
 def broker(prefix):
     return get_broker()
+
+
+@pytest.fixture
+def spawn(prefix, tmp_path):
+    """Start ``runworker`` subprocesses for this test's prefix; any left running are killed after."""
+    from tests.helpers import WorkerProcess, worker_env
+
+    started = []
+
+    def start(*args, redis_url=None, overrides=None):
+        log = tmp_path / f"worker-{len(started)}.log"
+        proc = WorkerProcess(list(args), worker_env(prefix, redis_url, overrides), log)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.cleanup()
+
+
+@pytest.fixture
+def worker(broker):
+    """An in-process worker on the test's prefix, stopped after the test."""
+    from django_async_jobs.worker.launcher import Worker
+
+    w = Worker()
+    w.start()
+    yield w
+    w.stop(timeout=2)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of this test's own; tests that kill Redis must never touch the shared one."""
+    from tests.helpers import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -1,5 +1,6 @@
 """Settings for the test suite: SQLite by default, PostgreSQL when DATABASE_URL says so."""
 
+import json
 import os
 
 import dj_database_url
@@ -58,3 +59,6 @@ ASYNC_JOBS = {
     "SHUTDOWN_TIMEOUT": 3,
     "POLL_INTERVAL": 0.2,
 }
+# Worker subprocesses started by the reliability tests get per-test settings (a shorter timeout,
+# fewer recoveries) as JSON, merged over the defaults above.
+ASYNC_JOBS.update(json.loads(os.environ.get("ASYNC_JOBS_OVERRIDES", "{}")))

@@ -39,3 +39,52 @@ class FailJob(ApplicationJob):
     def perform(self, key):
         _redis().incr(key)
         raise RuntimeError("boom")
+
+
+class TraceJob(ApplicationJob):
+    """Records its start and end with a name, so a test can count exactly what ran where."""
+
+    def perform(self, key, name, seconds=0.0):
+        _redis().rpush(key, f"start:{name}:{os.getpid()}")
+        if seconds:
+            time.sleep(seconds)
+        _redis().rpush(key, f"done:{name}:{os.getpid()}")
+
+
+class SlowOnceJob(ApplicationJob):
+    """Slow on its first run only: a worker's stop cuts it, the next worker finishes it quickly."""
+
+    def perform(self, key, name, seconds):
+        runs = _redis().incr(f"{key}:runs:{name}")
+        _redis().rpush(key, f"start:{name}:{os.getpid()}")
+        if runs == 1:
+            time.sleep(seconds)
+        _redis().rpush(key, f"done:{name}:{os.getpid()}")
+
+
+class SuicideJob(ApplicationJob):
+    """Kills its own worker process with SIGKILL: every worker that takes it dies (a poison pill)."""
+
+    def perform(self, key):
+        import signal
+
+        _redis().rpush(key, f"start:{os.getpid()}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StampJob(ApplicationJob):
+    """Records when it started, for due-to-start latency of scheduled jobs."""
+
+    def perform(self, key):
+        _redis().rpush(key, repr(time.time()))
+
+
+class TaggedEchoJob(ApplicationJob):
+    """Pickles the arguments it received, so a test can compare types and values exactly."""
+
+    tagged_arguments = True
+
+    def perform(self, key, *values, **options):
+        import pickle
+
+        _redis().rpush(key, pickle.dumps((values, options)))
