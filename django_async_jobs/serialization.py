@@ -15,6 +15,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 TAG = "__aj__"
 
@@ -57,13 +58,36 @@ def _hint(value: Any, tagged: bool) -> str:
     return f"a {type(value).__name__} object, which is not JSON. Pass plain values (ids, strings, numbers)"
 
 
+def _clock(tag: str, value: dt.datetime | dt.time) -> dict[str, Any]:
+    """An ISO string keeps the UTC offset but not the zone: a ``ZoneInfo`` travels by its key,
+    and ``fold`` too, so a local time around a DST change comes back as the same instant."""
+    out: dict[str, Any] = {TAG: tag, "v": value.isoformat()}
+    if isinstance(value.tzinfo, ZoneInfo) and value.tzinfo.key:
+        out["tz"] = value.tzinfo.key
+    if value.fold:
+        out["fold"] = 1
+    return out
+
+
+def _unclock(decoded: Any, value: dict[str, Any]) -> Any:
+    tz = value.get("tz")
+    if tz is not None:
+        try:
+            decoded = decoded.replace(tzinfo=ZoneInfo(tz))
+        except (ZoneInfoNotFoundError, TypeError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {tz!r}") from exc
+    if value.get("fold"):
+        decoded = decoded.replace(fold=1)
+    return decoded
+
+
 def _encode_tagged(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return {TAG: "datetime", "v": value.isoformat()}
+        return _clock("datetime", value)
     if isinstance(value, dt.date):
         return {TAG: "date", "v": value.isoformat()}
     if isinstance(value, dt.time):
-        return {TAG: "time", "v": value.isoformat()}
+        return _clock("time", value)
     if isinstance(value, dt.timedelta):
         return {TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
     if isinstance(value, Decimal):
@@ -128,7 +152,10 @@ def load_value(value: Any) -> Any:
             if tag == "dict":
                 return {k: load_value(v) for k, v in value["v"].items()}
             try:
-                return _DECODERS[tag](value["v"])
+                decoded = _DECODERS[tag](value["v"])
+                if tag in ("datetime", "time"):
+                    decoded = _unclock(decoded, value)
+                return decoded
             except (KeyError, TypeError, ValueError) as exc:
                 raise MalformedPayload(f"bad tagged value {value!r}: {exc}") from exc
         return {k: load_value(v) for k, v in value.items()}
