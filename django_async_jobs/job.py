@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
-from django_async_jobs import callbacks, registry, retries, signals
+from django_async_jobs import callbacks, locks, registry, retries, signals
 from django_async_jobs.conf import get_settings
 from django_async_jobs.serialization import (
     dump_arguments,
@@ -85,6 +85,10 @@ class ApplicationJob:
     discard_on: ClassVar[list[Any] | tuple[Any, ...]] = ()
     max_retries: ClassVar[int | None] = None
     retry: ClassVar[bool] = True
+    # Unique jobs (locks.py): a lock mode, its TTL, and what a conflict does.
+    lock: ClassVar[str | None] = None
+    lock_ttl: ClassVar[float | timedelta] = locks.DEFAULT_TTL
+    on_conflict: ClassVar[str] = "log"
 
     job_name: ClassVar[str]
     _callbacks: ClassVar[dict[str, tuple[str, ...]]]
@@ -92,6 +96,7 @@ class ApplicationJob:
     _positional_names: ClassVar[tuple[str, ...]]
     _is_async: ClassVar[bool]
     _rules: ClassVar[tuple[retries.Rule, ...]]
+    _lock_ttl_ms: ClassVar[int | None]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -109,6 +114,7 @@ class ApplicationJob:
         )
         cls._is_async = inspect.iscoroutinefunction(cls.perform)
         cls._rules = retries.compile_rules(cls)
+        cls._lock_ttl_ms = locks.compile_lock(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.arguments: list[Any] = list(args)
@@ -131,6 +137,14 @@ class ApplicationJob:
 
     def perform(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define perform().")
+
+    @classmethod
+    def lock_args(cls, *args: Any, **kwargs: Any) -> Any:
+        """The arguments that make two jobs the same for ``lock`` (default: all of them).
+
+        Override to narrow it, e.g. ``return [args[0]]`` for one job per resource.
+        """
+        return [list(args), kwargs] if kwargs else list(args)
 
     def after_discard(self, exc: BaseException) -> None:
         """Called when a ``discard_on`` rule drops this job; override to clean up or notify."""
@@ -192,7 +206,11 @@ class ApplicationJob:
 
             if self.queue_name is None:
                 self.queue_name = self._resolve_queue()
-            dispatch.enqueue([self])
+            if type(self).lock is None:
+                dispatch.enqueue([self])
+            elif not locks.enqueue(self):
+                self.successfully_enqueued = False  # a unique job's lock is taken
+                return self
             self.successfully_enqueued = True
             signals.send(signals.job_enqueued, type(self), job=self)
             return self
@@ -244,6 +262,8 @@ class ApplicationJob:
         for key in CARRIED:
             if key in self.payload:
                 data[key] = self.payload[key]
+        if type(self).lock is not None:
+            data["lock"] = locks.payload_lock(self)
         return data
 
     @classmethod

@@ -61,7 +61,9 @@ class Broker:
         self.redis = connection if connection is not None else connect(settings)
         self._scripts = {
             name: self.redis.register_script(_script_source(name))
-            for name in ("push", "fetch", "settle", "heartbeat", "recover", "release", "poll")
+            for name in (
+                "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
+            )
         }
 
     def _run(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
@@ -82,6 +84,29 @@ class Broker:
         """Delay jobs until their epoch times (the poller moves them when due)."""
         mapping = dict(entries)
         return (client or self.redis).zadd(self.keys.schedule, mapping)
+
+    def lock_push(
+        self, key: str, job_id: str, ttl_ms: int, payload: str, run_at: float | None = None
+    ) -> tuple[bool, str | None]:
+        """Take a unique job's lock and push (or schedule) it, atomically; (False, holder) if taken."""
+        result = self._run(
+            "lock_push", [key, self.keys.schedule], [job_id, ttl_ms, payload, "" if run_at is None else repr(run_at)]
+        )
+        if result[0] == 1:
+            return True, None
+        holder = result[1]
+        return False, holder.decode() if isinstance(holder, bytes) else holder
+
+    def take_lock(self, key: str, holder: str, ttl_ms: int) -> tuple[bool, str | None]:
+        """SET NX with a TTL; (False, current holder) when someone else has it."""
+        previous = self.redis.set(key, holder, nx=True, px=ttl_ms, get=True)
+        if previous is None:
+            return True, None
+        return False, previous.decode() if isinstance(previous, bytes) else previous
+
+    def unlock(self, key: str, holder: str) -> None:
+        """Release a lock only if ``holder`` still holds it."""
+        self._run("unlock", [key], [holder])
 
     # -- worker side -------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ key                                    type       holds
 ``p:dead``                             hash       dead jobs staged for the database
 ``p:stat:<name>`` / ``:<YYYY-MM-DD>``  string     processed / failed counters, total and daily
 ``p:notify``                           channel    "work is ready" wake-ups for idle fetchers
+``p:lock:<job>:<digest>``              string     a unique job's enqueue lock; value = job id
+``p:runlock:<job>:<digest>``           string     a unique job's run lock; value = in-flight field
 =====================================  =========  ===============================================
 """
 
@@ -85,6 +87,12 @@ class Keys:
     @property
     def notify(self) -> str:
         return f"{self.prefix}:notify"
+
+    def lock(self, job_name: str, digest: str) -> str:
+        return f"{self.prefix}:lock:{job_name}:{digest}"
+
+    def run_lock(self, job_name: str, digest: str) -> str:
+        return f"{self.prefix}:runlock:{job_name}:{digest}"
 
     @property
     def pattern(self) -> str:

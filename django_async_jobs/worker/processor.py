@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db import close_old_connections
 
-from django_async_jobs import registry, retries, signals
+from django_async_jobs import locks, registry, retries, signals
 from django_async_jobs.serialization import (
     MalformedPayload,
     decode_payload,
@@ -93,7 +93,7 @@ def process(field: str, raw: bytes, log_jobs: bool = True) -> Settlement:
     started = time.perf_counter()
     signals.send(signals.job_started, job_class, job=job)
     try:
-        job.perform_now()
+        locks.perform(job, field)
     except Exception as exc:
         settlement = retries.handle_failure(job, field, raw, exc)
         outcome = "discarded" if settlement.op == "ack" else settlement.op

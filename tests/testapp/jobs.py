@@ -88,3 +88,6 @@ class TaggedEchoJob(ApplicationJob):
         import pickle
 
         _redis().rpush(key, pickle.dumps((values, options)))
+
+
+from tests.testapp import unique_jobs  # noqa: E402, F401  (worker subprocesses know them)

@@ -47,10 +47,27 @@ local function stage_dead(dead_id, job_id, payload, reason, now)
   }))
 end
 
+-- Unique jobs (locks.py): a payload's lock = {mode, key = enqueue lock, run = run lock}. Only
+-- the holder deletes a lock: the job id holds the enqueue lock, the in-flight field the run lock.
+local function unlock(key, token)
+  if type(key) == 'string' and redis.call('GET', key) == token then redis.call('DEL', key) end
+end
+
+-- A job leaving its process drops its run lock; when it is done (finished or dead) its enqueue
+-- lock goes too, except until_expired's, which only the TTL ends. A job handed back keeps its
+-- enqueue lock: the lock passes to the recovered job.
+local function release_locks(field, job, done)
+  local lock = job.lock
+  if type(lock) ~= 'table' then return end
+  unlock(lock.run, field)
+  if done and lock.mode ~= 'until_expired' then unlock(lock.key, job.jid) end
+end
+
 -- Put a fetched job back at the head of its queue, or stage it as dead: with dead_reason, or
 -- when the payload cannot be routed at all. Returns true when the job went back to a queue.
 local function hand_back(field, payload, now, dead_reason)
   local job = decode(payload)
+  if job then release_locks(field, job, dead_reason ~= nil) end
   if job and not dead_reason then
     enqueue(payload, job, true)
     return true

@@ -19,6 +19,10 @@ for i = 6, #ARGV, 4 do
       if hand_back(field, payload, now_seconds(), nil) then requeued = true end
     else
       redis.call('HDEL', recoveries, job_key(field))
+      if string.find(payload, '"lock":', 1, true) then
+        local job = decode(payload)
+        if job then release_locks(field, job, op ~= 'retry') end
+      end
       if op == 'retry' then
         redis.call('ZADD', retry, tonumber(a), b)
       elseif op == 'dead' then

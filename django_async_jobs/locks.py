@@ -1,0 +1,175 @@
+"""Unique jobs: at most one job per class and lock arguments, enqueued and/or running.
+
+Two kinds of lock, both plain Redis strings with a TTL, so none can stay stuck forever:
+
+* the *enqueue lock* (``until_executing``, ``until_executed``, ``until_and_while_executing``,
+  ``until_expired``) is taken in the same Lua step that pushes the job (``lock_push.lua``): 200
+  racing ``perform_later`` calls enqueue exactly one job. Its value is the job id, so only that
+  job releases it: when a worker starts it (``until_executing``, ``until_and_while_executing``),
+  in the settle step that acknowledges or buries it (``until_executed``), or never
+  (``until_expired``: the TTL does).
+* the *run lock* (``while_executing``, ``until_and_while_executing``) is taken by the worker just
+  before ``perform`` and released just after. Its value is the in-flight field, unique per
+  fetch, so the recovery and release steps can drop the lock of a job whose worker died.
+
+The payload carries ``"lock": {"mode", "key", "run"}`` so the Lua steps can release without
+Python. A retried job keeps its enqueue lock (it is still pending); a dead one releases it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from django_async_jobs.broker.client import get_broker
+from django_async_jobs.serialization import encode_payload
+
+if TYPE_CHECKING:
+    from django_async_jobs.job import ApplicationJob
+
+logger = logging.getLogger("django_async_jobs.job")
+
+MODES = ("until_executing", "until_executed", "until_and_while_executing", "while_executing", "until_expired")
+ENQUEUE_LOCKED = frozenset(("until_executing", "until_executed", "until_and_while_executing", "until_expired"))
+RUN_LOCKED = frozenset(("while_executing", "until_and_while_executing"))
+RELEASED_AT_START = frozenset(("until_executing", "until_and_while_executing"))
+CONFLICTS = ("log", "raise", "reschedule")
+DEFAULT_TTL = 3600.0
+# A job that finds its run lock taken and has on_conflict = "reschedule" tries again this much later.
+RESCHEDULE_DELAY = 1.0
+
+
+class LockConflict(Exception):
+    """A unique job's lock is held by another job (``on_conflict = "raise"``)."""
+
+    def __init__(self, job: ApplicationJob, key: str, holder: str | None, when: str) -> None:
+        self.job = job
+        self.key = key
+        self.holder = holder
+        super().__init__(
+            f"{type(job).__name__} with lock args {lock_args(job)!r} is already {when} "
+            f"(lock {type(job).lock!r}, held by job {holder or 'unknown'}). "
+            f"Set on_conflict = 'log' to drop duplicates quietly, or change lock_args()."
+        )
+
+
+def compile_lock(job_class: type) -> int | None:
+    """Validate ``lock`` / ``lock_ttl`` / ``on_conflict`` when the class is defined; the TTL in ms."""
+    name = job_class.__qualname__
+    mode = job_class.lock
+    if mode is None:
+        return None
+    if mode not in MODES:
+        raise ImproperlyConfigured(f"{name}.lock = {mode!r}; use one of {', '.join(map(repr, MODES))} or None.")
+    if job_class.on_conflict not in CONFLICTS:
+        raise ImproperlyConfigured(
+            f"{name}.on_conflict = {job_class.on_conflict!r}; use one of {', '.join(map(repr, CONFLICTS))}."
+        )
+    ttl = job_class.lock_ttl
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ImproperlyConfigured(
+            f"{name}.lock_ttl must be a positive number of seconds or a timedelta, got {ttl!r}: "
+            "every lock expires, so a lost worker never blocks a job forever."
+        )
+    if not isinstance(job_class.__dict__.get("lock_args", classmethod(lambda cls: None)), classmethod):
+        raise ImproperlyConfigured(f"{name}.lock_args must be a classmethod: @classmethod def lock_args(cls, *args, **kwargs).")
+    return max(1, int(seconds * 1000))
+
+
+def lock_args(job: ApplicationJob) -> Any:
+    return type(job).lock_args(*job.arguments, **job.kwargs)
+
+
+def _digest(job: ApplicationJob) -> str:
+    value = lock_args(job)
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{type(job).__name__}.lock_args() must return JSON-like values: {exc}") from None
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def payload_lock(job: ApplicationJob) -> dict[str, str]:
+    """The ``lock`` field of a unique job's payload: its mode and the keys the Lua steps release."""
+    mode = type(job).lock
+    keys = get_broker().keys
+    digest = _digest(job)
+    data = {"mode": mode}
+    if mode in ENQUEUE_LOCKED:
+        data["key"] = keys.lock(job.job_name, digest)
+    if mode in RUN_LOCKED:
+        data["run"] = keys.run_lock(job.job_name, digest)
+    return data
+
+
+def enqueue(job: ApplicationJob) -> bool:
+    """Push a unique job; False (or ``LockConflict``) when its enqueue lock is taken.
+
+    Lock and push are one Lua step, so there is no window where the lock is held and the job
+    not yet in Redis (or the reverse). The TTL counts from the run time of a scheduled job.
+    """
+    if type(job).lock not in ENQUEUE_LOCKED:
+        from django_async_jobs import dispatch
+
+        dispatch.enqueue([job])
+        return True
+    data = job.serialize()
+    lock = data["lock"]
+    ttl_ms = type(job)._lock_ttl_ms
+    delay = 0.0
+    if job.scheduled_at is not None:
+        delay = max(0.0, job.scheduled_at - data["enqueued_at"])
+    pushed, holder = get_broker().lock_push(
+        lock["key"], job.job_id, ttl_ms + int(delay * 1000), encode_payload(data), job.scheduled_at
+    )
+    if pushed:
+        return True
+    _conflict(job, lock["key"], holder, "enqueued")
+    return False
+
+
+def _conflict(job: ApplicationJob, key: str, holder: str | None, when: str) -> None:
+    if type(job).on_conflict == "raise":
+        raise LockConflict(job, key, holder, when)
+    logger.info(
+        "%s %s not %s: lock %s is held by job %s", job.job_name, job.job_id,
+        "enqueued" if when == "enqueued" else "run", key, holder,
+    )
+
+
+def perform(job: ApplicationJob, field: str) -> None:
+    """Run a fetched job under its locks (the worker's side)."""
+    lock = job.payload.get("lock")
+    if not lock:
+        job.perform_now()
+        return
+    broker = get_broker()
+    if lock.get("mode") in RELEASED_AT_START and lock.get("key"):
+        broker.unlock(lock["key"], job.job_id)
+    run_key = lock.get("run")
+    if not run_key:
+        job.perform_now()
+        return
+    taken, holder = broker.take_lock(run_key, field, type(job)._lock_ttl_ms)
+    if not taken:
+        _run_conflict(job, run_key, holder)
+        return
+    try:
+        job.perform_now()
+    finally:
+        broker.unlock(run_key, field)
+
+
+def _run_conflict(job: ApplicationJob, key: str, holder: str | None) -> None:
+    if type(job).on_conflict == "reschedule":
+        logger.info("%s %s waits %.1fs: lock %s is held by %s", job.job_name, job.job_id, RESCHEDULE_DELAY, key, holder)
+        job.retry_job(wait=RESCHEDULE_DELAY)
+        return
+    _conflict(job, key, holder, "running")
+
