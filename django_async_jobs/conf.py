@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "TAGGED_ARGUMENTS": False,
     "MODE": "redis",
     "LOG_JOBS": True,
+    "ENQUEUE_AFTER_COMMIT": True,
+    "RESULT_TTL": 86400,
+    "ASYNC_CONCURRENCY": 100,
 }
 
 
@@ -35,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
 # the unknown-key check even though their defaults live with those features.
 LATER_KEYS = {
     "MAX_RETRIES", "DEAD_JOB_RETENTION", "DEATH_HANDLERS", "ERROR_HANDLERS", "RECURRING",
-    "ENQUEUE_AFTER_COMMIT", "RESULT_TTL", "PROGRESS_EVERY", "PROGRESS_SECONDS",
+    "PROGRESS_EVERY", "PROGRESS_SECONDS",
 }
 
 
@@ -63,6 +66,9 @@ class Settings:
     tagged_arguments: bool
     mode: str
     log_jobs: bool
+    enqueue_after_commit: bool
+    result_ttl: float
+    async_concurrency: int
     raw: dict[str, Any] = field(repr=False, compare=False)
 
 
@@ -124,6 +130,9 @@ def build(raw: dict[str, Any]) -> Settings:
         tagged_arguments=bool(merged["TAGGED_ARGUMENTS"]),
         mode=merged["MODE"],
         log_jobs=bool(merged["LOG_JOBS"]),
+        enqueue_after_commit=bool(merged["ENQUEUE_AFTER_COMMIT"]),
+        result_ttl=_seconds(merged["RESULT_TTL"]),
+        async_concurrency=int(merged["ASYNC_CONCURRENCY"]),
         raw=merged,
     )
 

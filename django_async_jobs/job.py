@@ -89,6 +89,9 @@ class ApplicationJob:
     lock: ClassVar[str | None] = None
     lock_ttl: ClassVar[float | timedelta] = locks.DEFAULT_TTL
     on_conflict: ClassVar[str] = "log"
+    # None follows ASYNC_JOBS["ENQUEUE_AFTER_COMMIT"]; the alias is the database whose commit waits.
+    enqueue_after_commit: ClassVar[bool | None] = None
+    enqueue_using: ClassVar[str] = "default"
 
     job_name: ClassVar[str]
     _callbacks: ClassVar[dict[str, tuple[str, ...]]]
@@ -174,14 +177,34 @@ class ApplicationJob:
         wait_until: datetime | float | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        using: str | None = None,
     ) -> ConfiguredJob:
-        """Options for one enqueue: ``Job.set(wait=timedelta(minutes=1)).perform_later(...)``."""
-        return ConfiguredJob(cls, wait=wait, wait_until=wait_until, queue=queue, priority=priority)
+        """Options for one enqueue: ``Job.set(wait=timedelta(minutes=1)).perform_later(...)``.
+
+        ``using`` names the database alias whose transaction commit the push waits for.
+        """
+        return ConfiguredJob(cls, wait=wait, wait_until=wait_until, queue=queue, priority=priority, using=using)
 
     @classmethod
     def perform_later(cls, *args: Any, **kwargs: Any) -> ApplicationJob:
         """Enqueue; returns the job (``.job_id`` set), falsy if a callback halted it."""
         return cls(*args, **kwargs).enqueue()
+
+    @staticmethod
+    def perform_all_later(jobs: Any, *, using: str | None = None) -> int:
+        """Enqueue many job instances (any classes) in one Redis call per 1,000; no enqueue
+        callbacks run, as ActiveJob's. Returns how many were enqueued (or deferred to commit)."""
+        from django_async_jobs import dispatch
+
+        return dispatch.enqueue_all(jobs, using=using)
+
+    @classmethod
+    def perform_bulk(cls, items: Any, **options: Any) -> int:
+        """``perform_all_later`` for one class: each item is an args list/tuple, a kwargs dict, or
+        an ``(args, kwargs)`` pair; ``options`` are ``set()``'s (wait, queue, priority, ...)."""
+        from django_async_jobs import dispatch
+
+        return dispatch.enqueue_bulk(cls, items, **options)
 
     def enqueue(
         self,
@@ -190,6 +213,7 @@ class ApplicationJob:
         wait_until: datetime | float | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        using: str | None = None,
     ) -> ApplicationJob:
         self._check_arguments()
         if queue is not None:
@@ -215,8 +239,13 @@ class ApplicationJob:
             signals.send(signals.job_enqueued, type(self), job=self)
             return self
 
-        if callbacks.run(self, "enqueue", push) is callbacks.HALTED:
-            self.successfully_enqueued = False
+        def run() -> None:
+            if callbacks.run(self, "enqueue", push) is callbacks.HALTED:
+                self.successfully_enqueued = False
+
+        from django_async_jobs import dispatch
+
+        dispatch.now_or_on_commit([self], run, using)
         return self
 
     def _resolve_queue(self) -> str:
