@@ -47,7 +47,13 @@ def select_queues(spec: QueueSpec, requested: Sequence[str]) -> QueueSpec:
     weights: list[int] = []
     explicit = False
     for item in requested:
-        name, _, weight = item.partition(",")
+        name, comma, weight = item.partition(",")
+        if not name or ":" in name:
+            raise ValueError(f"-q {item!r}: a queue name must be non-empty and without ':'.")
+        if name in names:
+            raise ValueError(f"-q {item!r}: the queue {name!r} is given twice.")
+        if comma and not weight:
+            raise ValueError(f"-q {item!r}: the weight after the comma must be a positive integer.")
         if weight:
             explicit = True
             if not weight.isdigit() or int(weight) < 1:
