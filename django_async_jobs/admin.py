@@ -1,0 +1,144 @@
+"""The dead-jobs screen: find out why jobs died, run them again, or delete them.
+
+Rows are evidence, so the detail page is read-only for everyone; the only writes are the
+"Retry" action (change permission) and deletion (delete permission).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.text import Truncator
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from django_async_jobs.deadjobs import retry_dead
+from django_async_jobs.models import DeadJob
+
+try:  # Django 6.1+: actions can also be offered on the detail page.
+    from django.contrib.admin.options import ActionLocation
+
+    _BOTH_PAGES: dict[str, Any] = {"location": [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]}
+except ImportError:  # pragma: no cover - older Django
+    _BOTH_PAGES = {}
+
+SKIPPED_SHOWN = 10
+
+
+def _pre(text: str) -> str:
+    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', text)
+
+
+def _pretty(value: Any) -> str:
+    if value is None:
+        return "-"
+    return _pre(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+
+
+@admin.register(DeadJob)
+class DeadJobAdmin(admin.ModelAdmin):
+    list_display = ("died_at", "job_class", "queue", "error_class", "reason", "executions", "short_message")
+    list_filter = (
+        "job_class",
+        "queue",
+        "error_class",
+        "reason",
+        ("died_at", admin.DateFieldListFilter),
+    )
+    search_fields = ("job_class", "error_class", "error_message", "job_id")
+    date_hierarchy = "died_at"
+    list_per_page = 100
+    actions = ("retry_selected",)
+    fieldsets = (
+        (None, {"fields": ("job_class", "queue", "reason", "job_id", "dead_id", "executions")}),
+        (_("Times"), {"fields": ("enqueued_at", "failed_at", "died_at", "created")}),
+        (_("Arguments"), {"fields": ("arguments_display", "kwargs_display")}),
+        (_("Error"), {"fields": ("error_class", "error_message", "traceback_display")}),
+        (_("Payload"), {"fields": ("payload_display",), "classes": ("collapse",)}),
+    )
+    readonly_fields = (
+        "job_class", "queue", "reason", "job_id", "dead_id", "executions",
+        "enqueued_at", "failed_at", "died_at", "created",
+        "arguments_display", "kwargs_display",
+        "error_class", "error_message", "traceback_display", "payload_display",
+    )
+
+    # -- permissions: read-only rows, no adding ----------------------------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: DeadJob | None = None) -> bool:
+        # Without an object this is the "may retry" check of the action; an object is never edited.
+        if obj is not None:
+            return False
+        return super().has_change_permission(request)
+
+    # -- columns and fields ------------------------------------------------------------------
+
+    @admin.display(description=_("message"))
+    def short_message(self, obj: DeadJob) -> str:
+        return Truncator(obj.error_message.splitlines()[0] if obj.error_message else "").chars(80)
+
+    @admin.display(description=_("arguments"))
+    def arguments_display(self, obj: DeadJob) -> str:
+        return _pretty(obj.arguments)
+
+    @admin.display(description=_("keyword arguments"))
+    def kwargs_display(self, obj: DeadJob) -> str:
+        return _pretty(obj.kwargs)
+
+    @admin.display(description=_("traceback"))
+    def traceback_display(self, obj: DeadJob) -> str:
+        return _pre(obj.traceback) if obj.traceback else "-"
+
+    @admin.display(description=_("payload"))
+    def payload_display(self, obj: DeadJob) -> str:
+        try:
+            return _pretty(json.loads(obj.payload))
+        except ValueError:
+            return _pre(obj.payload)
+
+    # -- actions -----------------------------------------------------------------------------
+
+    @admin.action(description=_("Retry selected dead jobs"), permissions=["change"], **_BOTH_PAGES)
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[DeadJob]) -> HttpResponseRedirect | None:
+        skipped: list[str] = []
+        try:
+            count = retry_dead(queryset, skipped=skipped)
+        except redis.RedisError as exc:
+            self.message_user(
+                request,
+                _("Redis is unavailable (%(error)s); the dead jobs not yet retried stay here.") % {"error": exc},
+                messages.ERROR,
+            )
+            return None
+        self.message_user(
+            request,
+            ngettext("Retried %(count)d dead job.", "Retried %(count)d dead jobs.", count) % {"count": count},
+            messages.SUCCESS,
+        )
+        if skipped:
+            shown = ", ".join(skipped[:SKIPPED_SHOWN]) + (" …" if len(skipped) > SKIPPED_SHOWN else "")
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d dead job has a malformed payload and cannot be retried: %(ids)s",
+                    "%(count)d dead jobs have malformed payloads and cannot be retried: %(ids)s",
+                    len(skipped),
+                ) % {"count": len(skipped), "ids": shown},
+                messages.WARNING,
+            )
+        match = request.resolver_match
+        if match is not None and match.url_name and match.url_name.endswith("_change") and not skipped:
+            # Retried from its own page: the row is gone, so go back to the list.
+            opts = self.opts
+            return HttpResponseRedirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"))
+        return None
