@@ -72,6 +72,6 @@ local function hand_back(field, payload, now, dead_reason)
     enqueue(payload, job, true)
     return true
   end
-  stage_dead(field .. ':' .. tostring(now), field, payload, job and dead_reason or 'malformed_payload', now)
+  stage_dead(field .. ':' .. tostring(now), job_key(field), payload, job and dead_reason or 'malformed_payload', now)
   return false
 end

@@ -1,0 +1,266 @@
+"""Real worker processes killed, stopped, quieted and cut off from Redis: no job is lost.
+
+Every worker here is a ``runworker`` subprocess on the test's key prefix; jobs report through
+Redis lists named by the test, so each side effect is counted exactly.
+"""
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import redis
+
+from django_async_jobs.conf import QueueSpec
+from django_async_jobs.serialization import decode_payload
+from django_async_jobs.worker.launcher import Worker
+from tests.helpers import registered, wait_for
+from tests.testapp.jobs import IncrJob, SlowOnceJob, SuicideJob, TraceJob
+
+START_TIMEOUT = 20  # a cold Django start on a busy 2-core machine
+
+
+def events(broker, key: str) -> list[str]:
+    return [e.decode() for e in broker.redis.lrange(key, 0, -1)]
+
+
+def count(broker, key: str, kind: str) -> Counter:
+    """How many times each job name reached ``kind`` ("start" or "done")."""
+    return Counter(e.split(":")[1] for e in events(broker, key) if e.startswith(kind + ":"))
+
+
+def where(broker, key: str, kind: str, name: str) -> list[int]:
+    return [int(e.split(":")[2]) for e in events(broker, key) if e.startswith(f"{kind}:{name}:")]
+
+
+def wait_registered(broker, *procs, timeout: float = START_TIMEOUT) -> dict[int, str]:
+    """Wait until every given worker has beaten once; returns pid -> process id."""
+    pids = {p.pid for p in procs}
+    found = wait_for(
+        lambda: pids <= set(registered(broker).values()) and registered(broker),
+        timeout, f"workers {sorted(pids)} registered",
+    )
+    return {pid: process_id for process_id, pid in found.items()}
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def queued_ids(broker, queue: str = "default") -> list[str]:
+    return [decode_payload(raw)["jid"] for raw in broker.redis.zrange(broker.keys.queue(queue), 0, -1)]
+
+
+def test_kill_9_mid_job_is_recovered_by_another_worker(spawn, broker, prefix):
+    key = f"{prefix}:trace"
+    a = spawn("-c", "2")
+    b = spawn("-c", "2")
+    process_ids = wait_registered(broker, a, b)
+    names = [f"j{i}" for i in range(6)]
+    for name in names:
+        TraceJob.perform_later(key, name, 0.8)
+    wait_for(lambda: where_any(broker, key, "start", a.pid), 5, "worker A started a job")
+    a.send(signal.SIGKILL)
+    assert a.wait(5) == -signal.SIGKILL
+    killed = {e.split(":")[1] for e in events(broker, key) if e.startswith("start:") and e.endswith(f":{a.pid}")}
+    assert killed
+    # B recovers A's jobs after the heartbeat timeout and runs them: every job done exactly once.
+    wait_for(lambda: count(broker, key, "done") == Counter(names), 15, "every job done")
+    time.sleep(0.3)
+    assert count(broker, key, "done") == Counter(names)
+    starts = count(broker, key, "start")
+    for name in names:
+        assert starts[name] == (2 if name in killed else 1), (name, events(broker, key))
+        assert where(broker, key, "done", name) == [b.pid]
+    assert broker.queue_size("default") == 0
+    wait_for(lambda: not broker.redis.exists(broker.keys.inflight(process_ids[b.pid])), 5, "B settled")
+    assert not broker.redis.exists(broker.keys.inflight(process_ids[a.pid]))
+    assert process_ids[a.pid] not in registered(broker)
+    assert broker.redis.hlen(broker.keys.recoveries) == 0  # counts go once the job is done
+    b.send(signal.SIGTERM)
+    assert b.wait(10) == 0
+
+
+def where_any(broker, key: str, kind: str, pid: int) -> bool:
+    return any(e.startswith(kind + ":") and e.endswith(f":{pid}") for e in events(broker, key))
+
+
+def test_sigterm_hands_a_long_job_back_to_the_head_of_its_queue(spawn, broker, prefix):
+    key = f"{prefix}:trace"
+    a = spawn("-c", "1", overrides={"SHUTDOWN_TIMEOUT": 1})
+    wait_registered(broker, a)
+    long = SlowOnceJob.perform_later(key, "long", 4)
+    behind = [TraceJob.perform_later(key, f"after{i}") for i in range(2)]
+    wait_for(lambda: where(broker, key, "start", "long") == [a.pid], 5, "the long job started")
+    assert queued_ids(broker) == [j.job_id for j in behind]
+    stopped_at = time.monotonic()
+    a.send(signal.SIGTERM)
+    assert a.wait(8) == 0, a.output()
+    assert time.monotonic() - stopped_at < 4, "waited for the job instead of SHUTDOWN_TIMEOUT"
+    assert where(broker, key, "done", "long") == []
+    assert queued_ids(broker) == [long.job_id] + [j.job_id for j in behind]
+    assert not registered(broker)
+    b = spawn("-c", "1")
+    wait_for(lambda: len(count(broker, key, "done")) == 3, START_TIMEOUT, "all three jobs done on B")
+    assert where(broker, key, "start", "long") == [a.pid, b.pid]
+    assert where(broker, key, "done", "long") == [b.pid]
+    starts_on_b = [e.split(":")[1] for e in events(broker, key) if e.startswith("start:") and e.endswith(f":{b.pid}")]
+    assert starts_on_b == ["long", "after0", "after1"]  # it kept its turn
+    b.send(signal.SIGTERM)
+    assert b.wait(10) == 0
+
+
+def test_sigterm_lets_a_short_job_finish(spawn, broker, prefix):
+    key = f"{prefix}:trace"
+    a = spawn("-c", "1")
+    process_id = wait_registered(broker, a)[a.pid]
+    TraceJob.perform_later(key, "short", 1.0)
+    wait_for(lambda: where(broker, key, "start", "short"), 5, "the job started")
+    a.send(signal.SIGTERM)
+    assert a.wait(8) == 0, a.output()
+    assert where(broker, key, "done", "short") == [a.pid]
+    assert broker.queue_size("default") == 0
+    assert not broker.redis.exists(broker.keys.inflight(process_id))
+    assert broker.stat("processed") == 1
+    assert not registered(broker)
+
+
+def test_sigtstp_quiets_the_worker(spawn, broker, prefix):
+    key = f"{prefix}:trace"
+    a = spawn("-c", "1")
+    process_id = wait_registered(broker, a)[a.pid]
+    TraceJob.perform_later(key, "first", 1.0)
+    second = TraceJob.perform_later(key, "second")
+    wait_for(lambda: where(broker, key, "start", "first"), 5, "the first job started")
+    a.send(signal.SIGTSTP)
+    wait_for(lambda: where(broker, key, "done", "first"), 5, "the running job finished")
+    wait_for(
+        lambda: broker.redis.hget(broker.keys.process(process_id), "quiet") == b"1", 3, "quiet in the heartbeat"
+    )
+    time.sleep(0.7)  # several fetch and poll beats
+    assert where(broker, key, "start", "second") == []
+    assert queued_ids(broker) == [second.job_id]
+    assert a.alive()
+    a.send(signal.SIGTERM)
+    assert a.wait(8) == 0
+    assert queued_ids(broker) == [second.job_id]
+
+
+def test_second_sigint_exits_at_once_and_the_job_stays_recoverable(spawn, broker, prefix, settings):
+    key = f"{prefix}:trace"
+    a = spawn("-c", "1")
+    process_id = wait_registered(broker, a)[a.pid]
+    job = SlowOnceJob.perform_later(key, "long", 6)
+    wait_for(lambda: where(broker, key, "start", "long"), 5, "the job started")
+    a.send(signal.SIGINT)
+    time.sleep(0.3)
+    assert a.alive()  # the first INT waits for the job
+    second = time.monotonic()
+    a.send(signal.SIGINT)
+    assert a.wait(3) == 1
+    assert time.monotonic() - second < 1.5
+    held = broker.inflight(process_id)
+    assert [decode_payload(p)["jid"] for p in held.values()] == [job.job_id]
+    assert process_id in registered(broker)  # left for recovery, not released
+    # Another worker recovers it once the heartbeat is stale (a short timeout for this one).
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "HEARTBEAT_TIMEOUT": 1}
+    rescuer = Worker()
+    rescuer.start()
+    try:
+        wait_for(lambda: where(broker, key, "done", "long"), 8, "the recovered job done")
+    finally:
+        rescuer.stop(timeout=2)
+    assert where(broker, key, "done", "long") == [os.getpid()]
+    assert not broker.redis.exists(broker.keys.inflight(process_id))
+
+
+def test_poison_pill_is_staged_dead_after_max_recoveries(spawn, broker, prefix, settings):
+    key = f"{prefix}:trace"
+    victims = [spawn("-c", "1", overrides={"HEARTBEAT_TIMEOUT": 1.5, "MAX_RECOVERIES": 1}) for _ in range(2)]
+    wait_registered(broker, *victims)
+    # The rescuer only recovers: it works a queue nobody uses, so it never takes the pill itself.
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "HEARTBEAT_TIMEOUT": 1.5, "MAX_RECOVERIES": 1}
+    rescuer = Worker(queues=QueueSpec(("idle",), (1,), True))
+    rescuer.start()
+    try:
+        job = SuicideJob.perform_later(key)
+        wait_for(lambda: broker.redis.hlen(broker.keys.dead) == 1, 15, "the pill staged dead")
+    finally:
+        rescuer.stop(timeout=2)
+    for victim in victims:
+        assert victim.wait(5) == -signal.SIGKILL
+    assert sorted(int(e.split(":")[1]) for e in events(broker, key)) == sorted(v.pid for v in victims)
+    [record] = [json.loads(r) for r in broker.redis.hvals(broker.keys.dead)]
+    assert record["reason"] == "poison_pill"
+    assert json.loads(record["payload"])["jid"] == job.job_id
+    assert record["job_id"] == job.job_id
+    assert broker.queue_size("default") == 0
+    assert broker.redis.hlen(broker.keys.recoveries) == 0
+
+
+def test_worker_survives_a_redis_restart(redis_server, spawn, broker, prefix, settings):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "REDIS_URL": redis_server.url}
+    from django_async_jobs.broker.client import get_broker
+
+    private = get_broker()
+    assert private.redis.connection_pool.connection_kwargs["port"] == redis_server.port
+    key = f"{prefix}:n"
+    a = spawn("-c", "2", redis_url=redis_server.url)
+    wait_registered(private, a)
+    IncrJob.perform_later(key)
+    wait_for(lambda: private.redis.get(key) == b"1", 5, "a job before the restart")
+    redis_server.stop()
+    time.sleep(0.5)
+    redis_server.start()  # same port, empty: nothing persisted
+
+    def enqueue() -> bool:
+        try:
+            IncrJob.perform_later(key, 5)
+            return True
+        except redis.ConnectionError:
+            return False
+
+    wait_for(enqueue, 5, "enqueue after the restart")
+    wait_for(lambda: private.redis.get(key) == b"5", 10, "a job after the restart")
+    assert a.alive()
+    wait_registered(private, a, timeout=5)  # the heartbeat is back too
+    a.send(signal.SIGTERM)
+    assert a.wait(10) == 0, a.output()
+
+
+def test_supervisor_runs_restarts_and_stops_its_children(spawn, broker, prefix):
+    key = f"{prefix}:trace"
+    sup = spawn("--processes", "2", "-c", "1")
+    found = wait_for(lambda: len(registered(broker)) == 2 and registered(broker), START_TIMEOUT, "two children")
+    children = set(found.values())
+    assert sup.pid not in children
+    assert all(parent_of(pid) == sup.pid for pid in children)
+    names = [f"j{i}" for i in range(6)]
+    for name in names:
+        TraceJob.perform_later(key, name, 0.3)
+    wait_for(lambda: count(broker, key, "done") == Counter(names), 10, "jobs done")
+    assert {int(e.split(":")[2]) for e in events(broker, key)} == children  # both worked
+    victim = min(children)
+    os.kill(victim, signal.SIGKILL)
+    replacement = wait_for(
+        lambda: {pid for pid in registered(broker).values() if pid not in children},
+        START_TIMEOUT, "a replacement child",
+    )
+    [new_pid] = replacement
+    assert parent_of(new_pid) == sup.pid
+    assert parent_of(victim) is None  # reaped
+    survivors = (children - {victim}) | {new_pid}
+    more = [f"k{i}" for i in range(4)]
+    for name in more:
+        TraceJob.perform_later(key, name, 0.3)
+    wait_for(lambda: all(count(broker, key, "done")[n] == 1 for n in more), 10, "jobs after the restart")
+    sup.send(signal.SIGTERM)
+    assert sup.wait(10) == 0, sup.output()
+    for pid in survivors:
+        assert parent_of(pid) is None, f"child {pid} outlived the supervisor"
