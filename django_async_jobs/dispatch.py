@@ -115,6 +115,7 @@ def enqueue_all(jobs: Iterable[ApplicationJob], *, using: str | None = None) -> 
     from django_async_jobs.job import ApplicationJob, _validate_priority
 
     groups: dict[str | None, list[ApplicationJob]] = {}
+    aliases: dict[type, str | None] = {}  # one transaction check per class, not per job
     for index, job in enumerate(jobs):
         if not isinstance(job, ApplicationJob):
             raise TypeError(
@@ -125,7 +126,10 @@ def enqueue_all(jobs: Iterable[ApplicationJob], *, using: str | None = None) -> 
         job.priority = _validate_priority(job.priority)
         if job.queue_name is None:
             job.queue_name = job._resolve_queue()
-        groups.setdefault(commit_alias(type(job), using), []).append(job)
+        kind = type(job)
+        if kind not in aliases:
+            aliases[kind] = commit_alias(kind, using)
+        groups.setdefault(aliases[kind], []).append(job)
     for alias, group in groups.items():
         if alias is None:
             _send(group)

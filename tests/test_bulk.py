@@ -1,0 +1,92 @@
+"""perform_all_later / perform_bulk: one Redis round trip per 1,000 jobs, validation up front."""
+
+import json
+import time
+
+import pytest
+
+from django_async_jobs import ApplicationJob, signals
+from django_async_jobs.broker.client import get_broker
+from tests.helpers import RedisServer
+from tests.testapp.integration_jobs import CountingJob, HaltedJob, NoteJob
+
+
+def queued(broker, queue="default"):
+    return [json.loads(p) for p in broker.redis.zrange(broker.keys.queue(queue), 0, -1)]
+
+
+@pytest.fixture
+def private_redis(tmp_path, settings, prefix):
+    """A server of our own, so its command statistics count only this test's calls."""
+    server = RedisServer(tmp_path)
+    server.start()
+    original = settings.ASYNC_JOBS
+    settings.ASYNC_JOBS = {**original, "REDIS_URL": server.url}
+    yield get_broker()
+    settings.ASYNC_JOBS = original
+    server.stop()
+
+
+def test_one_round_trip_per_thousand_jobs(private_redis):
+    broker = private_redis
+    NoteJob.perform_later("warm-up")  # loads the push script
+    broker.redis.config_resetstat()
+    assert NoteJob.perform_bulk([("k", i) for i in range(2500)]) == 2500
+    stats = broker.redis.info("commandstats")
+    calls = {name: value["calls"] for name, value in stats.items()}
+    assert calls.pop("cmdstat_evalsha") == 3
+    # the rest ran inside the three scripts, not as round trips of their own
+    assert set(calls) <= {"cmdstat_incr", "cmdstat_sadd", "cmdstat_zadd", "cmdstat_publish", "cmdstat_info", "cmdstat_config|resetstat"}
+    jobs = queued(broker)
+    assert len(jobs) == 2501
+    assert [job["args"][1] for job in jobs[1:]] == list(range(2500))  # FIFO kept across chunks
+
+
+def test_item_forms(broker):
+    NoteJob.perform_bulk([("k", 1), ["k", 2], {"key": "k"}, (("k", 3), {"x": 4})])
+    assert [(j["args"], j.get("kwargs")) for j in queued(broker)] == [
+        (["k", 1], None), (["k", 2], None), ([], {"key": "k"}), (["k", 3], {"x": 4}),
+    ]
+
+
+def test_options_apply_to_every_job(broker):
+    before = time.time()
+    CountingJob.perform_bulk([(1,), (2,)], queue="critical", priority=7)
+    CountingJob.perform_bulk([(3,)], wait=60)
+    assert [(j["args"], j["priority"]) for j in queued(broker, "critical")] == [([1], 7), ([2], 7)]
+    [(payload, score)] = broker.redis.zrange(broker.keys.schedule, 0, -1, withscores=True)
+    assert json.loads(payload)["args"] == [3] and json.loads(payload)["queue"] == "low"
+    assert before + 59 < score < time.time() + 61
+
+
+def test_everything_is_validated_before_anything_is_pushed(broker):
+    with pytest.raises(TypeError, match="item 2"):
+        NoteJob.perform_bulk([("k",), ("k",), "k"])
+    with pytest.raises(TypeError, match="cannot take these arguments"):
+        CountingJob.perform_bulk([(1,), (1, 2, 3, 4, 5)])
+    with pytest.raises(ValueError, match="priority"):
+        CountingJob.perform_bulk([(1,)], priority=500)
+    with pytest.raises(TypeError, match="unknown option"):
+        CountingJob.perform_bulk([(1,)], delay=5)
+    with pytest.raises(TypeError, match="index 1"):
+        ApplicationJob.perform_all_later([CountingJob(1), (1,)])
+    assert queued(broker) == [] and queued(broker, "low") == []
+
+
+def test_perform_all_later_mixes_classes_and_skips_enqueue_callbacks(broker):
+    seen = []
+
+    def receiver(sender, job, **kwargs):
+        seen.append(job.job_id)
+
+    signals.job_enqueued.connect(receiver)
+    try:
+        jobs = [NoteJob("k", 1), HaltedJob("k", 2), CountingJob(3)]
+        jobs[2].priority = 3
+        assert ApplicationJob.perform_all_later(jobs) == 3
+    finally:
+        signals.job_enqueued.disconnect(receiver)
+    assert [j["jid"] for j in queued(broker)] == [jobs[0].job_id, jobs[1].job_id]  # HaltedJob's before_enqueue not run
+    assert [(j["jid"], j["priority"]) for j in queued(broker, "low")] == [(jobs[2].job_id, 3)]
+    assert all(job.successfully_enqueued for job in jobs)
+    assert seen == [job.job_id for job in jobs]
