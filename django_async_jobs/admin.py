@@ -81,6 +81,14 @@ class DeadJobAdmin(admin.ModelAdmin):
             return False
         return super().has_change_permission(request)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DeadJob]:
+        queryset = super().get_queryset(request)
+        match = request.resolver_match
+        if match is not None and match.url_name and match.url_name.endswith("_changelist"):
+            # Tracebacks and payloads can be large; the list shows none of them.
+            queryset = queryset.defer("payload", "traceback", "arguments", "kwargs")
+        return queryset
+
     # -- columns and fields ------------------------------------------------------------------
 
     @admin.display(description=_("message"))
@@ -142,3 +150,9 @@ class DeadJobAdmin(admin.ModelAdmin):
             opts = self.opts
             return HttpResponseRedirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"))
         return None
+
+
+# The jobs dashboard (queues, busy, scheduled, retries) in this site; custom sites call install().
+from django_async_jobs.dashboard import install as install_dashboard  # noqa: E402
+
+install_dashboard(admin.site)

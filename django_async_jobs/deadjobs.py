@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DataError, IntegrityError, connections, router, transaction
-from django.db import Error as DatabaseError
+from django.db import Error as DBError
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -196,7 +196,7 @@ def _write(rows: list[DeadJob], alias: str) -> list[int] | None:
     except (DataError, IntegrityError) as exc:
         # A record the database refuses must not hold back the others: write them one by one.
         logger.warning("dead jobs: a batch was refused (%s); writing its records one by one", exc)
-    except DatabaseError as exc:
+    except DBError as exc:
         logger.warning("dead jobs: database unavailable, records stay staged in Redis: %s", exc)
         _forget_broken_connection(alias)
         return None
@@ -208,7 +208,7 @@ def _write(rows: list[DeadJob], alias: str) -> list[int] | None:
         except (DataError, IntegrityError) as exc:
             logger.error("dead jobs: record %s stays staged, the database refuses it: %s", row.dead_id, exc)
             continue
-        except DatabaseError as exc:
+        except DBError as exc:
             logger.warning("dead jobs: database unavailable, records stay staged in Redis: %s", exc)
             _forget_broken_connection(alias)
             return written or None
@@ -250,7 +250,7 @@ def flush_staged(broker: Broker | None = None, batch: int = FLUSH_BATCH) -> int:
 def _db_up(alias: str) -> bool:
     try:
         connections[alias].ensure_connection()
-    except DatabaseError:
+    except DBError:
         return False
     return True
 

@@ -209,6 +209,14 @@ def test_staged_records_survive_a_database_outage(broker, prefix, tmp_path):
     assert "database unavailable" in err
     assert staged(broker) == 30
     assert DeadJob.objects.count() == 0
+    # The command says so too.
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "ASYNC_JOBS_KEY_PREFIX": prefix,
+           "DATABASE_URL": unreachable_database_url(connection.settings_dict, tmp_path), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "django", "jobs", "--skip-checks", "dead", "flush"], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Flushed 0 staged dead jobs" in done.stdout and "30 still staged in Redis" in done.stderr
+    assert staged(broker) == 30
 
     # The database is back: the next flush writes everything.
     assert flush_staged(broker) == 30
