@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 from django.conf import settings as django_settings
 from django.core.checks import Error, Tags, Warning, register
 
-from django_async_jobs import conf, registry
+from django_async_jobs import conf, cron, registry
 
 TAG = "async_jobs"
 URL_SCHEMES = {"redis", "rediss", "unix", "fakeredis"}
@@ -42,7 +42,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     for key in ("CONCURRENCY", "MAX_RECOVERIES"):
         value = merged[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "CONCURRENCY" else 0):
-            errors.append(Error(f"ASYNC_JOBS['{key}'] must be a positive integer, got {value!r}.", id="async_jobs.E004"))
+            least = 1 if key == "CONCURRENCY" else 0
+            errors.append(Error(f"ASYNC_JOBS['{key}'] must be an integer of at least {least}, got {value!r}.", id="async_jobs.E004"))
     for key in ("SHUTDOWN_TIMEOUT", "HEARTBEAT_TIMEOUT", "POLL_INTERVAL"):
         try:
             ok = conf._seconds(merged[key]) > 0
@@ -54,13 +55,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         errors.append(Error(f"ASYNC_JOBS['MODE'] = {merged['MODE']!r}; use one of {sorted(MODES)}.", id="async_jobs.E006"))
     if spec is not None:
         errors.extend(_check_job_queues(spec))
+    for message in cron.problems(raw.get("RECURRING"), spec.names if spec else None):
+        errors.append(Error(f"ASYNC_JOBS: {message}", id="async_jobs.E020"))
     return errors
 
 
 def _check_job_queues(spec: conf.QueueSpec) -> list[Any]:
     errors = []
     for name, job_class in sorted(registry.all_jobs().items()):
-        queue_as = job_class.__dict__.get("queue_as")
+        if job_class.perform.__qualname__ == "ApplicationJob.perform":
+            continue  # an abstract base: never enqueued itself
+        # Inherited too: a job without queue_as goes to "default", which QUEUES may not list.
+        queue_as = getattr(job_class, "queue_as", None)
         if isinstance(queue_as, str) and queue_as not in spec.names:
             errors.append(Error(
                 f"{name}.queue_as = {queue_as!r}, a queue no worker reads.",

@@ -63,6 +63,7 @@ class Broker:
             name: self.redis.register_script(_script_source(name))
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
+                "cron_push",
             )
         }
 
@@ -107,6 +108,10 @@ class Broker:
     def unlock(self, key: str, holder: str) -> None:
         """Release a lock only if ``holder`` still holds it."""
         self._run("unlock", [key], [holder])
+
+    def cron_push(self, entry: str, tick: int, job_id: str, payload: str) -> bool:
+        """Enqueue a recurring entry's job for ``tick`` unless that tick (or a later one) was."""
+        return self._run("cron_push", [self.keys.cron(entry)], [tick, job_id, payload]) == 1
 
     # -- worker side -------------------------------------------------------------------------
 

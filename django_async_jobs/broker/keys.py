@@ -19,6 +19,7 @@ key                                    type       holds
 ``p:notify``                           channel    "work is ready" wake-ups for idle fetchers
 ``p:lock:<job>:<digest>``              string     a unique job's enqueue lock; value = job id
 ``p:runlock:<job>:<digest>``           string     a unique job's run lock; value = in-flight field
+``p:cron:<name>``                      hash       a recurring entry's last tick, job id, time
 =====================================  =========  ===============================================
 """
 
@@ -93,6 +94,9 @@ class Keys:
 
     def run_lock(self, job_name: str, digest: str) -> str:
         return f"{self.prefix}:runlock:{job_name}:{digest}"
+
+    def cron(self, name: str) -> str:
+        return f"{self.prefix}:cron:{name}"
 
     @property
     def pattern(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from django_async_jobs.broker.client import POLL_BATCH
+from django_async_jobs.worker.cron import CronScheduler
 
 logger = logging.getLogger("django_async_jobs.worker")
 
@@ -24,12 +25,16 @@ class Poller(threading.Thread):
         self.broker = broker
         self.interval = interval
         self.stopping = stopping
+        self.cron = CronScheduler.from_settings(broker)  # recurring jobs ride on this loop
 
     def run(self) -> None:
         backoff = 0.1
         while not self.stopping.is_set():
             try:
                 moved, wait = self.broker.poll()
+                if self.cron is not None:
+                    until_tick = self.cron.run_due()
+                    wait = until_tick if wait is None else min(wait, until_tick)
                 backoff = 0.1
             except redis.RedisError as exc:
                 logger.warning("polling scheduled jobs failed, retrying in %.1fs: %s", backoff, exc)

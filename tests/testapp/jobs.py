@@ -91,3 +91,4 @@ class TaggedEchoJob(ApplicationJob):
 
 
 from tests.testapp import unique_jobs  # noqa: E402, F401  (worker subprocesses know them)
+from tests.testapp import recurring_jobs  # noqa: E402, F401
