@@ -90,5 +90,4 @@ class TaggedEchoJob(ApplicationJob):
         _redis().rpush(key, pickle.dumps((values, options)))
 
 
-from tests.testapp import unique_jobs  # noqa: E402, F401  (worker subprocesses know them)
-from tests.testapp import recurring_jobs  # noqa: E402, F401
+from tests.testapp import recurring_jobs, unique_jobs  # noqa: E402, F401  (worker subprocesses know them)
