@@ -64,6 +64,7 @@ class Broker:
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
                 "cron_push",
+                "pick",
             )
         }
 
@@ -187,6 +188,37 @@ class Broker:
 
     def stat(self, name: str, day: str | None = None) -> int:
         return int(self.redis.get(self.keys.stat(name, day)) or 0)
+
+    # -- operations (dashboard and ``jobs`` command) -----------------------------------------
+
+    def pick(self, source: str, op: str, picks: list[tuple[str, str]]) -> int:
+        """``delete``, ``enqueue`` (run now) or ``kill`` jobs of a sorted set, named by (score, id)."""
+        if op not in ("delete", "enqueue", "kill"):
+            raise ValueError(f"unknown operation {op!r}")
+        args: list[Any] = [op]
+        for score, job_id in picks:
+            args.extend((score, job_id))
+        return self._run("pick", [source], args)
+
+    def clear_queue(self, name: str) -> int:
+        """Empty a queue and forget its name at once; returns how many jobs went."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zcard(self.keys.queue(name))
+            pipe.unlink(self.keys.queue(name))
+            pipe.srem(self.keys.queues, name)
+            size, _, _ = pipe.execute()
+        return size
+
+    def signal_process(self, process_id: str, signal: str, ttl: float) -> None:
+        """Ask a worker process to ``quiet`` or ``stop``; it acts on its next heartbeat."""
+        if signal not in ("quiet", "stop"):
+            raise ValueError(f"unknown signal {signal!r}")
+        self.redis.set(self.keys.process_signal(process_id), signal, ex=max(1, int(ttl)))
+
+    def take_signal(self, process_id: str) -> str | None:
+        """The signal waiting for this process, if any, consumed so it acts once."""
+        value = self.redis.getdel(self.keys.process_signal(process_id))
+        return value.decode() if isinstance(value, bytes) else value
 
     def flush(self) -> int:
         """Delete every key of this prefix (tests and ``jobs clear --all``)."""

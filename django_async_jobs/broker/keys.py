@@ -12,6 +12,7 @@ key                                    type       holds
 ``p:retry``                            zset       jobs waiting for a retry; score = run-at
 ``p:processes``                        zset       worker process id -> last heartbeat (Redis TIME)
 ``p:process:<id>``                     hash       a process's info (host, pid, queues, ...)
+``p:process:<id>:signal``              string     "quiet" or "stop", set by the dashboard, read by a beat
 ``p:inflight:<id>``                    hash       a process's fetched, unacknowledged jobs
 ``p:recoveries``                       hash       job id -> times recovered from a dead process
 ``p:dead``                             hash       dead jobs staged for the database
@@ -62,6 +63,10 @@ class Keys:
 
     def process(self, process_id: str) -> str:
         return f"{self.prefix}:process:{process_id}"
+
+    def process_signal(self, process_id: str) -> str:
+        """Read (and deleted) by the process's heartbeat: how the dashboard quiets or stops it."""
+        return f"{self.prefix}:process:{process_id}:signal"
 
     @property
     def process_base(self) -> str:

@@ -66,7 +66,7 @@ class Worker:
         s = self.settings
         self.heart = Heart(
             self.broker, self.process_id, self.info, s.heartbeat_interval, s.heartbeat_timeout,
-            s.max_recoveries, self.stopped,
+            s.max_recoveries, self.stopped, on_signal=self._on_signal,
         )
         self.poller = Poller(self.broker, s.poll_interval, self.stopping)
         self.listener = Listener(self.broker, self.fetcher.wake, self.stopping)
@@ -147,6 +147,16 @@ class Worker:
         self.stopping.set()
         self.fetcher.wake.set()
         logger.info("worker %s is quiet: no new jobs will be fetched", self.process_id)
+
+    def _on_signal(self, name: str) -> None:
+        """Quiet or stop sent from the dashboard; a stop is the same request as SIGTERM."""
+        logger.info("worker %s received %r from the dashboard", self.process_id, name)
+        if name == "quiet":
+            self.set_quiet()
+        elif name == "stop":
+            self._stop_requested.set()
+            self.stopping.set()
+            self.fetcher.wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
         """Graceful stop: wait up to ``timeout`` for running jobs, hand back the rest."""

@@ -26,6 +26,7 @@ class Heart(threading.Thread):
         timeout: float,
         max_recoveries: int,
         stopping: threading.Event,
+        on_signal: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(name="async-jobs-heartbeat", daemon=True)
         self.broker = broker
@@ -35,9 +36,14 @@ class Heart(threading.Thread):
         self.timeout = timeout
         self.max_recoveries = max_recoveries
         self.stopping = stopping
+        self.on_signal = on_signal
 
     def beat(self) -> None:
         self.broker.heartbeat(self.process_id, self.info(), ttl=self.timeout * 2)
+        # The dashboard's quiet/stop reaches the process here, on any host, within one beat.
+        signal = self.broker.take_signal(self.process_id) if self.on_signal else None
+        if signal:
+            self.on_signal(signal)
 
     def recover(self) -> None:
         gone, requeued, dead = self.broker.recover(self.timeout, self.max_recoveries)

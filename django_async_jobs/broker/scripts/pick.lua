@@ -1,0 +1,64 @@
+-- Act on jobs picked from a sorted set (KEYS[4]: a queue, the schedule or the retry set) by the
+-- dashboard or the `jobs` command. ARGV[3] = op, then pairs of (score, job id) from ARGV[4].
+-- A pair names a job without sending its payload back: the score narrows the set to one or a
+-- few members, the id picks among them (payloads without a readable id go by their SHA-1).
+--   delete : remove the job
+--   enqueue: move it to the tail of its queue now ("run now")
+--   kill   : move it to the dead stage with reason "killed", keeping its last error
+-- A job already gone (run, moved or deleted by someone else meanwhile) is skipped.
+-- Returns how many jobs were acted on.
+local source, op = KEYS[4], ARGV[3]
+local now = now_seconds()
+local done = 0
+local enqueued = false
+
+local function identity(member)
+  local jid = string.match(member, '^{"jid":"([^"\\]+)"')
+  if jid then return jid, nil end
+  local ok, job = pcall(cjson.decode, member)
+  if ok and type(job) == 'table' then
+    if type(job.jid) == 'string' then return job.jid, job end
+    return redis.sha1hex(member), job
+  end
+  return redis.sha1hex(member), nil
+end
+
+local function kill(member, jid, job)
+  if job == nil then
+    local ok, decoded = pcall(cjson.decode, member)
+    if ok and type(decoded) == 'table' then job = decoded else job = {} end
+  end
+  local record = {
+    dead_id = redis.sha1hex(member .. ':' .. tostring(now)), job_id = jid, payload = member,
+    reason = 'killed', died_at = now,
+  }
+  if type(job.error_class) == 'string' then record.error_class = job.error_class end
+  if type(job.error_message) == 'string' then record.error_message = job.error_message end
+  if type(job.executions) == 'number' then record.executions = job.executions end
+  redis.call('HSET', DEAD, record.dead_id, cjson.encode(record))
+end
+
+for i = 4, #ARGV - 1, 2 do
+  local score, wanted = ARGV[i], ARGV[i + 1]
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', source, score, score)) do
+    local jid, job = identity(member)
+    if jid == wanted then
+      redis.call('ZREM', source, member)
+      if op == 'enqueue' then
+        local routable = decode(member)
+        if routable then
+          enqueue(member, routable, false)
+          enqueued = true
+        else
+          stage_dead(wanted .. ':' .. tostring(now), wanted, member, 'malformed_payload', now)
+        end
+      elseif op == 'kill' then
+        kill(member, jid, job)
+      end
+      done = done + 1
+      break
+    end
+  end
+end
+if enqueued then redis.call('PUBLISH', CHANNEL, 'ready') end
+return done
