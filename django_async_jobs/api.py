@@ -1,0 +1,440 @@
+"""Read and manage the job system's state: the one module the dashboard and ``jobs`` share.
+
+Like Sidekiq's ``api.rb``: every number and listing an operator sees comes from here, so the
+web pages and the command always agree. Reads are pipelined (one round trip per page) and never
+load a whole queue; writes go through the broker's atomic steps.
+
+Jobs in a sorted set (a queue, the schedule, the retry set) are named by a *ref*,
+``"<score>|<job id>"``: the score finds the job in O(log N), the id tells it apart from another
+job with the same score, and no payload travels through a form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django_async_jobs.broker.client import Broker, get_broker
+
+SETS = ("scheduled", "retries")
+MAX_PER_PAGE = 200
+HISTORY_DAYS = 30
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _number(value: Any, default: float = 0.0) -> float:
+    try:
+        number = float(_text(value))
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
+
+
+# -- jobs in sorted sets ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobEntry:
+    """One job as stored in Redis, with what the pages show of it."""
+
+    ref: str
+    score: float
+    raw: str
+    data: dict[str, Any] | None  # None: the payload is not a JSON object
+
+    @property
+    def job_id(self) -> str:
+        return self.ref.partition("|")[2]
+
+    @property
+    def job_class(self) -> str:
+        return str((self.data or {}).get("job") or "")
+
+    @property
+    def queue(self) -> str:
+        return str((self.data or {}).get("queue") or "")
+
+    @property
+    def args(self) -> Any:
+        return (self.data or {}).get("args")
+
+    @property
+    def kwargs(self) -> Any:
+        return (self.data or {}).get("kwargs") or {}
+
+    @property
+    def arguments(self) -> str:
+        """Arguments as one short line of JSON, for a table cell."""
+        parts = [json.dumps(a, ensure_ascii=False) for a in (self.args or [])]
+        parts += [f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in self.kwargs.items()]
+        line = ", ".join(parts)
+        return line if len(line) <= 120 else line[:119] + "…"
+
+    @property
+    def enqueued_at(self) -> datetime | None:
+        return _moment((self.data or {}).get("enqueued_at"))
+
+    @property
+    def at(self) -> datetime | None:
+        """When a scheduled or retry job runs (its score)."""
+        return _moment(self.score)
+
+    @property
+    def retry_count(self) -> int:
+        data = self.data or {}
+        counters = data.get("retries")
+        if isinstance(counters, dict) and counters:
+            return sum(v for v in counters.values() if isinstance(v, int))
+        count = data.get("retry_count")
+        return count if isinstance(count, int) else 0
+
+    @property
+    def error(self) -> str:
+        data = self.data or {}
+        message = data.get("error_message") or ""
+        return f"{data.get('error_class') or ''}: {message}".strip(": ")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref, "job_id": self.job_id, "job": self.job_class, "queue": self.queue,
+            "args": self.args, "kwargs": self.kwargs, "score": self.score,
+            "enqueued_at": _iso(self.enqueued_at), "error": self.error, "retry_count": self.retry_count,
+            "payload": self.raw if self.data is None else None,
+        }
+
+
+def _moment(value: Any) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    try:
+        return datetime.fromtimestamp(value, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def identity(raw: str) -> tuple[str, dict[str, Any] | None]:
+    """(job id, decoded payload) — the same identity ``pick.lua`` computes for a member."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest(), None
+    jid = data.get("jid")
+    if isinstance(jid, str):
+        return jid, data
+    return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest(), data
+
+
+def entry(member: bytes | str, score: float) -> JobEntry:
+    raw = _text(member)
+    jid, data = identity(raw)
+    return JobEntry(ref=f"{score!r}|{jid}", score=score, raw=raw, data=data)
+
+
+def parse_refs(refs: Iterable[str]) -> list[tuple[str, str]]:
+    """(score, job id) pairs from refs; malformed refs are dropped, never sent to Redis."""
+    picks = []
+    for ref in refs:
+        score, sep, jid = ref.partition("|")
+        try:
+            valid = bool(sep and jid) and math.isfinite(float(score))
+        except ValueError:
+            valid = False
+        if valid:
+            picks.append((score, jid))
+    return picks
+
+
+@dataclass(frozen=True)
+class Page:
+    """A slice of a sorted set: ``entries`` plus what a paginator needs."""
+
+    entries: list[JobEntry]
+    total: int
+    number: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+    @property
+    def has_next(self) -> bool:
+        return self.number < self.pages
+
+    @property
+    def start_index(self) -> int:
+        return (self.number - 1) * self.per_page + 1 if self.entries else 0
+
+    @property
+    def end_index(self) -> int:
+        return (self.number - 1) * self.per_page + len(self.entries)
+
+
+def page_of(key: str, number: int = 1, per_page: int = 25, broker: Broker | None = None) -> Page:
+    """One page of a sorted set in score order: ZCARD + ZRANGE, whatever the set's size."""
+    broker = broker or get_broker()
+    per_page = max(1, min(per_page, MAX_PER_PAGE))
+    number = max(1, number)
+    start = (number - 1) * per_page
+    with broker.redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(key)
+        pipe.zrange(key, start, start + per_page - 1, withscores=True)
+        total, members = pipe.execute()
+    pages = max(1, math.ceil(total / per_page))
+    if number > pages:  # past the end (the set shrank): show the last page instead
+        return page_of(key, pages, per_page, broker) if total else Page([], 0, 1, per_page)
+    return Page([entry(m, s) for m, s in members], total, number, per_page)
+
+
+def set_key(kind: str, broker: Broker | None = None) -> str:
+    """The key of ``scheduled`` or ``retries``."""
+    keys = (broker or get_broker()).keys
+    if kind == "scheduled":
+        return keys.schedule
+    if kind == "retries":
+        return keys.retry
+    raise ValueError(f"unknown set {kind!r}; expected one of {', '.join(SETS)}")
+
+
+def act(key: str, op: str, refs: Iterable[str], broker: Broker | None = None) -> int:
+    """Delete, run now (``enqueue``) or ``kill`` the jobs ``refs`` name in the set ``key``."""
+    picks = parse_refs(refs)
+    if not picks:
+        return 0
+    return (broker or get_broker()).pick(key, op, picks)
+
+
+# -- queues -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    name: str
+    size: int
+    latency: float  # seconds since the job at the head was enqueued; 0 when empty
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "latency": round(self.latency, 3)}
+
+
+def queue_names(broker: Broker | None = None) -> list[str]:
+    """Every queue pushed to, plus the configured ones (so an idle queue still shows)."""
+    broker = broker or get_broker()
+    known = {_text(n) for n in broker.redis.smembers(broker.keys.queues)}
+    return sorted(known | set(broker.settings.queues.names))
+
+
+def queues(broker: Broker | None = None) -> list[QueueInfo]:
+    broker = broker or get_broker()
+    names = queue_names(broker)
+    with broker.redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zcard(broker.keys.queue(name))
+            pipe.zrange(broker.keys.queue(name), 0, 0)
+        replies = pipe.execute()
+    now = time.time()
+    result = []
+    for i, name in enumerate(names):
+        size, head = replies[2 * i], replies[2 * i + 1]
+        latency = 0.0
+        if head:
+            _, data = identity(_text(head[0]))
+            enqueued = (data or {}).get("enqueued_at")
+            if isinstance(enqueued, (int, float)) and not isinstance(enqueued, bool):
+                latency = max(0.0, now - enqueued)
+        result.append(QueueInfo(name, size, latency))
+    return result
+
+
+def clear_queue(name: str, broker: Broker | None = None) -> int:
+    return (broker or get_broker()).clear_queue(name)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    process_id: str
+    beat: float  # last heartbeat, Redis time
+    info: dict[str, str]
+    jobs: list[tuple[str, JobEntry]] = field(default_factory=list)  # (in-flight field, job)
+
+    @property
+    def host(self) -> str:
+        return self.info.get("host", "")
+
+    @property
+    def pid(self) -> str:
+        return self.info.get("pid", "")
+
+    @property
+    def queues(self) -> str:
+        return self.info.get("queues", "")
+
+    @property
+    def concurrency(self) -> int:
+        return int(_number(self.info.get("concurrency")))
+
+    @property
+    def busy(self) -> int:
+        return int(_number(self.info.get("busy")))
+
+    @property
+    def quiet(self) -> bool:
+        return self.info.get("quiet") == "1"
+
+    @property
+    def started_at(self) -> datetime | None:
+        return _moment(_number(self.info.get("started_at"), math.nan))
+
+    @property
+    def last_beat(self) -> datetime | None:
+        return _moment(self.beat)
+
+    @property
+    def rss_kb(self) -> int | None:
+        value = self.info.get("rss")
+        return int(_number(value)) if value is not None else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.process_id, "host": self.host, "pid": self.pid, "queues": self.queues,
+            "concurrency": self.concurrency, "busy": self.busy, "quiet": self.quiet,
+            "started_at": _iso(self.started_at), "last_beat": _iso(self.last_beat), "rss_kb": self.rss_kb,
+            "jobs": [{"field": f, **job.as_json()} for f, job in self.jobs],
+        }
+
+
+def processes(with_jobs: bool = True, broker: Broker | None = None) -> list[ProcessInfo]:
+    """Live worker processes, newest heartbeat first, with the jobs each holds right now."""
+    broker = broker or get_broker()
+    k = broker.keys
+    members = broker.redis.zrevrange(k.processes, 0, -1, withscores=True)
+    ids = [_text(m) for m, _ in members]
+    with broker.redis.pipeline(transaction=False) as pipe:
+        for pid in ids:
+            pipe.hgetall(k.process(pid))
+            if with_jobs:
+                pipe.hgetall(k.inflight(pid))
+        replies = pipe.execute()
+    step = 2 if with_jobs else 1
+    result = []
+    for i, (pid, (_, beat)) in enumerate(zip(ids, members, strict=True)):
+        info = {_text(a): _text(b) for a, b in replies[step * i].items()}
+        jobs = []
+        if with_jobs:
+            for name, raw in sorted(replies[step * i + 1].items()):
+                jobs.append((_text(name), entry(raw, 0.0)))
+        result.append(ProcessInfo(pid, beat, info, jobs))
+    return result
+
+
+def signal_process(process_id: str, signal: str, broker: Broker | None = None) -> None:
+    broker = broker or get_broker()
+    broker.signal_process(process_id, signal, ttl=broker.settings.heartbeat_timeout * 2)
+
+
+# -- stats --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stats:
+    processed: int
+    failed: int
+    processed_today: int
+    failed_today: int
+    enqueued: int
+    scheduled: int
+    retries: int
+    dead: int
+    processes: int
+    busy: int
+    concurrency: int
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def dead_count(broker: Broker | None = None) -> int:
+    """Dead jobs in the database plus those staged in Redis and not yet written."""
+    from django_async_jobs.models import DeadJob
+
+    broker = broker or get_broker()
+    return DeadJob.objects.count() + broker.redis.hlen(broker.keys.dead)
+
+
+def stats(broker: Broker | None = None) -> Stats:
+    broker = broker or get_broker()
+    k = broker.keys
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    names = queue_names(broker)
+    with broker.redis.pipeline(transaction=False) as pipe:
+        pipe.mget([k.stat("processed"), k.stat("failed"), k.stat("processed", day), k.stat("failed", day)])
+        pipe.zcard(k.schedule)
+        pipe.zcard(k.retry)
+        for name in names:
+            pipe.zcard(k.queue(name))
+        counters, scheduled, retries, *sizes = pipe.execute()
+    live = processes(with_jobs=False, broker=broker)
+    processed, failed, processed_today, failed_today = (int(_number(c)) for c in counters)
+    return Stats(
+        processed=processed, failed=failed, processed_today=processed_today, failed_today=failed_today,
+        enqueued=sum(sizes), scheduled=scheduled, retries=retries, dead=dead_count(broker),
+        processes=len(live), busy=sum(p.busy for p in live), concurrency=sum(p.concurrency for p in live),
+    )
+
+
+def history(days: int = HISTORY_DAYS, broker: Broker | None = None) -> list[dict[str, Any]]:
+    """Processed and failed per day, oldest first, ending today (UTC): two MGETs."""
+    broker = broker or get_broker()
+    k = broker.keys
+    today = datetime.now(UTC).date()
+    dates = [(today - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
+    with broker.redis.pipeline(transaction=False) as pipe:
+        pipe.mget([k.stat("processed", d) for d in dates])
+        pipe.mget([k.stat("failed", d) for d in dates])
+        processed, failed = pipe.execute()
+    return [
+        {"date": d, "processed": int(_number(p)), "failed": int(_number(f))}
+        for d, p, f in zip(dates, processed, failed, strict=True)
+    ]
+
+
+# -- enqueue ------------------------------------------------------------------------------------
+
+
+def enqueue(job_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> str:
+    """Enqueue a registered job by name (the ``jobs enqueue`` command); returns its job id.
+
+    Only registered names are accepted, as with a worker: a name is looked up, never imported.
+    """
+    from django_async_jobs import registry
+
+    job_class = registry.lookup(job_name)
+    if job_class is None:
+        known = ", ".join(sorted(registry.all_jobs())) or "none"
+        raise LookupError(f"no registered job is named {job_name!r} (registered: {known})")
+    job = job_class.perform_later(*args, **(kwargs or {}))
+    if not job:
+        raise RuntimeError(f"{job_name} was not enqueued: a before_enqueue callback halted it")
+    return job.job_id

@@ -1,0 +1,251 @@
+"""The dashboard's pages: thin views over ``django_async_jobs.api``.
+
+Every view is wrapped by the admin site's ``admin_view`` (staff only, CSRF on POST); reading
+needs nothing more, every change needs ``MANAGE_PERMISSION``. A change is a POST that redirects
+back (post/redirect/get), with the outcome in a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from django.contrib import messages
+from django.contrib.admin import AdminSite
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, reverse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
+
+from django_async_jobs import api
+
+# Retrying, deleting and killing dead jobs already need this one in the DeadJob admin; the
+# dashboard's changes are the same kind of power, so one permission covers both.
+MANAGE_PERMISSION = "django_async_jobs.change_deadjob"
+DEFAULT_PER_PAGE = 25
+
+TABS = (
+    ("overview", "async_jobs_overview", gettext_lazy("Overview")),
+    ("queues", "async_jobs_queues", gettext_lazy("Queues")),
+    ("busy", "async_jobs_busy", gettext_lazy("Busy")),
+    ("scheduled", "async_jobs_scheduled", gettext_lazy("Scheduled")),
+    ("retries", "async_jobs_retries", gettext_lazy("Retries")),
+)
+QUEUE_OPS = ("delete",)
+SET_OPS = {
+    "scheduled": ("enqueue", "delete"),
+    "retries": ("enqueue", "delete", "kill"),
+}
+OP_DONE = {
+    "enqueue": lambda n: ngettext("Enqueued %(n)d job to run now.", "Enqueued %(n)d jobs to run now.", n),
+    "delete": lambda n: ngettext("Deleted %(n)d job.", "Deleted %(n)d jobs.", n),
+    "kill": lambda n: ngettext("Moved %(n)d job to the dead jobs.", "Moved %(n)d jobs to the dead jobs.", n),
+}
+
+
+def can_manage(request: HttpRequest) -> bool:
+    return request.user.has_perm(MANAGE_PERMISSION)
+
+
+def _require_manage(request: HttpRequest) -> None:
+    if not can_manage(request):
+        raise PermissionDenied
+
+
+def _url(site: AdminSite, name: str, *args: Any) -> str:
+    return reverse(f"{site.name}:{name}", args=args, current_app=site.name)
+
+
+def dead_url(site: AdminSite) -> str | None:
+    try:
+        return _url(site, "django_async_jobs_deadjob_changelist")
+    except NoReverseMatch:
+        return None
+
+
+def _render(
+    request: HttpRequest, site: AdminSite, template: str, tab: str, title: str, **context: Any
+) -> TemplateResponse:
+    request.current_app = site.name
+    tabs = [(key, _url(site, name), label, key == tab) for key, name, label in TABS]
+    return TemplateResponse(request, f"async_jobs/dashboard/{template}", {
+        **site.each_context(request),
+        "title": title,
+        "tabs": tabs,
+        "dead_url": dead_url(site),
+        "can_manage": can_manage(request),
+        "overview_url": _url(site, "async_jobs_overview"),
+        **context,
+    })
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+def _page(request: HttpRequest, key: str) -> api.Page:
+    return api.page_of(
+        key, _int(request.GET.get("page"), 1), _int(request.GET.get("per_page"), DEFAULT_PER_PAGE)
+    )
+
+
+def _redirect_back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
+    """Back to the page (and page number) the form was on."""
+    query = request.GET.urlencode()
+    return HttpResponseRedirect(f"{fallback}?{query}" if query else fallback)
+
+
+def _redis_down(request: HttpRequest, exc: redis.RedisError) -> None:
+    messages.error(request, _("Redis is unavailable: %(error)s") % {"error": exc})
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+
+def overview(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    from django_async_jobs.dashboard import our_models
+
+    return _render(
+        request, site, "overview.html", "overview", _("Background jobs"),
+        stats=api.stats(), history=api.history(), stats_url=_url(site, "async_jobs_stats"),
+        models=our_models(request, site),
+    )
+
+
+def stats_json(request: HttpRequest, site: AdminSite) -> JsonResponse:
+    """What the overview polls: the counters, the 30-day history and the live processes."""
+    return JsonResponse({
+        "stats": api.stats().as_json(),
+        "history": api.history(),
+        "queues": [q.as_json() for q in api.queues()],
+    })
+
+
+def queues(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    rows = [(q, _url(site, "async_jobs_queue", q.name), _url(site, "async_jobs_queue_clear", q.name)) for q in api.queues()]
+    return _render(request, site, "queues.html", "queues", _("Queues"), rows=rows)
+
+
+def queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
+    broker_keys = api.get_broker().keys
+    here = _url(site, "async_jobs_queue", name)
+    if request.method == "POST":
+        _require_manage(request)
+        refs = _chosen(request, QUEUE_OPS)[1]
+        try:
+            count = api.act(broker_keys.queue(name), "delete", refs)
+        except redis.RedisError as exc:
+            _redis_down(request, exc)
+        else:
+            messages.success(request, OP_DONE["delete"](count) % {"n": count})
+        return _redirect_back(request, here)
+    return _render(
+        request, site, "queue.html", "queues", _("Queue %(name)s") % {"name": name},
+        queue_name=name, page=_page(request, broker_keys.queue(name)), queue_ops=QUEUE_OPS,
+        clear_url=_url(site, "async_jobs_queue_clear", name), queues_url=_url(site, "async_jobs_queues"),
+    )
+
+
+def clear_queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
+    _require_manage(request)
+    queues_url = _url(site, "async_jobs_queues")
+    if request.method == "POST":
+        try:
+            count = api.clear_queue(name)
+        except redis.RedisError as exc:
+            _redis_down(request, exc)
+        else:
+            messages.success(request, ngettext(
+                "Cleared queue %(name)s: %(n)d job deleted.", "Cleared queue %(name)s: %(n)d jobs deleted.", count,
+            ) % {"name": name, "n": count})
+        return HttpResponseRedirect(queues_url)
+    size = api.get_broker().queue_size(name)
+    return _render(
+        request, site, "clear_queue.html", "queues", _("Clear queue %(name)s?") % {"name": name},
+        queue_name=name, size=size, queues_url=queues_url,
+    )
+
+
+def busy(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    here = _url(site, "async_jobs_busy")
+    if request.method == "POST":
+        _require_manage(request)
+        signal = request.POST.get("signal", "")
+        process_id = request.POST.get("process", "")
+        if signal not in ("quiet", "stop") or not process_id:
+            messages.error(request, _("Nothing to send."))
+        else:
+            api.signal_process(process_id, signal)
+            messages.success(request, _("Asked %(process)s to %(signal)s; it acts on its next heartbeat.") % {
+                "process": process_id, "signal": signal,
+            })
+        return HttpResponseRedirect(here)
+    live = api.processes()
+    return _render(
+        request, site, "busy.html", "busy", _("Busy"),
+        processes=live, running=[(p, f, job) for p in live for f, job in p.jobs],
+    )
+
+
+def sorted_set(request: HttpRequest, site: AdminSite, kind: str) -> HttpResponse:
+    """Scheduled jobs or retries: a page of the set in run-at order, single and bulk actions."""
+    key = api.set_key(kind)
+    here = _url(site, f"async_jobs_{kind}")
+    ops = SET_OPS[kind]
+    if request.method == "POST":
+        _require_manage(request)
+        op, refs = _chosen(request, ops)
+        if op is None:
+            messages.warning(request, _("Choose an action."))
+        elif not refs:
+            messages.warning(request, _("Select at least one job."))
+        else:
+            try:
+                count = api.act(key, op, refs)
+            except redis.RedisError as exc:
+                _redis_down(request, exc)
+            else:
+                messages.success(request, OP_DONE[op](count) % {"n": count})
+        return _redirect_back(request, here)
+    title = _("Scheduled jobs") if kind == "scheduled" else _("Retries")
+    return _render(request, site, "sorted_set.html", kind, title, kind=kind, ops=ops, page=_page(request, key))
+
+
+def _chosen(request: HttpRequest, ops: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """A row's own button (``one_<op>`` = its ref) or a bulk button (``action`` + checked refs)."""
+    for op in ops:
+        ref = request.POST.get(f"one_{op}")
+        if ref:
+            return op, [ref]
+    op = request.POST.get("action")
+    return (op if op in ops else None), request.POST.getlist("ref")
+
+
+# -- wiring -------------------------------------------------------------------------------------
+
+
+def scheduled(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    return sorted_set(request, site, "scheduled")
+
+
+def retries(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    return sorted_set(request, site, "retries")
+
+
+# (path under the dashboard, view(request, site, **kwargs), URL name in the site's namespace)
+ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
+    ("", overview, "async_jobs_overview"),
+    ("stats.json", stats_json, "async_jobs_stats"),
+    ("queues/", queues, "async_jobs_queues"),
+    ("queues/<str:name>/", queue, "async_jobs_queue"),
+    ("queues/<str:name>/clear/", clear_queue, "async_jobs_queue_clear"),
+    ("busy/", busy, "async_jobs_busy"),
+    ("scheduled/", scheduled, "async_jobs_scheduled"),
+    ("retries/", retries, "async_jobs_retries"),
+]

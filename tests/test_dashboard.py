@@ -1,0 +1,336 @@
+"""The jobs dashboard in the admin, on real Redis: what it shows, what it changes, and to whom."""
+
+import json
+import time
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Permission, User
+from django.urls import reverse
+
+from django_async_jobs import api
+from django_async_jobs.deadjobs import flush_staged
+from django_async_jobs.models import DeadJob
+from django_async_jobs.serialization import encode_payload
+from tests.helpers import wait_for
+from tests.testapp.jobs import FailJob, IncrJob
+
+pytestmark = pytest.mark.django_db
+
+BASE = "/admin/django_async_jobs/dashboard/"
+PAGES = ["", "stats.json", "queues/", "queues/default/", "queues/default/clear/", "busy/", "scheduled/", "retries/"]
+
+
+@pytest.fixture
+def manager(client):
+    """A staff user with the manage permission, logged in."""
+    user = User.objects.create_user("manager", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="change_deadjob"))
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def viewer(client):
+    """Staff without the manage permission: may look, may not change."""
+    user = User.objects.create_user("viewer", is_staff=True)
+    client.force_login(user)
+    return user
+
+
+def in_set(broker, key, n, at=None, **extra):
+    """``n`` jobs in the schedule or retry set, one second apart from ``at``."""
+    at = time.time() + 3600 if at is None else at
+    payloads = {}
+    for i in range(n):
+        data = {"jid": f"job{i:04d}", "job": IncrJob.job_name, "queue": "default", "args": [f"k{i}"], **extra}
+        payloads[encode_payload(data)] = at + i
+    broker.redis.zadd(key, payloads)
+    return [f"job{i:04d}" for i in range(n)]
+
+
+def refs(broker, key):
+    return [e.ref for e in api.page_of(key, 1, 200, broker).entries]
+
+
+def ids(broker, key):
+    return [e.job_id for e in api.page_of(key, 1, 200, broker).entries]
+
+
+# -- who gets in --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_anonymous_gets_the_login_page_and_no_data(client, broker, page):
+    IncrJob.perform_later("secret-arg")
+    response = client.get(BASE + page)
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]
+    assert b"secret-arg" not in response.content and b"processed" not in response.content
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_non_staff_user_gets_no_data(client, broker, page):
+    IncrJob.perform_later("secret-arg")
+    user = User.objects.create_user("visitor")  # active, not staff
+    user.user_permissions.add(Permission.objects.get(codename="change_deadjob"))
+    client.force_login(user)
+    response = client.get(BASE + page)
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert b"secret-arg" not in response.content
+
+
+def test_anonymous_and_non_staff_cannot_change_anything(client, broker):
+    in_set(broker, broker.keys.retry, 2)
+    IncrJob.perform_later("x")
+    posts = [
+        ("retries/", {"action": "delete", "ref": refs(broker, broker.keys.retry)}),
+        ("queues/default/clear/", {}),
+        ("queues/default/", {"action": "delete", "ref": refs(broker, broker.keys.queue("default"))}),
+        ("busy/", {"process": "p1", "signal": "stop"}),
+    ]
+    for page, data in posts:
+        assert client.post(BASE + page, data).status_code == 302
+    client.force_login(User.objects.create_user("visitor"))
+    for page, data in posts:
+        assert client.post(BASE + page, data).status_code == 302
+    assert broker.redis.zcard(broker.keys.retry) == 2
+    assert broker.queue_size("default") == 1
+    assert broker.redis.get(broker.keys.process_signal("p1")) is None
+
+
+def test_staff_without_permission_sees_pages_but_no_actions(client, broker, viewer):
+    in_set(broker, broker.keys.retry, 2)
+    IncrJob.perform_later("x")
+    page = client.get(BASE + "retries/")
+    assert page.status_code == 200 and b"job0000" in page.content
+    assert b'name="ref"' not in page.content and b"one_kill" not in page.content
+    for url, data in [
+        ("retries/", {"action": "kill", "ref": refs(broker, broker.keys.retry)}),
+        ("queues/default/clear/", {}),
+        ("busy/", {"process": "p1", "signal": "quiet"}),
+    ]:
+        assert client.post(BASE + url, data).status_code == 403
+    assert client.get(BASE + "queues/default/clear/").status_code == 403
+    assert broker.redis.zcard(broker.keys.retry) == 2 and broker.queue_size("default") == 1
+
+
+def test_mutations_need_the_csrf_token(broker, manager):
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(manager)
+    in_set(broker, broker.keys.retry, 1)
+    response = strict.post(BASE + "retries/", {"action": "delete", "ref": refs(broker, broker.keys.retry)})
+    assert response.status_code == 403
+    assert broker.redis.zcard(broker.keys.retry) == 1
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+
+def test_overview_counts_and_json(client, broker, manager):
+    IncrJob.perform_later("a")
+    IncrJob.set(queue="low").perform_later("b")
+    in_set(broker, broker.keys.schedule, 3)
+    in_set(broker, broker.keys.retry, 2)
+    broker.settle("nobody", [], processed=7, failed=2)
+    broker.redis.hset(broker.keys.dead, "d1", "{}")  # staged, not yet in the database
+    response = client.get(BASE)
+    assert response.status_code == 200
+    assert response.context["stats"] == api.Stats(
+        processed=7, failed=2, processed_today=7, failed_today=2, enqueued=2, scheduled=3, retries=2,
+        dead=1, processes=0, busy=0, concurrency=0,
+    )
+    assert b'id="aj-chart"' in response.content
+    assert reverse("admin:django_async_jobs_deadjob_changelist").encode() in response.content
+    data = client.get(BASE + "stats.json").json()
+    assert data["stats"]["enqueued"] == 2 and data["stats"]["processed_today"] == 7
+    assert len(data["history"]) == 30 and data["history"][-1]["processed"] == 7
+    assert {q["name"]: q["size"] for q in data["queues"]}["low"] == 1
+
+
+def test_dashboard_is_listed_in_the_admin_index_and_sidebar(client, viewer):
+    response = client.get("/admin/")
+    overview = reverse("admin:async_jobs_overview")
+    assert overview == BASE
+    assert f'href="{overview}"'.encode() in response.content
+    # The DeadJob admin needs view permission; without it the section holds the dashboard alone.
+    [app] = [a for a in response.context["app_list"] if a["app_label"] == "django_async_jobs"]
+    assert [m["object_name"] for m in app["models"]] == ["AsyncJobsDashboard"]
+
+
+def test_install_on_a_custom_site_is_idempotent():
+    from django.contrib.admin import AdminSite
+
+    from django_async_jobs.dashboard import install
+
+    site = AdminSite(name="ops")
+    install(site)
+    install(site)
+    names = [p.name for p in site.get_urls() if getattr(p, "name", None)]
+    assert names.count("async_jobs_overview") == 1
+    assert admin.site._async_jobs_dashboard
+
+
+def test_queues_show_size_and_latency(client, broker, viewer):
+    IncrJob.perform_later("a")
+    oldest = json.loads(broker.redis.zrange(broker.keys.queue("default"), 0, 0)[0])
+    broker.redis.zadd(broker.keys.queue("low"), {encode_payload({**oldest, "queue": "low", "enqueued_at": time.time() - 90}): 1})
+    response = client.get(BASE + "queues/")
+    rows = {q.name: q for q, _, _ in response.context["rows"]}
+    assert rows["default"].size == 1 and rows["default"].latency < 5
+    assert rows["low"].size == 1 and 89 < rows["low"].latency < 100
+    assert rows["critical"].size == 0  # configured, never used: still listed
+
+
+def test_queue_pages_follow_queue_order(client, broker, viewer):
+    jobs = [IncrJob.perform_later(f"k{i}").job_id for i in range(30)]
+    urgent = IncrJob.set(priority=10).perform_later("urgent").job_id
+    first = client.get(BASE + "queues/default/").context["page"]
+    assert [e.job_id for e in first.entries] == [urgent, *jobs[:24]]
+    second = client.get(BASE + "queues/default/?page=2").context["page"]
+    assert [e.job_id for e in second.entries] == jobs[24:]
+    assert (second.total, second.pages, second.start_index, second.end_index) == (31, 2, 26, 31)
+    beyond = client.get(BASE + "queues/default/?page=99&per_page=10").context["page"]
+    assert beyond.number == 4 and [e.job_id for e in beyond.entries] == jobs[29:]
+
+
+def test_delete_one_and_several_jobs_from_a_queue(client, broker, manager):
+    jobs = [IncrJob.perform_later(f"k{i}").job_id for i in range(4)]
+    key = broker.keys.queue("default")
+    all_refs = refs(broker, key)
+    response = client.post(BASE + "queues/default/?page=1", {"one_delete": all_refs[1]})
+    assert response.status_code == 302 and response["Location"].endswith("queues/default/?page=1")
+    assert ids(broker, key) == [jobs[0], jobs[2], jobs[3]]
+    client.post(BASE + "queues/default/", {"action": "delete", "ref": [all_refs[0], all_refs[3], all_refs[1]]})
+    assert ids(broker, key) == [jobs[2]]
+
+
+def test_clear_queue_asks_first(client, broker, manager):
+    for i in range(3):
+        IncrJob.perform_later(f"k{i}")
+    IncrJob.set(queue="low").perform_later("stays")
+    confirm = client.get(BASE + "queues/default/clear/")
+    assert confirm.status_code == 200 and b"holds 3 jobs" in confirm.content
+    assert broker.queue_size("default") == 3
+    response = client.post(BASE + "queues/default/clear/", follow=True)
+    assert b"3 jobs deleted" in response.content
+    assert broker.queue_size("default") == 0 and broker.queue_size("low") == 1
+    assert not broker.redis.sismember(broker.keys.queues, "default")
+
+
+def test_sorted_sets_are_paginated_by_time(client, broker, viewer):
+    now = time.time()
+    later = in_set(broker, broker.keys.schedule, 30, at=now + 100)
+    sooner = in_set(broker, broker.keys.schedule, 1, at=now + 10, priority=1)  # id "job0000" again
+    page = client.get(BASE + "scheduled/?per_page=10").context["page"]
+    assert [e.job_id for e in page.entries] == sooner + later[:9] and page.total == 31
+    assert page.entries[0].at.timestamp() == pytest.approx(now + 10)
+    assert client.get(BASE + "scheduled/?page=4&per_page=10").context["page"].entries[0].job_id == later[29]
+
+
+def test_run_now_moves_scheduled_jobs_to_their_queue(client, broker, manager):
+    jobs = in_set(broker, broker.keys.schedule, 3)
+    all_refs = refs(broker, broker.keys.schedule)
+    client.post(BASE + "scheduled/", {"action": "enqueue", "ref": all_refs[:2]})
+    assert ids(broker, broker.keys.schedule) == [jobs[2]]
+    assert ids(broker, broker.keys.queue("default")) == jobs[:2]
+    # A ref whose job is gone (run by the poller, deleted by someone else) is skipped.
+    client.post(BASE + "scheduled/", {"one_enqueue": all_refs[0]})
+    assert broker.queue_size("default") == 2
+
+
+def test_delete_retries(client, broker, manager):
+    jobs = in_set(broker, broker.keys.retry, 3)
+    all_refs = refs(broker, broker.keys.retry)
+    client.post(BASE + "retries/", {"one_delete": all_refs[0]})
+    client.post(BASE + "retries/", {"action": "delete", "ref": all_refs[2]})
+    assert ids(broker, broker.keys.retry) == [jobs[1]]
+    assert broker.queue_size("default") == 0
+
+
+def test_bulk_action_without_a_selection_changes_nothing(client, broker, manager):
+    in_set(broker, broker.keys.retry, 2)
+    response = client.post(BASE + "retries/", {"action": "delete"}, follow=True)
+    assert b"Select at least one job" in response.content
+    client.post(BASE + "retries/", {"action": "explode", "ref": refs(broker, broker.keys.retry)})
+    client.post(BASE + "retries/", {"action": "delete", "ref": ["garbage", "nan|x", "1.0|"]})
+    assert broker.redis.zcard(broker.keys.retry) == 2
+
+
+def test_kill_a_real_retry_moves_it_to_the_dead_jobs(client, broker, manager, worker):
+    FailJob.perform_later("kill:count")
+    wait_for(lambda: broker.redis.zcard(broker.keys.retry) == 1, what="the failed job in the retry set")
+    [job] = api.page_of(broker.keys.retry, broker=broker).entries
+    client.post(BASE + "retries/", {"one_kill": job.ref})
+    assert broker.redis.zcard(broker.keys.retry) == 0
+    [(dead_id, staged)] = broker.redis.hgetall(broker.keys.dead).items()
+    record = json.loads(staged)
+    assert record["reason"] == "killed" and record["job_id"] == job.job_id
+    assert record["payload"] == job.raw and record["dead_id"] == dead_id.decode()
+    assert record["error_class"] == "RuntimeError" and record["error_message"] == "boom"
+    assert record["died_at"] == pytest.approx(time.time(), abs=10)
+    assert flush_staged(broker) == 1
+    row = DeadJob.objects.get()
+    assert (row.reason, row.job_id, row.job_class, row.error_class) == ("killed", job.job_id, FailJob.job_name, "RuntimeError")
+
+
+def test_pick_tells_jobs_with_the_same_score_apart(broker):
+    key = broker.keys.retry
+    a = encode_payload({"jid": "a", "job": "J", "queue": "default", "args": []})
+    b = encode_payload({"jid": "b", "job": "J", "queue": "default", "args": []})
+    broken = "not json at all"
+    broker.redis.zadd(key, {a: 5.0, b: 5.0, broken: 5.0})
+    by_id = {e.job_id: e for e in api.page_of(key, broker=broker).entries}
+    assert api.act(key, "delete", [by_id["b"].ref], broker) == 1
+    assert api.act(key, "enqueue", [e.ref for e in by_id.values() if e.data is None], broker) == 1
+    assert [m.decode() for m in broker.redis.zrange(key, 0, -1)] == [a]
+    # The unreadable job could not go to a queue: it is staged as dead instead of lost.
+    [staged] = broker.redis.hvals(broker.keys.dead)
+    assert json.loads(staged)["reason"] == "malformed_payload" and json.loads(staged)["payload"] == broken
+
+
+# -- busy ---------------------------------------------------------------------------------------
+
+
+def test_busy_lists_processes_and_their_running_jobs(client, broker, viewer):
+    job = IncrJob.perform_later("busy")
+    broker.heartbeat("host-a:123:ab", {"host": "host-a", "pid": 123, "queues": "default,low", "concurrency": 5,
+                                       "started_at": time.time() - 60, "busy": 1, "quiet": 0}, ttl=60)
+    broker.fetch("host-a:123:ab", ["default"], 1)
+    response = client.get(BASE + "busy/")
+    [process] = response.context["processes"]
+    assert (process.host, process.pid, process.queues, process.concurrency, process.busy) == ("host-a", "123", "default,low", 5, 1)
+    assert time.time() - process.started_at.timestamp() == pytest.approx(60, abs=5)
+    assert [j.job_id for _, _, j in response.context["running"]] == [job.job_id]
+    assert job.job_id.encode() in response.content
+
+
+def test_quiet_and_stop_buttons_set_the_signal_key(client, broker, manager):
+    client.post(BASE + "busy/", {"process": "host-a:1:ab", "signal": "quiet"})
+    assert broker.redis.get(broker.keys.process_signal("host-a:1:ab")) == b"quiet"
+    assert 0 < broker.redis.ttl(broker.keys.process_signal("host-a:1:ab")) <= 6
+    client.post(BASE + "busy/", {"process": "host-a:1:ab", "signal": "explode"})
+    assert broker.redis.get(broker.keys.process_signal("host-a:1:ab")) == b"quiet"
+
+
+def test_a_worker_goes_quiet_on_its_next_heartbeat(broker, worker):
+    api.signal_process(worker.process_id, "quiet")
+    wait_for(lambda: worker.quiet, timeout=5, what="the worker going quiet")
+    assert worker.stopping.is_set()
+    assert broker.redis.get(broker.keys.process_signal(worker.process_id)) is None
+    wait_for(lambda: broker.redis.hget(broker.keys.process(worker.process_id), "quiet") == b"1", what="quiet in its info")
+    IncrJob.perform_later("after:quiet")
+    time.sleep(0.5)
+    assert broker.queue_size("default") == 1  # a quiet worker fetches nothing new
+
+
+def test_stop_from_the_dashboard_stops_a_worker_process(broker, spawn):
+    from tests.helpers import registered
+
+    proc = spawn("--concurrency", "1")
+    [process_id] = wait_for(lambda: list(registered(broker)), timeout=15, what="the worker registering")
+    api.signal_process(process_id, "stop")
+    assert proc.wait(15) == 0
+    assert registered(broker) == {}
