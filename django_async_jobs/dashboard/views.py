@@ -7,7 +7,10 @@ back (post/redirect/get), with the outcome in a message.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -17,6 +20,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -44,6 +48,66 @@ OP_DONE = {
     "delete": lambda n: ngettext("Deleted %(n)d job.", "Deleted %(n)d jobs.", n),
     "kill": lambda n: ngettext("Moved %(n)d job to the dead jobs.", "Moved %(n)d jobs to the dead jobs.", n),
 }
+
+
+BUTTONS = {  # a row's button: label, confirmation question (None: no question)
+    "enqueue": (gettext_lazy("Run now"), None),
+    "delete": (gettext_lazy("Delete"), gettext_lazy("Delete this job?")),
+    "kill": (gettext_lazy("Kill"), gettext_lazy("Move this job to the dead jobs?")),
+}
+
+
+def _buttons(ops: tuple[str, ...]) -> list[tuple[str, str, str | None]]:
+    return [(op, str(BUTTONS[op][0]), BUTTONS[op][1] and str(BUTTONS[op][1])) for op in ops]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One job as a table row: its ref (for the checkbox and buttons) and its cells as text."""
+
+    ref: str
+    job_id: str
+    cells: list[tuple[str, str]]  # (text, title)
+
+
+def _relative(seconds: float) -> str:
+    """A short, translation-free age or wait ("3 min ago", "in 2 h"), cheap enough for every row."""
+    size = abs(seconds)
+    text = (
+        f"{size:.0f} s" if size < 90 else f"{size / 60:.0f} min" if size < 5400
+        else f"{size / 3600:.0f} h" if size < 129600 else f"{size / 86400:.0f} d"
+    )
+    return f"in {text}" if seconds > 0 else f"{text} ago"
+
+
+def _moment(value: datetime | None, now: float) -> tuple[str, str]:
+    if value is None:
+        return "-", ""
+    return f"{value:%Y-%m-%d %H:%M:%S} ({_relative(value.timestamp() - now)})", value.isoformat()
+
+
+def job_table(page: api.Page, kind: str | None) -> tuple[list[str], list[Row]]:
+    """Headers and rows for a page of jobs, built in Python: a template doing the same per cell
+    costs more than the Redis reads for the page."""
+    now = time.time()
+    headers = [str(_("When")) if kind else str(_("Enqueued")), str(_("Job"))]
+    if kind:
+        headers.append(str(_("Queue")))
+    headers.append(str(_("Arguments")))
+    if kind == "retries":
+        headers += [str(_("Retries")), str(_("Error"))]
+    headers.append(str(_("Job id")))
+    rows = []
+    for job in page.entries:
+        cells = [_moment(job.at if kind else job.enqueued_at, now), (job.job_class or str(_("(unreadable payload)")), "")]
+        if kind:
+            cells.append((job.queue, ""))
+        cells.append((job.arguments, job.raw))
+        if kind == "retries":
+            cells += [(str(job.retry_count), ""), (Truncator(job.error).chars(100), job.error)]
+        cells.append((job.job_id, ""))
+        rows.append(Row(job.ref, job.job_id, cells))
+    return headers, rows
 
 
 def can_manage(request: HttpRequest) -> bool:
@@ -89,10 +153,13 @@ def _int(value: str | None, default: int) -> int:
         return default
 
 
-def _page(request: HttpRequest, key: str) -> api.Page:
-    return api.page_of(
+def _page(request: HttpRequest, key: str, kind: str | None) -> dict[str, Any]:
+    """A page of a sorted set and its table, as template context."""
+    page = api.page_of(
         key, _int(request.GET.get("page"), 1), _int(request.GET.get("per_page"), DEFAULT_PER_PAGE)
     )
+    headers, rows = job_table(page, kind)
+    return {"page": page, "headers": headers, "rows": rows}
 
 
 def _redirect_back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
@@ -147,7 +214,7 @@ def queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
         return _redirect_back(request, here)
     return _render(
         request, site, "queue.html", "queues", _("Queue %(name)s") % {"name": name},
-        queue_name=name, page=_page(request, broker_keys.queue(name)), queue_ops=QUEUE_OPS,
+        queue_name=name, **_page(request, broker_keys.queue(name), None), buttons=_buttons(QUEUE_OPS),
         clear_url=_url(site, "async_jobs_queue_clear", name), queues_url=_url(site, "async_jobs_queues"),
     )
 
@@ -214,7 +281,7 @@ def sorted_set(request: HttpRequest, site: AdminSite, kind: str) -> HttpResponse
                 messages.success(request, OP_DONE[op](count) % {"n": count})
         return _redirect_back(request, here)
     title = _("Scheduled jobs") if kind == "scheduled" else _("Retries")
-    return _render(request, site, "sorted_set.html", kind, title, kind=kind, ops=ops, page=_page(request, key))
+    return _render(request, site, "sorted_set.html", kind, title, kind=kind, buttons=_buttons(ops), **_page(request, key, kind))
 
 
 def _chosen(request: HttpRequest, ops: tuple[str, ...]) -> tuple[str | None, list[str]]:
