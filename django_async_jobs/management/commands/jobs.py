@@ -1,8 +1,8 @@
 """``manage.py jobs <group> <action>``: look after the job system from a shell.
 
-Each group (``dead`` for now) registers its own subparsers and handler functions, so a new
-group (stats, queues, clear, scheduled, retries, cron, enqueue) is one more ``add_*`` function
-in ``GROUPS``; ``handle`` only dispatches.
+Each group (``dead``; ``stats``, ``queues``, ``clear``, ``scheduled``, ``retries``, ``enqueue``)
+registers its own subparsers and handler functions, so a new group (cron) is one more ``add_*``
+function in ``GROUPS``; ``handle`` only dispatches.
 """
 
 from __future__ import annotations
@@ -173,8 +173,128 @@ def add_dead(groups: Any) -> None:
     p.set_defaults(handler=dead_flush)
 
 
+# -- jobs stats / queues / clear / scheduled / retries / enqueue ---------------------------------
+# The numbers and listings come from django_async_jobs.api, as the admin dashboard's do.
+
+
+def _dump(command: BaseCommand, data: Any) -> None:
+    command.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def stats_show(command: BaseCommand, options: dict[str, Any]) -> None:
+    from django_async_jobs import api
+
+    stats = api.stats()
+    if options["json"]:
+        _dump(command, stats.as_json())
+        return
+    command.stdout.write(table(["STAT", "VALUE"], [[name.replace("_", " "), value] for name, value in stats.as_json().items()]))
+
+
+def queues_show(command: BaseCommand, options: dict[str, Any]) -> None:
+    from django_async_jobs import api
+
+    rows = api.queues()
+    if options["json"]:
+        _dump(command, [q.as_json() for q in rows])
+        return
+    command.stdout.write(table(["QUEUE", "SIZE", "LATENCY"], [[q.name, q.size, f"{q.latency:.1f}s"] for q in rows]))
+
+
+def queue_clear(command: BaseCommand, options: dict[str, Any]) -> None:
+    from django_async_jobs import api
+
+    name = options["queue"]
+    if not options["yes"]:
+        size = api.get_broker().queue_size(name)
+        if not size:
+            command.stdout.write(f"Queue {name!r} is empty.")
+            return
+        try:
+            answer = input(f"Delete all {size} job(s) of queue {name!r} for good? Type 'yes' to confirm: ")
+        except EOFError:  # no terminal to ask on
+            answer = ""
+        if answer.strip().lower() != "yes":
+            raise CommandError("Not cleared (give --yes to skip the question).")
+    count = api.clear_queue(name)
+    command.stdout.write(f"Cleared queue {name!r}: {count} job{'s' if count != 1 else ''} deleted.")
+
+
+def set_list(command: BaseCommand, options: dict[str, Any]) -> None:
+    from django_async_jobs import api
+
+    kind = options["group"]
+    page = api.page_of(api.set_key(kind), options["page"], options["limit"])
+    if options["json"]:
+        _dump(command, {"total": page.total, "page": page.number, "jobs": [e.as_json() for e in page.entries]})
+        return
+    if not page.total:
+        command.stdout.write("No scheduled jobs." if kind == "scheduled" else "No retries.")
+        return
+    headers = ["RUNS AT", "JOB", "QUEUE", "ARGUMENTS", "JOB ID"]
+    if kind == "retries":
+        headers[3:3] = ["RETRIES", "ERROR"]
+    rows = []
+    for e in page.entries:
+        row = [f"{e.at:%Y-%m-%d %H:%M:%S}" if e.at else "", e.job_class, e.queue, _short(e.arguments, 40), e.job_id]
+        if kind == "retries":
+            row[3:3] = [e.retry_count, _short(e.error, 50)]
+        rows.append(row)
+    command.stdout.write(table(headers, rows))
+    if page.total > len(page.entries):
+        command.stdout.write(f"({page.start_index}-{page.end_index} of {page.total}; --page and --limit page through)")
+
+
+def job_enqueue(command: BaseCommand, options: dict[str, Any]) -> None:
+    from django_async_jobs import api
+
+    try:
+        args = json.loads(options["args_json"])
+        kwargs = json.loads(options["kwargs"])
+    except ValueError as exc:
+        raise CommandError(f"Arguments must be JSON: {exc}") from exc
+    if not isinstance(args, list):
+        args = [args]  # one argument may be given bare: '42' or '"a"'
+    if not isinstance(kwargs, dict):
+        raise CommandError("--kwargs must be a JSON object.")
+    try:
+        job_id = api.enqueue(options["job_name"], args, kwargs)
+    except (LookupError, RuntimeError, TypeError) as exc:
+        raise CommandError(str(exc)) from exc
+    command.stdout.write(json.dumps({"job_id": job_id}) if options["json"] else f"Enqueued {options['job_name']} {job_id}")
+
+
+def add_operations(groups: Any) -> None:
+    p = groups.add_parser("stats", help="Processed/failed counters, queue, scheduled, retry, dead and busy counts.")
+    p.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    p.set_defaults(handler=stats_show)
+
+    p = groups.add_parser("queues", help="Every queue with its size and latency (age of its next job).")
+    p.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    p.set_defaults(handler=queues_show)
+
+    p = groups.add_parser("clear", help="Delete every job of a queue (asks first).")
+    p.add_argument("queue", help="The queue's name.")
+    p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+    p.set_defaults(handler=queue_clear)
+
+    for kind, text in (("scheduled", "Jobs waiting for their time"), ("retries", "Jobs waiting for a retry")):
+        p = groups.add_parser(kind, help=f"{text}, soonest first.")
+        p.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+        p.add_argument("--limit", type=int, default=50, help="Jobs per page (default 50, at most 200).")
+        p.add_argument("--page", type=int, default=1, help="Page number (default 1).")
+        p.set_defaults(handler=set_list)
+
+    p = groups.add_parser("enqueue", help="Enqueue a registered job by name.")
+    p.add_argument("job_name", metavar="JOB_NAME", help="The job's registered name (jobs.py module path + class).")
+    p.add_argument("args_json", metavar="ARGS_JSON", nargs="?", default="[]", help="Positional arguments as a JSON array.")
+    p.add_argument("--kwargs", default="{}", help="Keyword arguments as a JSON object.")
+    p.add_argument("--json", action="store_true", help="Print the job id as JSON.")
+    p.set_defaults(handler=job_enqueue)
+
+
 # One entry per command group; each adds its parser and sets ``handler`` on its leaves.
-GROUPS: list[Callable[[Any], None]] = [add_dead]
+GROUPS: list[Callable[[Any], None]] = [add_dead, add_operations]
 
 
 class Command(BaseCommand):
