@@ -16,7 +16,7 @@ import redis
 from django_async_jobs.conf import QueueSpec
 from django_async_jobs.serialization import decode_payload
 from django_async_jobs.worker.launcher import Worker
-from tests.helpers import registered, wait_for
+from tests.helpers import free_port, registered, wait_for
 from tests.testapp.jobs import IncrJob, SlowOnceJob, SuicideJob, TraceJob
 
 START_TIMEOUT = 20  # a cold Django start on a busy 2-core machine
@@ -264,3 +264,14 @@ def test_supervisor_runs_restarts_and_stops_its_children(spawn, broker, prefix):
     assert sup.wait(10) == 0, sup.output()
     for pid in survivors:
         assert parent_of(pid) is None, f"child {pid} outlived the supervisor"
+
+
+def test_sigterm_stops_a_worker_that_never_reached_redis(spawn, broker):
+    """A worker started while Redis is away waits for it, but a TERM must still stop it."""
+    a = spawn("-c", "1", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    wait_for(lambda: "cannot reach Redis" in a.output(), START_TIMEOUT, "the worker waiting for Redis")
+    sent = time.monotonic()
+    a.send(signal.SIGTERM)
+    assert a.wait(5) == 0, a.output()
+    assert time.monotonic() - sent < 2
+    assert "stopped before it could reach Redis" in a.output()

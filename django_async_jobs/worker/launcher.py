@@ -123,15 +123,18 @@ class Worker:
 
     # -- life cycle --------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Register, then start the threads; False if a stop signal came before Redis did."""
         backoff = 0.1
         while True:  # register before fetching: in-flight jobs must belong to a live process
             try:
                 self.heart.beat()
                 break
             except redis.RedisError as exc:
+                if self._stop_requested.is_set():
+                    return False  # nothing fetched yet, so nothing to hand back
                 logger.warning("cannot reach Redis, retrying in %.1fs: %s", backoff, exc)
-                time.sleep(backoff)
+                self._stop_requested.wait(backoff)  # a TERM while Redis is away still stops us
                 backoff = min(backoff * 2, 5.0)
         for thread in (self.acker, *self.processors, self.heart, self.poller, self.listener, self.dead_writer, self.fetcher):
             thread.start()
@@ -140,6 +143,7 @@ class Worker:
             self.process_id, ",".join(self.queues.names),
             "strict" if self.queues.strict else "weighted", self.concurrency,
         )
+        return True
 
     def set_quiet(self) -> None:
         """Stop fetching; running jobs finish (SIGTSTP, or the dashboard's Quiet)."""
@@ -193,7 +197,9 @@ class Worker:
     def run(self) -> int:
         """Run until a signal stops the process (the ``runworker`` entry point)."""
         self._install_signals()
-        self.start()
+        if not self.start():
+            logger.info("worker %s stopped before it could reach Redis", self.process_id)
+            return 0
         try:
             while not self.stopping.wait(1.0):
                 pass
