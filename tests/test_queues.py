@@ -4,7 +4,6 @@ import json
 from collections import Counter
 
 import pytest
-from django.core.management import CommandError, call_command
 
 from django_async_jobs.conf import QueueSpec, get_settings, parse_queues
 from django_async_jobs.worker.fetcher import QueueOrder, select_queues
@@ -153,11 +152,3 @@ def test_select_queues_rejects_a_queue_twice():
     with pytest.raises(ValueError, match="twice"):
         select_queues(STRICT, ["a", "a,2"])
 
-
-def test_runworker_reports_a_bad_queue_option(prefix):
-    with pytest.raises(CommandError, match="weight after the comma must be a positive integer"):
-        call_command("runworker", "-q", "default,0")
-    with pytest.raises(CommandError, match="--concurrency must be at least 1"):
-        call_command("runworker", "-c", "0")
-    with pytest.raises(CommandError, match="--processes must be at least 1"):
-        call_command("runworker", "--processes", "0")
