@@ -101,10 +101,14 @@ def now_or_on_commit(jobs: Sequence[ApplicationJob], action: Callable[[], Any], 
 
 
 def _send(jobs: list[ApplicationJob]) -> None:
-    enqueue(jobs)
+    """Push a validated group; unique jobs (``lock``) go one by one through their lock step."""
+    from django_async_jobs import locks
+
+    enqueue([job for job in jobs if type(job).lock is None])
     for job in jobs:
-        job.successfully_enqueued = True
-        signals.send(signals.job_enqueued, type(job), job=job)
+        job.successfully_enqueued = type(job).lock is None or locks.enqueue(job)
+        if job.successfully_enqueued:
+            signals.send(signals.job_enqueued, type(job), job=job)
 
 
 def enqueue_all(jobs: Iterable[ApplicationJob], *, using: str | None = None) -> int:

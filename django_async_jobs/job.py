@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.utils import timezone
 
 from django_async_jobs import callbacks, locks, registry, retries, signals
@@ -319,6 +319,19 @@ class ApplicationJob:
         perform = async_to_sync(self.perform) if self._is_async else self.perform
         result = callbacks.run(self, "perform", lambda: perform(*self.arguments, **self.kwargs))
         return None if result is callbacks.HALTED else result
+
+    async def _aperform_now(self) -> Any:
+        """``perform_now`` for the worker's event loop: ``perform`` is awaited, not run in a
+        thread; before/after callbacks are sync code, so they run in the loop's thread pool."""
+        self.executions += 1
+        names = self._callbacks
+        for name in names["before_perform"]:
+            if await sync_to_async(getattr(self, name), thread_sensitive=False)() is False:
+                return None
+        result = await self.perform(*self.arguments, **self.kwargs)
+        for name in names["after_perform"]:
+            await sync_to_async(getattr(self, name), thread_sensitive=False)()
+        return result
 
     @classmethod
     def _perform_now_class(cls, *args: Any, **kwargs: Any) -> Any:

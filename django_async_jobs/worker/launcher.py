@@ -24,6 +24,7 @@ from django_async_jobs.broker.client import Broker, get_broker
 from django_async_jobs.conf import QueueSpec, Settings, get_settings
 from django_async_jobs.worker.acker import Acker
 from django_async_jobs.worker.dead_writer import DeadWriter
+from django_async_jobs.worker.eventloop import EventLoop
 from django_async_jobs.worker.fetcher import Fetcher, Listener, QueueOrder
 from django_async_jobs.worker.poller import Poller
 from django_async_jobs.worker.processor import Settlement, process
@@ -55,6 +56,7 @@ class Worker:
         self._interrupts = 0
         self._stop_requested = threading.Event()
         self.acker = Acker(self.broker, self.process_id)
+        self.event_loop = EventLoop(self.settings.async_concurrency, self.acker.add)
         self.fetcher = Fetcher(
             self.broker, self.process_id, QueueOrder(self.queues), self.concurrency,
             self._deliver, self.stopping,
@@ -110,7 +112,7 @@ class Worker:
             with self._busy_lock:
                 self._busy += 1
             try:
-                settlement = process(field, raw, log_jobs)
+                settlement = process(field, raw, log_jobs, self.event_loop)
             except BaseException:  # never lose a job to a bug of ours: it stays in flight
                 logger.exception("processor crashed on job %s; it will be recovered", field)
                 settlement = None
@@ -176,6 +178,7 @@ class Worker:
         for thread in self.processors:
             thread.join(max(0.0, deadline - time.monotonic()))
         unfinished = sum(1 for t in self.processors if t.is_alive())
+        unfinished += self.event_loop.stop(max(0.0, deadline - time.monotonic()))
         self.acker.close(timeout=10)
         self.stopped.set()  # the heart stops beating before the process record goes
         try:

@@ -70,7 +70,27 @@ def _bury(field: str, raw: bytes, reason: str, exc: BaseException, data: dict[st
     return dead_record(field, raw, reason, exc, data)
 
 
-def process(field: str, raw: bytes, log_jobs: bool = True) -> Settlement:
+@dataclass
+class Started:
+    """A job past its checks, running or about to run: what ``finish`` needs to settle it."""
+
+    job: Any
+    field: str
+    raw: bytes
+    log: bool
+    extra: dict[str, Any]
+    began: float
+
+    @property
+    def on_event_loop(self) -> bool:
+        """Async jobs are awaited on the worker's event loop, so they hold no thread; those with
+        run locks or ``around_perform`` callbacks (which block until the job ends) are not."""
+        job = self.job
+        return job._is_async and not job.payload.get("lock") and not job._callbacks["around_perform"]
+
+
+def start(field: str, raw: bytes, log_jobs: bool = True) -> Settlement | Started:
+    """Decode and check a fetched job; a ``Settlement`` if it cannot even start."""
     try:
         data = decode_payload(raw)
     except MalformedPayload as exc:
@@ -86,30 +106,54 @@ def process(field: str, raw: bytes, log_jobs: bool = True) -> Settlement:
         return _bury(field, raw, "arguments_mismatch", exc, data)
 
     log = log_jobs and logger.isEnabledFor(logging.INFO)
+    extra: dict[str, Any] = {}
     if log:
         extra = {"job_class": data["job"], "job_id": job.job_id, "queue": job.queue_name}
         logger.info("start %s %s queue=%s", data["job"], job.job_id, job.queue_name, extra=extra)
     close_old_connections()
-    started = time.perf_counter()
+    began = time.perf_counter()
     signals.send(signals.job_started, job_class, job=job)
+    return Started(job, field, raw, log, extra, began)
+
+
+def finish(started: Started, exc: Exception | None) -> Settlement:
+    """How to settle a job that ran: ack, or what the retry rules say about ``exc``."""
+    job, field = started.job, started.field
     try:
-        locks.perform(job, field)
-    except Exception as exc:
-        settlement = retries.handle_failure(job, field, raw, exc)
-        outcome = "discarded" if settlement.op == "ack" else settlement.op
-        error = type(exc).__name__
-    else:
-        settlement = Settlement("ack", field)
-        outcome = "ok"
-        error = None
-        signals.send(signals.job_succeeded, job_class, job=job)
+        if exc is not None:
+            settlement = retries.handle_failure(job, field, started.raw, exc)
+            outcome = "discarded" if settlement.op == "ack" else settlement.op
+            error: str | None = type(exc).__name__
+        else:
+            settlement = Settlement("ack", field)
+            outcome = "ok"
+            error = None
+            signals.send(signals.job_succeeded, type(job), job=job)
     finally:
         close_old_connections()
-    if log:
-        elapsed = (time.perf_counter() - started) * 1000
+    if started.log:
+        elapsed = (time.perf_counter() - started.began) * 1000
         logger.info(
             "finish %s %s queue=%s elapsed_ms=%.1f outcome=%s%s",
-            data["job"], job.job_id, job.queue_name, elapsed, outcome, f" error={error}" if error else "",
-            extra={**extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome, "error": error},
+            job.job_name, job.job_id, job.queue_name, elapsed, outcome, f" error={error}" if error else "",
+            extra={**started.extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome, "error": error},
         )
     return settlement
+
+
+def process(field: str, raw: bytes, log_jobs: bool = True, event_loop: Any = None) -> Settlement | None:
+    """Run one fetched job. ``None``: an async job handed to ``event_loop``, settled when it ends."""
+    started = start(field, raw, log_jobs)
+    if isinstance(started, Settlement):
+        return started
+    if event_loop is not None and started.on_event_loop:
+        event_loop.submit(started)
+        return None
+    try:
+        locks.perform(started.job, field)
+    except Exception as exc:
+        return finish(started, exc)
+    except BaseException:
+        close_old_connections()
+        raise
+    return finish(started, None)

@@ -1,0 +1,115 @@
+"""``async def perform`` jobs: awaited on the worker's event loop, holding no processor thread."""
+
+import asyncio
+import json
+
+import pytest
+
+from django_async_jobs import ApplicationJob, around_perform, before_perform
+from django_async_jobs.broker.client import get_broker
+from django_async_jobs.worker.launcher import Worker
+from tests.helpers import wait_for
+from tests.testapp.integration_jobs import FailingAsyncJob, NoteJob, SlowAsyncJob
+
+
+class CallbackAsyncJob(ApplicationJob):
+    @before_perform
+    def note_before(self):
+        get_broker().redis.rpush(self.arguments[0], "before")
+
+    async def perform(self, key):
+        await asyncio.sleep(0)
+        get_broker().redis.rpush(key, "perform")
+        return "done"
+
+
+class AroundAsyncJob(ApplicationJob):
+    @around_perform
+    def wrap(self, proceed):
+        get_broker().redis.rpush(self.arguments[0], "around")
+        return proceed()
+
+    async def perform(self, key):
+        get_broker().redis.rpush(key, "perform")
+
+
+@pytest.fixture
+def one_thread_worker(broker):
+    worker = Worker(concurrency=1)
+    worker.start()
+    yield worker
+    worker.stop(timeout=2)
+
+
+def events(broker, key):
+    return [item.decode() for item in broker.redis.lrange(key, 0, -1)]
+
+
+def test_perform_now_runs_an_async_job_to_completion(broker, prefix):
+    assert SlowAsyncJob.perform_now(f"{prefix}:k", 0.01) == 0.01
+    assert [e.split(":")[0] for e in events(broker, f"{prefix}:k")] == ["start", "done"]
+
+
+def test_slow_async_jobs_do_not_hold_the_only_thread(broker, prefix, one_thread_worker):
+    key = f"{prefix}:k"
+    for _ in range(3):
+        SlowAsyncJob.perform_later(key, 1.0)
+    NoteJob.perform_later(f"{prefix}:notes", "sync")
+    wait_for(lambda: broker.redis.llen(f"{prefix}:notes") == 1, timeout=3)
+    # the sync job ran on the single thread while three async jobs were still sleeping
+    assert [e.split(":")[0] for e in events(broker, key)] == ["start"] * 3
+    assert one_thread_worker.event_loop.running == 3
+    wait_for(lambda: len(events(broker, key)) == 6, timeout=4)
+    starts = [float(e.split(":")[1]) for e in events(broker, key) if e.startswith("start")]
+    dones = [float(e.split(":")[1]) for e in events(broker, key) if e.startswith("done")]
+    assert max(starts) < min(dones)  # all three were in flight together
+    wait_for(lambda: broker.stat("processed") == 4)
+    assert broker.inflight(one_thread_worker.process_id) == {}
+
+
+def test_an_async_failure_goes_through_the_retry_rules(broker, prefix, one_thread_worker):
+    job = FailingAsyncJob.perform_later(f"{prefix}:count")
+    [entry] = wait_for(lambda: broker.redis.zrange(broker.keys.retry, 0, -1))
+    payload = json.loads(entry)
+    assert payload["jid"] == job.job_id
+    assert payload["executions"] == 1
+    assert payload["error_class"] == "Flaky"
+    assert broker.inflight(one_thread_worker.process_id) == {}
+
+
+def test_before_perform_callbacks_run_for_loop_jobs(broker, prefix, one_thread_worker):
+    CallbackAsyncJob.perform_later(f"{prefix}:k")
+    assert wait_for(lambda: events(broker, f"{prefix}:k") if len(events(broker, f"{prefix}:k")) == 2 else None) == [
+        "before", "perform",
+    ]
+
+
+def test_around_perform_async_jobs_still_run_on_a_thread(broker, prefix, one_thread_worker):
+    AroundAsyncJob.perform_later(f"{prefix}:k")
+    wait_for(lambda: len(events(broker, f"{prefix}:k")) == 2)
+    assert events(broker, f"{prefix}:k") == ["around", "perform"]
+    assert one_thread_worker.event_loop._loop is None  # never needed the loop
+
+
+def test_stop_hands_back_an_unfinished_async_job(broker, prefix, settings):
+    worker = Worker(concurrency=1)
+    worker.start()
+    SlowAsyncJob.perform_later(f"{prefix}:k", 30)
+    wait_for(lambda: events(broker, f"{prefix}:k"))
+    worker.stop(timeout=0.3)
+    assert broker.queue_size("default") == 1  # back in its queue for another worker
+    assert broker.stat("processed") == 0
+
+
+def test_async_concurrency_bounds_jobs_on_the_loop(broker, prefix, settings):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "ASYNC_CONCURRENCY": 1}
+    worker = Worker(concurrency=2)
+    worker.start()
+    try:
+        key = f"{prefix}:k"
+        SlowAsyncJob.perform_later(key, 0.3)
+        SlowAsyncJob.perform_later(key, 0.3)
+        wait_for(lambda: len(events(broker, key)) == 4, timeout=4)
+    finally:
+        worker.stop(timeout=2)
+    assert [e.split(":")[0] for e in events(broker, key)] == ["start", "done", "start", "done"]
