@@ -21,6 +21,7 @@ key                                    type       holds
 ``p:lock:<job>:<digest>``              string     a unique job's enqueue lock; value = job id
 ``p:runlock:<job>:<digest>``           string     a unique job's run lock; value = in-flight field
 ``p:cron:<name>``                      hash       a recurring entry's last tick, job id, time
+``p:result:<id>``                      string     a django.tasks result (JSON), kept RESULT_TTL
 =====================================  =========  ===============================================
 """
 
@@ -102,6 +103,9 @@ class Keys:
 
     def cron(self, name: str) -> str:
         return f"{self.prefix}:cron:{name}"
+
+    def result(self, result_id: str) -> str:
+        return f"{self.prefix}:result:{result_id}"
 
     @property
     def pattern(self) -> str:
