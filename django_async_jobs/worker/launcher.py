@@ -181,6 +181,8 @@ class Worker:
         unfinished += self.event_loop.stop(max(0.0, deadline - time.monotonic()))
         self.acker.close(timeout=10)
         self.stopped.set()  # the heart stops beating before the process record goes
+        if self.heart.is_alive():
+            self.heart.join(5)  # a beat in flight must not land after the release below
         try:
             handed_back = self.broker.release(self.process_id)
         except redis.RedisError as exc:
