@@ -156,3 +156,55 @@ class DeadJobAdmin(admin.ModelAdmin):
 from django_async_jobs.dashboard import install as install_dashboard  # noqa: E402
 
 install_dashboard(admin.site)
+
+
+# -- job state: idempotency markers and progress --------------------------------------------------
+
+from django_async_jobs.models import IdempotencyMarker, JobProgress  # noqa: E402
+
+
+@admin.register(IdempotencyMarker)
+class IdempotencyMarkerAdmin(admin.ModelAdmin):
+    """Which work is done. Deleting a marker lets that work run again; nothing else is edited."""
+
+    list_display = ("key", "job_class", "job_id", "created", "expires_at")
+    list_filter = ("job_class",)
+    search_fields = ("key", "job_id")
+    date_hierarchy = "created"
+    readonly_fields = ("key", "job_class", "job_id", "created", "expires_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: IdempotencyMarker | None = None) -> bool:
+        return False
+
+
+@admin.register(JobProgress)
+class JobProgressAdmin(admin.ModelAdmin):
+    list_display = ("job_class", "name", "status", "progress_bar", "processed", "total", "error_count", "started_by", "updated_at")
+    list_filter = ("status", "job_class")
+    search_fields = ("job_id", "job_class", "name")
+    list_select_related = ("started_by",)
+    readonly_fields = (
+        "job_id", "name", "job_class", "status", "progress_bar", "total", "processed", "error_count",
+        "errors_display", "started_by", "created", "started_at", "completed_at", "updated_at",
+    )
+    exclude = ("error_details", "percent")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: JobProgress | None = None) -> bool:
+        return False
+
+    @admin.display(description=_("progress"), ordering="percent")
+    def progress_bar(self, obj: JobProgress) -> str:
+        return format_html(
+            '<progress value="{}" max="100" style="width: 10em" title="{}%"></progress> {}%',
+            obj.percent, obj.percent, f"{obj.percent:.0f}",
+        )
+
+    @admin.display(description=_("error details"))
+    def errors_display(self, obj: JobProgress) -> str:
+        return _pretty(obj.error_details) if obj.error_details else "-"

@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "ENQUEUE_AFTER_COMMIT": True,
     "RESULT_TTL": 86400,
     "ASYNC_CONCURRENCY": 100,
+    # Job progress rows are written every N items or T seconds, whichever comes first.
+    "PROGRESS_EVERY": 100,
+    "PROGRESS_SECONDS": 2.0,
 }
 
 
@@ -38,7 +41,6 @@ DEFAULTS: dict[str, Any] = {
 # the unknown-key check even though their defaults live with those features.
 LATER_KEYS = {
     "MAX_RETRIES", "DEAD_JOB_RETENTION", "DEATH_HANDLERS", "ERROR_HANDLERS", "RECURRING",
-    "PROGRESS_EVERY", "PROGRESS_SECONDS",
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from asgiref.sync import async_to_sync, sync_to_async
 from django.utils import timezone
 
-from django_async_jobs import callbacks, locks, registry, retries, signals
+from django_async_jobs import callbacks, idempotency, locks, registry, retries, signals
 from django_async_jobs.conf import get_settings
 from django_async_jobs.serialization import (
     dump_arguments,
@@ -89,6 +89,8 @@ class ApplicationJob:
     lock: ClassVar[str | None] = None
     lock_ttl: ClassVar[float | timedelta] = locks.DEFAULT_TTL
     on_conflict: ClassVar[str] = "log"
+    # Idempotency markers (idempotency.py): how long a marker of idempotency_key() lasts (None: forever).
+    idempotency_expires: ClassVar[float | timedelta | None] = None
     # None follows ASYNC_JOBS["ENQUEUE_AFTER_COMMIT"]; the alias is the database whose commit waits.
     enqueue_after_commit: ClassVar[bool | None] = None
     enqueue_using: ClassVar[str] = "default"
@@ -118,6 +120,7 @@ class ApplicationJob:
         cls._is_async = inspect.iscoroutinefunction(cls.perform)
         cls._rules = retries.compile_rules(cls)
         cls._lock_ttl_ms = locks.compile_lock(cls)
+        idempotency.validate(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.arguments: list[Any] = list(args)
@@ -148,6 +151,28 @@ class ApplicationJob:
         Override to narrow it, e.g. ``return [args[0]]`` for one job per resource.
         """
         return [list(args), kwargs] if kwargs else list(args)
+
+    def idempotency_key(self, *args: Any, **kwargs: Any) -> str | None:
+        """Return a key (e.g. ``f"welcome:{user_id}"``) to run ``perform`` at most once per key.
+
+        ``perform`` then runs in ``transaction.atomic()`` with an ``IdempotencyMarker`` row
+        inserted first; None (the default) runs it as is.
+        """
+        return None
+
+    def once(self, *parts: Any, expires: float | timedelta | None = None) -> Any:
+        """``with self.once("sms", task.id) as first:`` ``first`` is True the first time only.
+
+        Work in the block commits with the step's marker (one transaction); see idempotency.py.
+        """
+        return idempotency.once(self, *parts, expires=expires)
+
+    def track_progress(self, total: int | None = None, name: str = "") -> Any:
+        """``with self.track_progress(total=n) as progress:`` then ``progress.advance()`` and
+        ``progress.error(row=..., error=...)``: a ``JobProgress`` row others can watch."""
+        from django_async_jobs.progress import Tracker
+
+        return Tracker(self, total=total, name=name)
 
     def after_discard(self, exc: BaseException) -> None:
         """Called when a ``discard_on`` rule drops this job; override to clean up or notify."""
@@ -317,7 +342,7 @@ class ApplicationJob:
     def _perform_now_instance(self) -> Any:
         self.executions += 1
         perform = async_to_sync(self.perform) if self._is_async else self.perform
-        result = callbacks.run(self, "perform", lambda: perform(*self.arguments, **self.kwargs))
+        result = callbacks.run(self, "perform", lambda: idempotency.perform(self, perform))
         return None if result is callbacks.HALTED else result
 
     async def _aperform_now(self) -> Any:

@@ -6,6 +6,9 @@ Workers stage dead jobs in Redis (atomic with their removal from the in-flight l
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -56,3 +59,82 @@ class DeadJob(models.Model):
     def __str__(self) -> str:
         name = self.job_class or _("unreadable job")
         return f"{name} {self.job_id or self.dead_id} ({self.get_reason_display()})"
+
+
+class IdempotencyMarker(models.Model):
+    """Proof that the work for a key is done: written in the same transaction as that work.
+
+    A job body (``idempotency_key``) or one step (``job.once(...)``) runs only when it can
+    insert its marker; the unique key makes a racing second worker wait for the first one's
+    commit and then skip. Deleting a marker lets the work run again.
+    """
+
+    key = models.CharField(_("key"), max_length=255, unique=True)
+    job_class = models.CharField(_("job class"), max_length=255, blank=True)
+    job_id = models.CharField(_("job id"), max_length=255, blank=True)
+    created = models.DateTimeField(_("created"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created"]
+        verbose_name = _("idempotency marker")
+        verbose_name_plural = _("idempotency markers")
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class ProgressStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    PROCESSING = "processing", _("Processing")
+    COMPLETED = "completed", _("Completed")
+    COMPLETED_WITH_ERRORS = "completed_with_errors", _("Completed with errors")
+    FAILED = "failed", _("Failed")
+
+
+class JobProgress(models.Model):
+    """How far a long job is (the guide's ImportJob), for the admin and for an app's own page."""
+
+    job_id = models.CharField(_("job id"), max_length=255)
+    name = models.CharField(_("name"), max_length=255, blank=True)
+    job_class = models.CharField(_("job class"), max_length=255, blank=True)
+    status = models.CharField(
+        _("status"), max_length=32, choices=ProgressStatus.choices, default=ProgressStatus.PENDING
+    )
+    total = models.PositiveIntegerField(_("total"), null=True, blank=True)
+    processed = models.PositiveIntegerField(_("processed"), default=0)
+    error_count = models.PositiveIntegerField(_("errors"), default=0)
+    error_details = models.JSONField(_("error details"), default=list, blank=True)
+    percent = models.FloatField(_("percent"), default=0.0)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("started by"), null=True, blank=True,
+        on_delete=models.SET_NULL, related_name="+",
+    )
+    created = models.DateTimeField(_("created"), auto_now_add=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        ordering = ["-created"]
+        verbose_name = _("job progress")
+        verbose_name_plural = _("job progress")
+        constraints = [models.UniqueConstraint(fields=["job_id", "name"], name="async_progress_job_name_uniq")]
+        indexes = [models.Index(fields=["status", "-created"], name="async_progress_status_idx")]
+
+    def __str__(self) -> str:
+        label = f"{self.job_class} {self.job_id}" + (f" {self.name}" if self.name else "")
+        return f"{label}: {self.percent:.0f}% ({self.get_status_display()})"
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the JSON view returns."""
+        def when(value: Any) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "job_id": self.job_id, "name": self.name, "job_class": self.job_class, "status": self.status,
+            "total": self.total, "processed": self.processed, "percent": self.percent,
+            "error_count": self.error_count, "error_details": self.error_details,
+            "started_at": when(self.started_at), "completed_at": when(self.completed_at),
+            "updated_at": when(self.updated_at),
+        }
