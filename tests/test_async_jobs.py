@@ -113,3 +113,12 @@ def test_async_concurrency_bounds_jobs_on_the_loop(broker, prefix, settings):
     finally:
         worker.stop(timeout=2)
     assert [e.split(":")[0] for e in events(broker, key)] == ["start", "done", "start", "done"]
+
+
+def test_async_concurrency_is_checked(settings):
+    from django_async_jobs.checks import check_settings
+
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "ASYNC_CONCURRENCY": 0}
+    assert [(e.id, e.msg) for e in check_settings() if "ASYNC_CONCURRENCY" in e.msg] == [
+        ("async_jobs.E004", "ASYNC_JOBS['ASYNC_CONCURRENCY'] must be an integer of at least 1, got 0."),
+    ]

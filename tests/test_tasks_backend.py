@@ -179,3 +179,13 @@ def test_unavailable_backend_message():
     if not backend_module.AVAILABLE:  # pragma: no cover - Django < 6.0
         with pytest.raises(ImproperlyConfigured, match="django.tasks"):
             backend_module.RedisTaskBackend("default", {})
+
+
+def test_result_ttl_setting_is_checked_and_used(settings, broker, tasks_setting):
+    from django_async_jobs.checks import check_settings
+
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "RESULT_TTL": 0}
+    assert [e.id for e in check_settings() if "RESULT_TTL" in e.msg] == ["async_jobs.E005"]
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "RESULT_TTL": 60}
+    result = task(funcs.add).enqueue(1, 2)
+    assert 0 < broker.redis.ttl(broker.keys.result(result.id)) <= 60
