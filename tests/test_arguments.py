@@ -220,7 +220,7 @@ def round_trip(args, kwargs, tagged):
     return load_arguments(data["args"], data["kwargs"], tagged)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(values(json_scalars | tagged_scalars), max_size=4), st.dictionaries(st.text(max_size=5), values(json_scalars | tagged_scalars), max_size=3))
 def test_tagged_round_trip_is_identity(args, kwargs):
     back_args, back_kwargs = round_trip(args, kwargs, tagged=True)

@@ -65,7 +65,7 @@ def test_kill_9_mid_job_is_recovered_by_another_worker(spawn, broker, prefix):
     names = [f"j{i}" for i in range(6)]
     for name in names:
         TraceJob.perform_later(key, name, 0.8)
-    wait_for(lambda: where_any(broker, key, "start", a.pid), 5, "worker A started a job")
+    wait_for(lambda: where_any(broker, key, "start", a.pid), 10, "worker A started a job")
     a.send(signal.SIGKILL)
     assert a.wait(5) == -signal.SIGKILL
     killed = {e.split(":")[1] for e in events(broker, key) if e.startswith("start:") and e.endswith(f":{a.pid}")}
@@ -95,14 +95,14 @@ def test_sigterm_hands_a_long_job_back_to_the_head_of_its_queue(spawn, broker, p
     key = f"{prefix}:trace"
     a = spawn("-c", "1", overrides={"SHUTDOWN_TIMEOUT": 1})
     wait_registered(broker, a)
-    long = SlowOnceJob.perform_later(key, "long", 4)
+    long = SlowOnceJob.perform_later(key, "long", 10)
     behind = [TraceJob.perform_later(key, f"after{i}") for i in range(2)]
-    wait_for(lambda: where(broker, key, "start", "long") == [a.pid], 5, "the long job started")
+    wait_for(lambda: where(broker, key, "start", "long") == [a.pid], 10, "the long job started")
     assert queued_ids(broker) == [j.job_id for j in behind]
     stopped_at = time.monotonic()
     a.send(signal.SIGTERM)
     assert a.wait(8) == 0, a.output()
-    assert time.monotonic() - stopped_at < 4, "waited for the job instead of SHUTDOWN_TIMEOUT"
+    assert time.monotonic() - stopped_at < 6, "waited for the job instead of SHUTDOWN_TIMEOUT"
     assert where(broker, key, "done", "long") == []
     assert queued_ids(broker) == [long.job_id] + [j.job_id for j in behind]
     assert not registered(broker)
@@ -121,7 +121,7 @@ def test_sigterm_lets_a_short_job_finish(spawn, broker, prefix):
     a = spawn("-c", "1")
     process_id = wait_registered(broker, a)[a.pid]
     TraceJob.perform_later(key, "short", 1.0)
-    wait_for(lambda: where(broker, key, "start", "short"), 5, "the job started")
+    wait_for(lambda: where(broker, key, "start", "short"), 10, "the job started")
     a.send(signal.SIGTERM)
     assert a.wait(8) == 0, a.output()
     assert where(broker, key, "done", "short") == [a.pid]
@@ -135,15 +135,15 @@ def test_sigtstp_quiets_the_worker(spawn, broker, prefix):
     key = f"{prefix}:trace"
     a = spawn("-c", "1")
     process_id = wait_registered(broker, a)[a.pid]
-    TraceJob.perform_later(key, "first", 1.0)
+    TraceJob.perform_later(key, "first", 0.6)
     second = TraceJob.perform_later(key, "second")
-    wait_for(lambda: where(broker, key, "start", "first"), 5, "the first job started")
+    wait_for(lambda: where(broker, key, "start", "first"), 10, "the first job started")
     a.send(signal.SIGTSTP)
-    wait_for(lambda: where(broker, key, "done", "first"), 5, "the running job finished")
+    wait_for(lambda: where(broker, key, "done", "first"), 10, "the running job finished")
     wait_for(
         lambda: broker.redis.hget(broker.keys.process(process_id), "quiet") == b"1", 3, "quiet in the heartbeat"
     )
-    time.sleep(0.7)  # several fetch and poll beats
+    time.sleep(0.5)  # several fetch and poll beats
     assert where(broker, key, "start", "second") == []
     assert queued_ids(broker) == [second.job_id]
     assert a.alive()
@@ -157,23 +157,23 @@ def test_second_sigint_exits_at_once_and_the_job_stays_recoverable(spawn, broker
     a = spawn("-c", "1")
     process_id = wait_registered(broker, a)[a.pid]
     job = SlowOnceJob.perform_later(key, "long", 6)
-    wait_for(lambda: where(broker, key, "start", "long"), 5, "the job started")
+    wait_for(lambda: where(broker, key, "start", "long"), 10, "the job started")
     a.send(signal.SIGINT)
     time.sleep(0.3)
     assert a.alive()  # the first INT waits for the job
     second = time.monotonic()
     a.send(signal.SIGINT)
     assert a.wait(3) == 1
-    assert time.monotonic() - second < 1.5
+    assert time.monotonic() - second < 2
     held = broker.inflight(process_id)
     assert [decode_payload(p)["jid"] for p in held.values()] == [job.job_id]
     assert process_id in registered(broker)  # left for recovery, not released
-    # Another worker recovers it once the heartbeat is stale (a short timeout for this one).
-    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "HEARTBEAT_TIMEOUT": 1}
+    # Another worker recovers it once the heartbeat is stale (a shorter timeout for this one).
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "HEARTBEAT_TIMEOUT": 2}
     rescuer = Worker()
     rescuer.start()
     try:
-        wait_for(lambda: where(broker, key, "done", "long"), 8, "the recovered job done")
+        wait_for(lambda: where(broker, key, "done", "long"), 10, "the recovered job done")
     finally:
         rescuer.stop(timeout=2)
     assert where(broker, key, "done", "long") == [os.getpid()]
@@ -214,7 +214,7 @@ def test_worker_survives_a_redis_restart(redis_server, spawn, broker, prefix, se
     a = spawn("-c", "2", redis_url=redis_server.url)
     wait_registered(private, a)
     IncrJob.perform_later(key)
-    wait_for(lambda: private.redis.get(key) == b"1", 5, "a job before the restart")
+    wait_for(lambda: private.redis.get(key) == b"1", 10, "a job before the restart")
     redis_server.stop()
     time.sleep(0.5)
     redis_server.start()  # same port, empty: nothing persisted
