@@ -16,6 +16,7 @@ from tests.testapp.integration_jobs import (
     Flaky,
     NoteJob,
     RetryingJob,
+    UniqueCountingJob,
 )
 
 
@@ -140,6 +141,12 @@ def test_discard_and_unmatched_errors(async_jobs):
     with pytest.raises(RuntimeError):
         async_jobs.perform_enqueued_jobs()  # no rule matches: raised at once
     assert CountingJob.runs == [1, 2]
+
+
+def test_unique_jobs_take_no_locks_in_test_mode(no_redis, async_jobs):
+    UniqueCountingJob.perform_later(1)
+    UniqueCountingJob.perform_bulk([(1,)])
+    async_jobs.assert_enqueued(UniqueCountingJob, args=[1], count=2)
 
 
 def test_clear(async_jobs):

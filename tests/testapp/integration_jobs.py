@@ -86,3 +86,7 @@ class FailingAsyncJob(ApplicationJob):
         get_broker().redis.incr(key)
         await asyncio.sleep(0)
         raise Flaky("async failure")
+
+
+class UniqueCountingJob(CountingJob):
+    lock = "until_executed"
