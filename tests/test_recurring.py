@@ -167,23 +167,21 @@ def test_three_worker_processes_enqueue_each_tick_exactly_once(broker, prefix, k
     overrides = {"RECURRING": {"every_second": {"cron": "* * * * * *", "class": JOB, "args": [key]}}}
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "ASYNC_JOBS_KEY_PREFIX": prefix,
            "ASYNC_JOBS_OVERRIDES": json.dumps(overrides)}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "django", "runworker", "-c", "1"], cwd=ROOT, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(3)
-    ]
+    # One supervisor forks the three worker processes: three schedulers, one Django start-up.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "django", "runworker", "-c", "1", "--processes", "3"], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: broker.redis.zcard(broker.keys.processes) == 3, timeout=20)
         first = broker.redis.llen(key)
         wait_for(lambda: broker.redis.llen(key) >= first + 3, timeout=10)  # 3+ ticks with all 3 up
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     runs = [json.loads(x) for x in broker.redis.lrange(key, 0, -1)]
     ticks = [run["tick"] for run in runs]
     assert len(ticks) == len(set(ticks)), "a tick was enqueued twice"
