@@ -216,3 +216,23 @@ def test_async_perform(broker):
             return x * 2
 
     assert AsyncJob.perform_now(21) == 42
+
+
+def test_ready_and_delayed_jobs_share_one_round_trip(redis_server, broker, settings):
+    """dispatch.enqueue pipelines a push and a schedule; it must survive a script cache flush
+    (what a Redis restart does), so it runs on a Redis of this test's own."""
+    from django_async_jobs import dispatch
+    from django_async_jobs.broker.client import get_broker
+
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "REDIS_URL": redis_server.url}
+    private = get_broker()
+    for _ in range(2):
+        ready, later = AddJob(1), AddJob(2)
+        for job in (ready, later):
+            job.queue_name = "low"
+        later.scheduled_at = time.time() + 60
+        dispatch.enqueue([ready, later])
+        assert [p["jid"] for p in queued(private, "low")][-1] == ready.job_id
+        assert json.loads(private.redis.zrange(private.keys.schedule, -1, -1)[0])["jid"] == later.job_id
+        private.redis.script_flush()
+    assert private.queue_size("low") == 2 and private.redis.zcard(private.keys.schedule) == 2
