@@ -181,7 +181,7 @@ class Worker:
         unfinished += self.event_loop.stop(max(0.0, deadline - time.monotonic()))
         self.acker.close(timeout=10)
         self.stopped.set()  # the heart stops beating before the process record goes
-        if self.heart.is_alive():
+        if self.heart.is_alive() and threading.current_thread() is not self.heart:
             self.heart.join(5)  # a beat in flight must not land after the release below
         try:
             handed_back = self.broker.release(self.process_id)
