@@ -15,10 +15,11 @@ from django_async_jobs.worker.launcher import Worker
 from tests.helpers import wait_for
 from tests.testapp import tasks as funcs
 
-django_tasks = pytest.importorskip("django.tasks")
-from django.tasks import TaskResultStatus, task, task_backends  # noqa: E402
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist  # noqa: E402
-from django.tasks.signals import task_enqueued, task_finished, task_started  # noqa: E402
+needs_tasks = pytest.mark.skipif(not backend_module.AVAILABLE, reason="django.tasks needs Django 6.0+")
+if backend_module.AVAILABLE:
+    from django.tasks import TaskResultStatus, task, task_backends
+    from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+    from django.tasks.signals import task_enqueued, task_finished, task_started
 
 BACKEND = "django_async_jobs.tasks.RedisTaskBackend"
 
@@ -58,6 +59,7 @@ def queued(broker, queue):
     return [json.loads(p) for p in broker.redis.zrange(broker.keys.queue(queue), 0, -1)]
 
 
+@needs_tasks
 def test_enqueue_puts_the_task_on_our_queue_with_its_priority(broker, tasks_setting):
     report = task(priority=10, queue_name="notifications")(funcs.add)
     result = report.enqueue(2, 3)
@@ -69,6 +71,7 @@ def test_enqueue_puts_the_task_on_our_queue_with_its_priority(broker, tasks_sett
     assert report.get_result(result.id).status == TaskResultStatus.READY
 
 
+@needs_tasks
 def test_worker_runs_it_and_the_result_is_kept(broker, worker, signals_seen):
     add = task(funcs.add)
     result = add.enqueue(2, 3)
@@ -84,6 +87,7 @@ def test_worker_runs_it_and_the_result_is_kept(broker, worker, signals_seen):
     assert 86000 < ttl <= 86400
 
 
+@needs_tasks
 def test_async_task_and_aget_result(broker, worker):
     add = task(funcs.async_add)
 
@@ -99,6 +103,7 @@ def test_async_task_and_aget_result(broker, worker):
     assert async_to_sync(scenario)().return_value == 9
 
 
+@needs_tasks
 def test_run_after_defers(broker, tasks_setting):
     add = task(funcs.add)
     when = timezone.now() + timedelta(minutes=5)
@@ -108,6 +113,7 @@ def test_run_after_defers(broker, tasks_setting):
     assert abs(score - when.timestamp()) < 0.01
 
 
+@needs_tasks
 def test_context_attempt_and_retry_then_success(broker, worker, prefix, signals_seen):
     flaky = task(takes_context=True, max_retries=2)(funcs.attempts)
     key = f"{prefix}:attempts"
@@ -125,6 +131,7 @@ def test_context_attempt_and_retry_then_success(broker, worker, prefix, signals_
     assert [name for name, _, _ in signals_seen].count("finished") == 1
 
 
+@needs_tasks
 def test_a_task_that_runs_out_of_retries_is_failed_and_dead(broker, worker, signals_seen):
     boom = task(max_retries=0)(funcs.boom)
     result = boom.enqueue()
@@ -135,6 +142,7 @@ def test_a_task_that_runs_out_of_retries_is_failed_and_dead(broker, worker, sign
     assert ("finished", result.id, "FAILED") in wait_for(lambda: signals_seen if len(signals_seen) == 3 else None)
 
 
+@needs_tasks
 def test_payload_paths_are_never_imported(broker, worker):
     from django_async_jobs.tasks import TaskJob
 
@@ -150,23 +158,27 @@ def local_function():
     return "not in an installed app"
 
 
+@needs_tasks
 def test_tasks_outside_installed_apps_are_refused(tasks_setting):
     outside = task(local_function)  # tests.test_tasks_backend is not an installed app
     with pytest.raises(backend_module.UnknownTask, match="installed app"):
         backend_module.find_task(outside.module_path)
 
 
+@needs_tasks
 def test_unknown_result(tasks_setting):
     add = task(funcs.add)
     with pytest.raises(TaskResultDoesNotExist):
         add.get_result("nope")
 
 
+@needs_tasks
 def test_invalid_options(tasks_setting):
     with pytest.raises(InvalidTask, match="max_retries"):
         task(max_retries=-1)(funcs.add)
 
 
+@needs_tasks
 def test_check_names_queues_no_worker_reads(settings, tasks_setting):
     settings.TASKS = {"default": {"BACKEND": BACKEND, "QUEUES": ["default", "reports"]}}
     errors = list(task_backends["default"].check())
@@ -176,11 +188,12 @@ def test_check_names_queues_no_worker_reads(settings, tasks_setting):
 
 def test_unavailable_backend_message():
     assert "Django 6.0" in backend_module.UNAVAILABLE
-    if not backend_module.AVAILABLE:  # pragma: no cover - Django < 6.0
-        with pytest.raises(ImproperlyConfigured, match="django.tasks"):
+    if not backend_module.AVAILABLE:  # Django < 6.0: the module imports, the backend says why not
+        with pytest.raises(ImproperlyConfigured, match="needs django.tasks"):
             backend_module.RedisTaskBackend("default", {})
 
 
+@needs_tasks
 def test_result_ttl_setting_is_checked_and_used(settings, broker, tasks_setting):
     from django_async_jobs.checks import check_settings
 
