@@ -236,3 +236,45 @@ def test_ready_and_delayed_jobs_share_one_round_trip(redis_server, broker, setti
         assert json.loads(private.redis.zrange(private.keys.schedule, -1, -1)[0])["jid"] == later.job_id
         private.redis.script_flush()
     assert private.queue_size("low") == 2 and private.redis.zcard(private.keys.schedule) == 2
+
+
+def test_custom_job_name_is_the_payload_name(broker):
+    from django_async_jobs import registry
+
+    class Renamed(ApplicationJob):
+        job_name = "billing.charge"
+
+        def perform(self):
+            pass
+
+    try:
+        Renamed.perform_later()
+        assert queued(broker, "default")[0]["job"] == "billing.charge"
+        assert registry.lookup("billing.charge") is Renamed
+    finally:
+        registry._jobs.pop("billing.charge", None)
+
+
+def test_two_classes_with_one_job_name_are_refused(broker):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_async_jobs import registry
+
+    class First(ApplicationJob):
+        job_name = "shared.name"
+
+        def perform(self):
+            pass
+
+    try:
+        with pytest.raises(ImproperlyConfigured, match="Two job classes are named 'shared.name'"):
+
+            class Second(ApplicationJob):
+                job_name = "shared.name"
+
+                def perform(self):
+                    pass
+
+        assert registry.lookup("shared.name") is First
+    finally:
+        registry._jobs.pop("shared.name", None)
