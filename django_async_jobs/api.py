@@ -273,11 +273,28 @@ def clear_queue(name: str, broker: Broker | None = None) -> int:
 
 
 @dataclass(frozen=True)
+class RunningJob:
+    """A job a process holds: fetched and not settled; ``started`` is None until a thread runs it."""
+
+    field: str
+    job: JobEntry
+    started: float | None
+
+    @property
+    def runtime(self) -> float | None:
+        return None if self.started is None else max(0.0, time.time() - self.started)
+
+    def as_json(self) -> dict[str, Any]:
+        runtime = self.runtime
+        return {"field": self.field, "runtime": None if runtime is None else round(runtime, 3), **self.job.as_json()}
+
+
+@dataclass(frozen=True)
 class ProcessInfo:
     process_id: str
     beat: float  # last heartbeat, Redis time
     info: dict[str, str]
-    jobs: list[tuple[str, JobEntry]] = field(default_factory=list)  # (in-flight field, job)
+    jobs: list[RunningJob] = field(default_factory=list)
 
     @property
     def host(self) -> str:
@@ -312,16 +329,25 @@ class ProcessInfo:
         return _moment(self.beat)
 
     @property
-    def rss_kb(self) -> int | None:
+    def rss(self) -> int | None:
+        """Resident memory in bytes at the last heartbeat."""
         value = self.info.get("rss")
         return int(_number(value)) if value is not None else None
+
+    def started_jobs(self) -> dict[str, float]:
+        """In-flight field -> start time, as the process reported at its last heartbeat."""
+        try:
+            running = json.loads(self.info.get("running") or "{}")
+        except ValueError:
+            return {}
+        return {str(k): float(v) for k, v in running.items() if isinstance(v, (int, float))} if isinstance(running, dict) else {}
 
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.process_id, "host": self.host, "pid": self.pid, "queues": self.queues,
             "concurrency": self.concurrency, "busy": self.busy, "quiet": self.quiet,
-            "started_at": _iso(self.started_at), "last_beat": _iso(self.last_beat), "rss_kb": self.rss_kb,
-            "jobs": [{"field": f, **job.as_json()} for f, job in self.jobs],
+            "started_at": _iso(self.started_at), "last_beat": _iso(self.last_beat), "rss": self.rss,
+            "jobs": [job.as_json() for job in self.jobs],
         }
 
 
@@ -340,12 +366,12 @@ def processes(with_jobs: bool = True, broker: Broker | None = None) -> list[Proc
     step = 2 if with_jobs else 1
     result = []
     for i, (pid, (_, beat)) in enumerate(zip(ids, members, strict=True)):
-        info = {_text(a): _text(b) for a, b in replies[step * i].items()}
-        jobs = []
+        process = ProcessInfo(pid, beat, {_text(a): _text(b) for a, b in replies[step * i].items()})
         if with_jobs:
+            started = process.started_jobs()
             for name, raw in sorted(replies[step * i + 1].items()):
-                jobs.append((_text(name), entry(raw, 0.0)))
-        result.append(ProcessInfo(pid, beat, info, jobs))
+                process.jobs.append(RunningJob(_text(name), entry(raw, 0.0), started.get(_text(name))))
+        result.append(process)
     return result
 
 

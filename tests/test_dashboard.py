@@ -13,7 +13,7 @@ from django_async_jobs.deadjobs import flush_staged
 from django_async_jobs.models import DeadJob
 from django_async_jobs.serialization import encode_payload
 from tests.helpers import wait_for
-from tests.testapp.jobs import FailJob, IncrJob
+from tests.testapp.jobs import FailJob, IncrJob, SleepJob
 
 pytestmark = pytest.mark.django_db
 
@@ -303,8 +303,25 @@ def test_busy_lists_processes_and_their_running_jobs(client, broker, viewer):
     [process] = response.context["processes"]
     assert (process.host, process.pid, process.queues, process.concurrency, process.busy) == ("host-a", "123", "default,low", 5, 1)
     assert time.time() - process.started_at.timestamp() == pytest.approx(60, abs=5)
-    assert [j.job_id for _, _, j in response.context["running"]] == [job.job_id]
-    assert job.job_id.encode() in response.content
+    [(_, running)] = response.context["running"]
+    assert running.job.job_id == job.job_id and running.runtime is None  # fetched, no thread yet
+    assert b"waiting for a thread" in response.content
+
+
+def test_busy_shows_a_real_workers_running_job_with_its_runtime_and_memory(client, broker, viewer, worker):
+    job = SleepJob.perform_later(f"{broker.keys.prefix}:sleep", 1.5)
+
+    def running():
+        [process] = api.processes()
+        return process if process.jobs and process.jobs[0].runtime is not None else None
+
+    process = wait_for(running, timeout=5, what="the job's start in the heartbeat")
+    assert process.process_id == worker.process_id and process.busy == 1
+    assert process.jobs[0].job.job_id == job.job_id and 0 <= process.jobs[0].runtime < 1.5
+    assert process.rss > 10 * 2**20  # a Django process: tens of MB
+    response = client.get(BASE + "busy/")
+    assert f'data-job-id="{job.job_id}"'.encode() in response.content
+    worker.stop(timeout=5)
 
 
 def test_quiet_and_stop_buttons_set_the_signal_key(client, broker, manager):

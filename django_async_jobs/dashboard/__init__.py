@@ -77,11 +77,12 @@ def _entry(site: AdminSite) -> dict[str, Any]:
     }
 
 
-def our_models(request: HttpRequest, site: AdminSite) -> list[dict[str, Any]]:
-    """The app's admin pages this user may open (dead jobs, progress, ...), for the overview."""
+def our_models(app_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The app's admin pages in an app list (dead jobs, progress, ...), for the overview's links."""
     return [
         model
-        for app in site.get_app_list(request, APP_LABEL)
+        for app in app_list
+        if app["app_label"] == APP_LABEL
         for model in app["models"]
         if model["object_name"] != ENTRY and model.get("admin_url")
     ]

@@ -25,6 +25,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from django_async_jobs import api
+from django_async_jobs.dashboard import our_models
 
 # Retrying, deleting and killing dead jobs already need this one in the DeadJob admin; the
 # dashboard's changes are the same kind of power, so one permission covers both.
@@ -135,8 +136,10 @@ def _render(
 ) -> TemplateResponse:
     request.current_app = site.name
     tabs = [(key, _url(site, name), label, key == tab) for key, name, label in TABS]
+    base = site.each_context(request)
     return TemplateResponse(request, f"async_jobs/dashboard/{template}", {
-        **site.each_context(request),
+        **base,
+        "models": our_models(base["available_apps"]),
         "title": title,
         "tabs": tabs,
         "dead_url": dead_url(site),
@@ -176,12 +179,9 @@ def _redis_down(request: HttpRequest, exc: redis.RedisError) -> None:
 
 
 def overview(request: HttpRequest, site: AdminSite) -> HttpResponse:
-    from django_async_jobs.dashboard import our_models
-
     return _render(
         request, site, "overview.html", "overview", _("Background jobs"),
         stats=api.stats(), history=api.history(), stats_url=_url(site, "async_jobs_stats"),
-        models=our_models(request, site),
     )
 
 
@@ -256,7 +256,7 @@ def busy(request: HttpRequest, site: AdminSite) -> HttpResponse:
     live = api.processes()
     return _render(
         request, site, "busy.html", "busy", _("Busy"),
-        processes=live, running=[(p, f, job) for p in live for f, job in p.jobs],
+        processes=live, running=[(p, running) for p in live for running in p.jobs],
     )
 
 

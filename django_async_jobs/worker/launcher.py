@@ -8,6 +8,7 @@ INT exits at once, TSTP quiets.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -33,6 +34,15 @@ from django_async_jobs.worker.recovery import Heart
 logger = logging.getLogger("django_async_jobs.worker")
 
 
+def _rss() -> int:
+    """Resident memory in bytes, shown on the dashboard (Linux's /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class Worker:
     def __init__(
         self,
@@ -53,6 +63,7 @@ class Worker:
         self._work: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
         self._busy = 0
         self._busy_lock = threading.Lock()
+        self._running: dict[str, float] = {}  # in-flight field -> start time, for the dashboard
         self._interrupts = 0
         self._stop_requested = threading.Event()
         self.acker = Acker(self.broker, self.process_id)
@@ -77,6 +88,8 @@ class Worker:
     # -- state -------------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
+        with self._busy_lock:
+            running = json.dumps(self._running)
         return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -85,6 +98,8 @@ class Worker:
             "started_at": self.started_at,
             "busy": self._busy,
             "quiet": int(self.quiet),
+            "rss": _rss(),
+            "running": running,
         }
 
     @property
@@ -111,6 +126,7 @@ class Worker:
                 continue
             with self._busy_lock:
                 self._busy += 1
+                self._running[field] = time.time()
             try:
                 settlement = process(field, raw, log_jobs, self.event_loop)
             except BaseException:  # never lose a job to a bug of ours: it stays in flight
@@ -119,6 +135,7 @@ class Worker:
             finally:
                 with self._busy_lock:
                     self._busy -= 1
+                    self._running.pop(field, None)
             if settlement is not None:
                 self.acker.add(settlement)
             self.fetcher.release_slot()
