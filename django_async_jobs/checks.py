@@ -39,12 +39,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 hint="Use redis://host:6379/0, rediss://... for TLS, or unix:///path/to/socket.",
                 id="async_jobs.E003",
             ))
-    for key in ("CONCURRENCY", "MAX_RECOVERIES", "ASYNC_CONCURRENCY"):
+    for key in ("CONCURRENCY", "MAX_RECOVERIES", "ASYNC_CONCURRENCY", "PROGRESS_EVERY"):
         value = merged[key]
         least = 0 if key == "MAX_RECOVERIES" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             errors.append(Error(f"ASYNC_JOBS['{key}'] must be an integer of at least {least}, got {value!r}.", id="async_jobs.E004"))
-    for key in ("SHUTDOWN_TIMEOUT", "HEARTBEAT_TIMEOUT", "POLL_INTERVAL", "RESULT_TTL"):
+    for key in ("SHUTDOWN_TIMEOUT", "HEARTBEAT_TIMEOUT", "POLL_INTERVAL", "RESULT_TTL", "PROGRESS_SECONDS"):
         try:
             ok = conf._seconds(merged[key]) > 0
         except (TypeError, ValueError):

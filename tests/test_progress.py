@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.contrib.auth.models import User
 from django.urls import include, path, reverse
 
-from django_async_jobs import ApplicationJob
+from django_async_jobs import ApplicationJob, checks
 from django_async_jobs.models import JobProgress, ProgressStatus
 from django_async_jobs.progress import perform_later_with_progress
 from django_async_jobs.worker.launcher import Worker
@@ -155,3 +155,12 @@ def test_json_view_is_for_the_starter_and_staff_only(client, db):
     client.force_login(staff)
     assert client.get(url).status_code == 200
     assert client.get(reverse("async_jobs:progress", args=["nope"])).status_code == 404
+
+
+def test_the_throttle_settings_are_checked(settings):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "PROGRESS_EVERY": 0, "PROGRESS_SECONDS": "often"}
+    messages = {e.id: e.msg for e in checks.check_settings() if "PROGRESS" in e.msg}
+    assert messages == {
+        "async_jobs.E004": "ASYNC_JOBS['PROGRESS_EVERY'] must be an integer of at least 1, got 0.",
+        "async_jobs.E005": "ASYNC_JOBS['PROGRESS_SECONDS'] must be a positive number of seconds or a timedelta.",
+    }
