@@ -311,3 +311,19 @@ def test_locks_of_a_sigkilled_worker_are_released_or_handed_to_the_recovered_job
         assert events(broker, f"{key}:w") == ["start:running", "start:running", "done:running"]
     finally:
         w.stop(timeout=2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inside_a_transaction_the_lock_is_taken_at_commit(broker, key):
+    from django.db import transaction
+
+    with transaction.atomic():
+        first = UntilExecutedJob.perform_later(key, "a")
+        second = UntilExecutedJob.perform_later(key, "b")
+        assert queued(broker) == 0 and second  # nothing pushed, nothing known yet
+    assert first and not second
+    assert queued(broker) == 1
+    with pytest.raises(LockConflict):
+        with transaction.atomic():
+            RaisingUniqueJob.perform_later(key, "c")
+            RaisingUniqueJob.perform_later(key, "d")
