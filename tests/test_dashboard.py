@@ -351,3 +351,25 @@ def test_stop_from_the_dashboard_stops_a_worker_process(broker, spawn):
     api.signal_process(process_id, "stop")
     assert proc.wait(15) == 0
     assert registered(broker) == {}
+
+
+def test_deleting_or_killing_a_unique_job_releases_its_lock(broker):
+    from tests.testapp.unique_jobs import UntilExecutedJob
+
+    key = f"{broker.keys.prefix}:unique"
+    first = UntilExecutedJob.set(wait=3600).perform_later(key, "a")
+    assert not UntilExecutedJob.set(wait=3600).perform_later(key, "b")  # locked
+    [entry] = api.page_of(broker.keys.schedule, broker=broker).entries
+    assert entry.job_id == first.job_id
+    api.act(broker.keys.schedule, "enqueue", [entry.ref], broker)  # run now: still locked
+    assert not UntilExecutedJob.perform_later(key, "c")
+    [entry] = api.page_of(broker.keys.queue("default"), broker=broker).entries
+    assert api.act(broker.keys.queue("default"), "delete", [entry.ref], broker) == 1
+    second = UntilExecutedJob.set(wait=3600).perform_later(key, "d")
+    assert second
+    [entry] = api.page_of(broker.keys.schedule, broker=broker).entries
+    broker.redis.zadd(broker.keys.retry, {entry.raw: entry.score})
+    broker.redis.zrem(broker.keys.schedule, entry.raw)
+    [entry] = api.page_of(broker.keys.retry, broker=broker).entries
+    assert api.act(broker.keys.retry, "kill", [entry.ref], broker) == 1
+    assert UntilExecutedJob.perform_later(key, "e")

@@ -5,6 +5,8 @@
 --   delete : remove the job
 --   enqueue: move it to the tail of its queue now ("run now")
 --   kill   : move it to the dead stage with reason "killed", keeping its last error
+-- A unique job deleted or killed is done, so its enqueue lock goes as when it finishes (lib.lua);
+-- one run now keeps it: the job is still to run.
 -- A job already gone (run, moved or deleted by someone else meanwhile) is skipped.
 -- Returns how many jobs were acted on.
 local source, op = KEYS[4], ARGV[3]
@@ -21,6 +23,16 @@ local function identity(member)
     return redis.sha1hex(member), job
   end
   return redis.sha1hex(member), nil
+end
+
+local function finished(member, job)
+  if not string.find(member, '"lock":', 1, true) then return end
+  if job == nil then
+    local ok, decoded = pcall(cjson.decode, member)
+    if not ok or type(decoded) ~= 'table' then return end
+    job = decoded
+  end
+  release_locks('', job, true)  -- '' holds no run lock: a job in a set is not running
 end
 
 local function kill(member, jid, job)
@@ -54,6 +66,9 @@ for i = 4, #ARGV - 1, 2 do
         end
       elseif op == 'kill' then
         kill(member, jid, job)
+        finished(member, job)
+      else
+        finished(member, job)
       end
       done = done + 1
       break
