@@ -4,7 +4,7 @@
 #   DEMO_ONESHOT=1 make demo  run the sample jobs, print a summary, exit (non-zero on failure)
 #   make test                 ruff + the library's tests + the example project's tests
 #   make lint                 ruff only
-#   make bench                bench/run.py, when the benchmark suite is present
+#   make bench                bench/run.py $(BENCH_ARGS) (e.g. BENCH_ARGS=--quick), if present
 #   make docs                 build the documentation with mkdocs --strict (installs mkdocs)
 #   make clean                remove the virtualenv and build leftovers
 #
@@ -18,12 +18,14 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYENV_312 := $(lastword $(sort $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python)))
+PYENV_DIR := $(or $(shell pyenv root 2>/dev/null),$(PYENV_ROOT),$(HOME)/.pyenv)
+PYENV_312 := $(lastword $(sort $(wildcard $(PYENV_DIR)/versions/3.12*/bin/python)))
 PYTHON ?= $(if $(PYENV_312),$(PYENV_312),python3)
 VENV ?= .venv
 DJANGO_SPEC ?= Django>=6.1,<6.2
 REDIS_URL ?= redis://127.0.0.1:6379/0
 EXTRAS ?= test,fakeredis,django-redis
+BENCH_ARGS ?=
 
 export REDIS_URL
 
@@ -52,12 +54,13 @@ pytest: $(STAMP)
 	cd example_project && "$(abspath $(VPY))" -m pytest -q
 
 test: lint pytest
+	@"$(VPY)" -c 'import sys, django; print("tested on Python", sys.version.split()[0], "with Django", django.get_version())'
 
 demo: $(STAMP)
 	PYTHON="$(abspath $(VPY))" bash example_project/demo.sh
 
 bench: $(STAMP)
-	@if [ -f bench/run.py ]; then "$(VPY)" bench/run.py; else echo "bench/run.py not present: nothing to run"; fi
+	@if [ -f bench/run.py ]; then "$(VPY)" bench/run.py $(BENCH_ARGS); else echo "bench/run.py not present: nothing to run"; fi
 
 docs: $(STAMP)
 	"$(VPY)" -m pip install -q --disable-pip-version-check mkdocs
