@@ -103,7 +103,7 @@ export REDIS_URL
 # -- database ----------------------------------------------------------------------------------
 log "migrating example_project/db.sqlite3"
 "$PY" manage.py migrate --noinput -v 0
-"$PY" manage.py check --fail-level WARNING
+"$PY" manage.py check
 
 # -- worker ------------------------------------------------------------------------------------
 WORKER_LOG="$RUN_DIR/worker.log"
