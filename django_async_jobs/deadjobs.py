@@ -225,6 +225,7 @@ def flush_staged(broker: Broker | None = None, batch: int = FLUSH_BATCH) -> int:
     again later.
     """
     broker = broker or get_broker()
+    batch = max(1, batch)
     key = broker.keys.dead
     alias = router.db_for_write(DeadJob)
     moved = 0

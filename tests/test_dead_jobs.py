@@ -10,6 +10,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
@@ -357,6 +358,9 @@ def test_prune_uses_the_retention_setting(settings):
     settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "DEAD_JOB_RETENTION": 3600}
     assert retention() == timedelta(hours=1)
     assert prune() == 1
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "DEAD_JOB_RETENTION": "180 days"}
+    with pytest.raises(ImproperlyConfigured, match="DEAD_JOB_RETENTION"):
+        prune()
 
 
 # -- the jobs command ------------------------------------------------------------------------------
