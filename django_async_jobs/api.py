@@ -446,6 +446,35 @@ def history(days: int = HISTORY_DAYS, broker: Broker | None = None) -> list[dict
     ]
 
 
+# -- recurring ----------------------------------------------------------------------------------
+
+
+def recurring(count: int = 3, broker: Broker | None = None) -> list[dict[str, Any]]:
+    """Each ``RECURRING`` entry with its next ``count`` runs and its last one (``cron.describe``)."""
+    from django_async_jobs import cron
+
+    return cron.describe(count, broker=broker or get_broker())
+
+
+def run_recurring_now(name: str) -> str:
+    """Enqueue a recurring entry's job now, outside its schedule; returns the job id.
+
+    Its ticks are left alone: the next scheduled run still happens.
+    """
+    from django_async_jobs import cron, registry
+
+    for entry in cron.entries():
+        if entry.name == name:
+            job_class = registry.lookup(entry.job)
+            if job_class is None:
+                raise LookupError(f"no registered job is named {entry.job!r}")
+            job = job_class.set(queue=entry.queue, priority=entry.priority).perform_later(*entry.args, **entry.kwargs)
+            if not job:
+                raise RuntimeError(f"{entry.job} was not enqueued: a before_enqueue callback halted it")
+            return job.job_id
+    raise LookupError(f"no recurring entry is named {name!r}")
+
+
 # -- enqueue ------------------------------------------------------------------------------------
 
 

@@ -373,3 +373,31 @@ def test_deleting_or_killing_a_unique_job_releases_its_lock(broker):
     [entry] = api.page_of(broker.keys.retry, broker=broker).entries
     assert api.act(broker.keys.retry, "kill", [entry.ref], broker) == 1
     assert UntilExecutedJob.perform_later(key, "e")
+
+
+# -- recurring ----------------------------------------------------------------------------------
+
+
+def test_recurring_lists_entries_and_runs_one_now(client, broker, manager, settings):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "RECURRING": {
+        "nightly": {"cron": "0 3 * * *", "class": IncrJob.job_name, "args": ["nightly:count", 2], "queue": "low"},
+    }}
+    response = client.get(BASE + "recurring/")
+    [entry] = response.context["entries"]
+    assert (entry["name"], entry["cron"], entry["queue"], entry["last_run"]) == ("nightly", "0 3 * * *", "low", None)
+    assert [m.hour for m in entry["next_runs"]] == [3, 3, 3]
+    assert b'data-entry="nightly"' in response.content
+    response = client.post(BASE + "recurring/", {"entry": "nightly"}, follow=True)
+    [job] = api.page_of(broker.keys.queue("low"), broker=broker).entries
+    assert (job.job_class, job.args) == (IncrJob.job_name, ["nightly:count", 2])
+    assert f"job {job.job_id}".encode() in response.content
+    response = client.post(BASE + "recurring/", {"entry": "nope"}, follow=True)
+    assert [str(m) for m in response.context["messages"]] == ["no recurring entry is named 'nope'"]
+    assert broker.queue_size("low") == 1
+
+
+def test_recurring_shows_a_broken_setting_instead_of_failing(client, broker, viewer, settings):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "RECURRING": {"bad": {"cron": "61 * * * *", "class": "x.Y"}}}
+    response = client.get(BASE + "recurring/")
+    assert response.status_code == 200 and b"is not a cron expression" in response.content
+    assert client.post(BASE + "recurring/", {"entry": "bad"}).status_code == 403

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from django.contrib import messages
 from django.contrib.admin import AdminSite
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
@@ -38,6 +38,7 @@ TABS = (
     ("busy", "async_jobs_busy", gettext_lazy("Busy")),
     ("scheduled", "async_jobs_scheduled", gettext_lazy("Scheduled")),
     ("retries", "async_jobs_retries", gettext_lazy("Retries")),
+    ("recurring", "async_jobs_recurring", gettext_lazy("Recurring")),
 )
 QUEUE_OPS = ("delete",)
 SET_OPS = {
@@ -294,6 +295,28 @@ def _chosen(request: HttpRequest, ops: tuple[str, ...]) -> tuple[str | None, lis
     return (op if op in ops else None), request.POST.getlist("ref")
 
 
+def recurring(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    """The ``RECURRING`` entries: cron, time zone, next and last runs; "Run now" per entry."""
+    here = _url(site, "async_jobs_recurring")
+    if request.method == "POST":
+        _require_manage(request)
+        name = request.POST.get("entry", "")
+        try:
+            job_id = api.run_recurring_now(name)
+        except (LookupError, RuntimeError, ImproperlyConfigured) as exc:
+            messages.error(request, str(exc))
+        except redis.RedisError as exc:
+            _redis_down(request, exc)
+        else:
+            messages.success(request, _("Enqueued %(name)s now: job %(job)s.") % {"name": name, "job": job_id})
+        return HttpResponseRedirect(here)
+    try:
+        entries, problem = api.recurring(), None
+    except ImproperlyConfigured as exc:
+        entries, problem = [], str(exc)
+    return _render(request, site, "recurring.html", "recurring", _("Recurring jobs"), entries=entries, problem=problem)
+
+
 # -- wiring -------------------------------------------------------------------------------------
 
 
@@ -315,4 +338,5 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     ("busy/", busy, "async_jobs_busy"),
     ("scheduled/", scheduled, "async_jobs_scheduled"),
     ("retries/", retries, "async_jobs_retries"),
+    ("recurring/", recurring, "async_jobs_recurring"),
 ]
