@@ -7,6 +7,7 @@ from urllib.parse import urlparse
 
 from django.conf import settings as django_settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs import conf, cron, registry
 
@@ -53,6 +54,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             errors.append(Error(f"ASYNC_JOBS['{key}'] must be a positive number of seconds or a timedelta.", id="async_jobs.E005"))
     if merged["MODE"] not in MODES:
         errors.append(Error(f"ASYNC_JOBS['MODE'] = {merged['MODE']!r}; use one of {sorted(MODES)}.", id="async_jobs.E006"))
+    if "DEAD_JOB_RETENTION" in raw:
+        from django_async_jobs.deadjobs import retention
+
+        try:
+            retention()
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), id="async_jobs.E007"))
     if spec is not None:
         errors.extend(_check_job_queues(spec))
     for message in cron.problems(raw.get("RECURRING"), spec.names if spec else None):

@@ -22,6 +22,7 @@ key                                    type       holds
 ``p:runlock:<job>:<digest>``           string     a unique job's run lock; value = in-flight field
 ``p:cron:<name>``                      hash       a recurring entry's last tick, job id, time
 ``p:result:<id>``                      string     a django.tasks result (JSON), kept RESULT_TTL
+``p:lease:<chore>``                     string     which process does a chore now (dead flush, prune)
 =====================================  =========  ===============================================
 """
 
@@ -87,6 +88,10 @@ class Keys:
     @property
     def dead(self) -> str:
         return f"{self.prefix}:dead"
+
+    def lease(self, name: str) -> str:
+        """A short lease so one process at a time does a housekeeping chore (flush, prune)."""
+        return f"{self.prefix}:lease:{name}"
 
     def stat(self, name: str, day: str | None = None) -> str:
         return f"{self.prefix}:stat:{name}" if day is None else f"{self.prefix}:stat:{name}:{day}"

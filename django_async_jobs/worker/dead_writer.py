@@ -1,14 +1,16 @@
-"""Writes staged dead jobs from Redis to the database, in every worker process.
+"""Writes staged dead jobs from Redis to the database, and prunes old ones, in every worker.
 
 Its own thread, because a database outage can make a write hang for a connect timeout: the
 poller and heartbeat must not wait behind it. While the database is down the records stay
-staged in Redis; this thread keeps trying and writes them when it is back.
+staged in Redis; this thread keeps trying and writes them when it is back. A short lease in
+Redis lets one process at a time do each chore, so workers do not queue up on the same rows.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import redis
@@ -17,6 +19,8 @@ from django.db import close_old_connections
 logger = logging.getLogger("django_async_jobs.worker")
 
 INTERVAL = 2.0
+FLUSH_LEASE = 30.0  # seconds; longer than one flush pass takes
+PRUNE_EVERY = 3600.0
 
 
 class DeadWriter(threading.Thread):
@@ -24,17 +28,41 @@ class DeadWriter(threading.Thread):
         super().__init__(name="async-jobs-dead-writer", daemon=True)
         self.broker = broker
         self.stopping = stopping
+        self.token = f"{id(self)}:{time.time()}"
+
+    def _lease(self, chore: str, seconds: float) -> bool:
+        key = self.broker.keys.lease(chore)
+        return bool(self.broker.redis.set(key, self.token, nx=True, px=int(seconds * 1000)))
+
+    def _release(self, chore: str) -> None:
+        # Only our own lease: compare and delete in one step.
+        self.broker.redis.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            1, self.broker.keys.lease(chore), self.token,
+        )
 
     def run(self) -> None:
-        from django_async_jobs.deadjobs import flush_staged
+        from django_async_jobs.deadjobs import flush_staged, prune
 
         while not self.stopping.wait(INTERVAL):
             try:
-                if self.broker.redis.hlen(self.broker.keys.dead):
-                    flush_staged(self.broker)
+                if self.broker.redis.hlen(self.broker.keys.dead) and self._lease("dead-flush", FLUSH_LEASE):
+                    try:
+                        flush_staged(self.broker)
+                    finally:
+                        self._release("dead-flush")
+                # Held for the whole hour on purpose: one prune per hour across all workers.
+                if self._lease("dead-prune", PRUNE_EVERY):
+                    try:
+                        pruned = prune()
+                    except Exception:
+                        self._release("dead-prune")  # let the next beat try again
+                        raise
+                    if pruned:
+                        logger.info("pruned %d dead job(s) older than DEAD_JOB_RETENTION", pruned)
             except redis.RedisError as exc:
                 logger.warning("reading staged dead jobs failed: %s", exc)
             except Exception:
-                logger.exception("writing dead jobs failed; they stay staged in Redis")
+                logger.exception("writing or pruning dead jobs failed; staged records stay in Redis")
             finally:
                 close_old_connections()
