@@ -47,7 +47,9 @@ DATABASES = {
 }
 # A file, not SQLite's in-memory default: worker subprocesses in the tests open the same database.
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    DATABASES["default"]["TEST"] = {"NAME": os.path.join(os.path.dirname(__file__), "test_db.sqlite3")}
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("TEST_DB_NAME") or os.path.join(os.path.dirname(__file__), "test_db.sqlite3")
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "/static/"
 
