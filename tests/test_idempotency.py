@@ -60,7 +60,8 @@ def user(db):
     return User.objects.create(username="ada", email="ada@example.com")
 
 
-def test_send_welcome_email_runs_once_per_user(user):
+def test_send_welcome_email_runs_once_per_user(user, settings):
+    settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
     first = SendWelcomeEmailJob(user.pk)
     first.perform_now()
     SendWelcomeEmailJob.perform_now(user.pk)  # enqueued twice, retried or recovered: same key
