@@ -61,14 +61,14 @@ def test_writes_are_throttled_by_count_and_the_final_state_is_exact(db, throttle
 
 
 def test_writes_are_throttled_by_time(db, throttle):
-    throttle(1000, 0.1)
+    throttle(1000, 0.5)
 
     class SlowJob(ApplicationJob):
         def perform(self):
             with self.track_progress(total=3) as progress:
                 progress.advance()
                 SNAPSHOTS.append(JobProgress.objects.get(job_id=self.job_id).processed)
-                time.sleep(0.15)
+                time.sleep(0.6)
                 progress.advance()
                 SNAPSHOTS.append(JobProgress.objects.get(job_id=self.job_id).processed)
 

@@ -54,7 +54,7 @@ class RaisingUniqueJob(GatedJob):
 
 class ExpiringJob(GatedJob):
     lock = "until_expired"
-    lock_ttl = 0.4
+    lock_ttl = 2  # long enough that it outlives the job even on a busy machine
 
 
 class FailingUniqueJob(ApplicationJob):
