@@ -1,5 +1,6 @@
 """``runworker`` options as a real process sees them: -q, -c, --processes, and TSTP through a supervisor."""
 
+import json
 import signal
 import time
 
@@ -7,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from tests.helpers import registered, wait_for
-from tests.testapp.jobs import IncrJob
+from tests.testapp.jobs import IncrJob, SlowOnceJob, TraceJob
 
 START_TIMEOUT = 20
 
@@ -61,3 +62,39 @@ def test_bad_options_fail_before_anything_starts(prefix, broker, args, message):
     with pytest.raises(CommandError, match=message):
         call_command("runworker", *args)
     assert registered(broker) == {}
+
+
+def test_ctrl_c_in_a_terminal_stops_the_children_gracefully(spawn, broker, prefix):
+    """A terminal sends INT to the whole process group: supervisor and children alike. The
+    children must take it as one graceful stop, not as the second INT that means "at once"."""
+    import os
+
+    key = f"{prefix}:trace"
+    sup = spawn("--processes", "2", "-c", "1")
+    wait_for(lambda: len(registered(broker)) == 2, START_TIMEOUT, "two children")
+    TraceJob.perform_later(key, "running", 1.0)
+    wait_for(lambda: broker.redis.llen(key) == 1, 10, "the job started")
+    os.killpg(sup.pid, signal.SIGINT)  # the group is this test's own session
+    assert sup.wait(10) == 0, sup.output()
+    assert [e.decode().split(":")[0] for e in broker.redis.lrange(key, 0, -1)] == ["start", "done"]
+    assert "exiting at once" not in sup.output()
+    assert sup.output().count("exited (0)") == 2
+    assert registered(broker) == {}
+
+
+def test_second_sigint_to_the_supervisor_stops_the_children_at_once(spawn, broker, prefix):
+    key = f"{prefix}:trace"
+    sup = spawn("--processes", "2", "-c", "1")
+    wait_for(lambda: len(registered(broker)) == 2, START_TIMEOUT, "two children")
+    job = SlowOnceJob.perform_later(key, "long", 10)
+    wait_for(lambda: broker.redis.llen(key) == 1, 10, "the job started")
+    [holder] = [process_id for process_id in registered(broker) if broker.inflight(process_id)]
+    sup.send(signal.SIGINT)
+    time.sleep(0.3)
+    assert sup.alive()  # the first INT waits for the running job
+    second = time.monotonic()
+    sup.send(signal.SIGINT)
+    assert sup.wait(5) == 0, sup.output()
+    assert time.monotonic() - second < 2
+    # Left in flight for recovery, as a single worker's second INT leaves it.
+    assert [json.loads(p)["jid"] for p in broker.inflight(holder).values()] == [job.job_id]

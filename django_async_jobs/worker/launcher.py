@@ -33,6 +33,8 @@ from django_async_jobs.worker.recovery import Heart
 
 logger = logging.getLogger("django_async_jobs.worker")
 
+SIGNAL_CHECK = 0.1  # seconds: how soon the main loop acts on a signal
+
 
 def _rss() -> int:
     """Resident memory in bytes, shown on the dashboard (Linux's /proc; 0 where there is none)."""
@@ -66,6 +68,8 @@ class Worker:
         self._running: dict[str, float] = {}  # in-flight field -> start time, for the dashboard
         self._interrupts = 0
         self._stop_requested = threading.Event()
+        self._stop_signalled = False  # set by signal handlers only; run() acts on them
+        self._quiet_signalled = False
         self.acker = Acker(self.broker, self.process_id)
         self.event_loop = EventLoop(self.settings.async_concurrency, self.acker.add)
         self.fetcher = Fetcher(
@@ -150,10 +154,10 @@ class Worker:
                 self.heart.beat()
                 break
             except redis.RedisError as exc:
-                if self._stop_requested.is_set():
+                if self._stop_signalled or self._stop_requested.is_set():
                     return False  # nothing fetched yet, so nothing to hand back
                 logger.warning("cannot reach Redis, retrying in %.1fs: %s", backoff, exc)
-                self._stop_requested.wait(backoff)  # a TERM while Redis is away still stops us
+                self._pause(backoff)  # a TERM while Redis is away still stops us
                 backoff = min(backoff * 2, 5.0)
         for thread in (self.acker, *self.processors, self.heart, self.poller, self.listener, self.dead_writer, self.fetcher):
             thread.start()
@@ -223,27 +227,36 @@ class Worker:
             logger.info("worker %s stopped before it could reach Redis", self.process_id)
             return 0
         try:
-            while not self.stopping.wait(1.0):
-                pass
-            if self.quiet:
-                while not self._stop_requested.wait(1.0):
-                    pass
+            while not (self._stop_signalled or self._stop_requested.is_set()):
+                if self._quiet_signalled and not self.quiet:
+                    self.set_quiet()
+                if self.stopping.is_set() and not self.quiet:
+                    break
+                time.sleep(SIGNAL_CHECK)
         finally:
             self.stop()
         return 0
 
+    def _pause(self, seconds: float) -> None:
+        """Sleep, waking within SIGNAL_CHECK of a stop signal."""
+        deadline = time.monotonic() + seconds
+        while not self._stop_signalled and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(SIGNAL_CHECK, left))
+
     def _install_signals(self) -> None:
+        # A handler runs in the main thread between any two bytecodes, even inside Event.set()
+        # or Event.wait() while they hold the event's lock: a handler that sets an event can
+        # deadlock the process (two signals close together do it). Handlers only record the
+        # request; run()'s loop acts on it within SIGNAL_CHECK.
         def on_stop(signum: int, frame: Any) -> None:
             if signum == signal.SIGINT:
                 self._interrupts += 1
                 if self._interrupts > 1:
                     self.kill()
-            self._stop_requested.set()
-            self.stopping.set()
-            self.fetcher.wake.set()
+            self._stop_signalled = True
 
         def on_quiet(signum: int, frame: Any) -> None:
-            self.set_quiet()
+            self._quiet_signalled = True
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)

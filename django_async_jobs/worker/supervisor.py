@@ -21,6 +21,7 @@ class Supervisor:
         self.run_child = run_child
         self.children: dict[int, int] = {}  # pid -> slot
         self.stopping = False
+        self._interrupts = 0
 
     def _spawn(self, slot: int) -> None:
         from django.db import connections
@@ -45,11 +46,18 @@ class Supervisor:
         logger.info("supervisor started worker process %d (slot %d)", pid, slot)
 
     def _forward(self, signum: int, frame: Any) -> None:
+        send = signum
+        if signum == signal.SIGINT:
+            # A Ctrl-C in a terminal reaches the children too (they share our process group), so
+            # forwarding it as INT would be their second INT and stop them at once. The first INT
+            # goes on as a graceful TERM; a second one stops them at once, as it does one worker.
+            self._interrupts += 1
+            send = signal.SIGTERM if self._interrupts == 1 else signal.SIGKILL
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
         for pid in list(self.children):
             try:
-                os.kill(pid, signum)
+                os.kill(pid, send)
             except ProcessLookupError:
                 pass
 
