@@ -8,6 +8,7 @@ Needs ``apt-get install -y chromium`` and ``pip install playwright`` (never ``pl
 """
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from django_async_jobs import ApplicationJob
 from django_async_jobs.broker.client import get_broker
 from django_async_jobs.models import DeadJob
 from tests.helpers import wait_for
-from tests.testapp.jobs import FailJob, IncrJob
+from tests.testapp.jobs import FailJob, IncrJob, SleepJob
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
@@ -76,8 +77,11 @@ def shot(page, name):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_job_dies_is_retried_from_the_dead_page_and_runs(live_server, broker, worker, browser_page):
+def test_a_job_dies_is_retried_from_the_dead_page_and_runs(live_server, broker, worker, browser_page, settings):
     page = browser_page
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "RECURRING": {
+        "nightly_cleanup": {"cron": "30 2 * * *", "class": IncrJob.job_name, "args": ["cleanup"]},
+    }}
     User.objects.create_superuser("admin", "admin@example.com", "browser-test-pw")
     key = f"{broker.keys.prefix}:flaky"
     redis = broker.redis
@@ -156,7 +160,29 @@ def test_a_job_dies_is_retried_from_the_dead_page_and_runs(live_server, broker, 
     page.click("a.aj-tab:has-text('Queues')")
     expect(page.locator('#aj-queues tr[data-queue="default"]')).to_contain_text("0")
     shot(page, "queues")
+    page.click("a.aj-tab:has-text('Recurring')")
+    expect(page.locator('tr[data-entry="nightly_cleanup"]')).to_contain_text("30 2 * * *")
+    shot(page, "recurring")
+
+    # Busy: a running job with its runtime; then the worker is quieted from the page.
+    running = SleepJob.perform_later(f"{key}:sleep", 3)
     page.click("a.aj-tab:has-text('Busy')")
-    expect(page.locator(f'tr[data-process="{worker.process_id}"]')).to_contain_text(f"/{worker.concurrency}")
+    running_row = page.locator(f'#aj-running tr[data-job-id="{running.job_id}"]')
+    process_row = page.locator(f'tr[data-process="{worker.process_id}"]')
+    for _ in range(40):  # the job's start reaches the page with the worker's next heartbeat
+        if running_row.count() and f"1/{worker.concurrency}" in process_row.inner_text():
+            break
+        page.wait_for_timeout(100)
+        page.reload()
+    expect(process_row).to_contain_text(f"1/{worker.concurrency}")
+    expect(running_row.locator(".aj-runtime")).to_have_text(re.compile(r"^\d+\.\d s$"))
     shot(page, "busy")
+    process_row.locator('button[value="quiet"]').click()
+    expect(page.locator("ul.messagelist")).to_contain_text("it acts on its next heartbeat")
+    wait_for(lambda: worker.quiet, timeout=10, what="the worker going quiet")
+    # Quiet lets the running job finish.
+    wait_for(lambda: redis.lrange(f"{key}:sleep", -1, -1)[0].startswith(b"done"), timeout=10, what="the running job finishing")
+    page.reload()
+    expect(page.locator(f'tr[data-process="{worker.process_id}"]')).to_contain_text("quiet")
+    shot(page, "busy-quiet")
     assert DeadJob.objects.filter(job_id=job.job_id).count() == 0  # retried, so gone from the dead jobs
