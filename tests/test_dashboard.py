@@ -207,6 +207,13 @@ def test_delete_one_and_several_jobs_from_a_queue(client, broker, manager):
     assert ids(broker, key) == [jobs[2]]
 
 
+def test_queue_pages_refuse_names_that_are_not_queue_names(client, broker, manager):
+    broker.redis.zadd(broker.keys.queue("a:b"), {"x": 1})
+    assert client.get(BASE + "queues/a:b/").status_code == 404
+    assert client.post(BASE + "queues/a:b/clear/").status_code == 404
+    assert broker.redis.zcard(broker.keys.queue("a:b")) == 1
+
+
 def test_clear_queue_asks_first(client, broker, manager):
     for i in range(3):
         IncrJob.perform_later(f"k{i}")

@@ -17,7 +17,7 @@ import redis
 from django.contrib import messages
 from django.contrib.admin import AdminSite
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils.text import Truncator
@@ -200,7 +200,15 @@ def queues(request: HttpRequest, site: AdminSite) -> HttpResponse:
     return _render(request, site, "queues.html", "queues", _("Queues"), rows=rows)
 
 
+def _queue_name(name: str) -> str:
+    """Queue names never hold ':' (conf.parse_queues); refusing it keeps a URL to queue keys."""
+    if ":" in name:
+        raise Http404
+    return name
+
+
 def queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
+    name = _queue_name(name)
     broker_keys = api.get_broker().keys
     here = _url(site, "async_jobs_queue", name)
     if request.method == "POST":
@@ -221,6 +229,7 @@ def queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
 
 
 def clear_queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
+    name = _queue_name(name)
     _require_manage(request)
     queues_url = _url(site, "async_jobs_queues")
     if request.method == "POST":
