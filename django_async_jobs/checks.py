@@ -52,6 +52,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             ok = False
         if not ok:
             errors.append(Error(f"ASYNC_JOBS['{key}'] must be a positive number of seconds or a timedelta.", id="async_jobs.E005"))
+    if merged["HEARTBEAT_INTERVAL"] is not None:
+        # A beat as slow as the timeout makes live workers look dead: their jobs would run twice.
+        try:
+            ok = 0 < conf._seconds(merged["HEARTBEAT_INTERVAL"]) <= conf._seconds(merged["HEARTBEAT_TIMEOUT"]) / 2
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            errors.append(Error(
+                "ASYNC_JOBS['HEARTBEAT_INTERVAL'] must be positive and at most half of HEARTBEAT_TIMEOUT.",
+                hint="Leave it unset: it defaults to a sixth of the timeout.",
+                id="async_jobs.E008",
+            ))
     if merged["MODE"] not in MODES:
         errors.append(Error(f"ASYNC_JOBS['MODE'] = {merged['MODE']!r}; use one of {sorted(MODES)}.", id="async_jobs.E006"))
     if "DEAD_JOB_RETENTION" in raw:

@@ -92,12 +92,18 @@ def test_unknown_key_is_a_warning_with_a_hint():
         ("HEARTBEAT_TIMEOUT", 0, "async_jobs.E005", "ASYNC_JOBS['HEARTBEAT_TIMEOUT'] must be a positive number"),
         ("POLL_INTERVAL", "soon", "async_jobs.E005", "ASYNC_JOBS['POLL_INTERVAL'] must be a positive number"),
         ("MODE", "fast", "async_jobs.E006", "ASYNC_JOBS['MODE'] = 'fast'; use one of"),
+        ("HEARTBEAT_INTERVAL", 60, "async_jobs.E008", "ASYNC_JOBS['HEARTBEAT_INTERVAL'] must be positive and at most half"),
+        ("HEARTBEAT_INTERVAL", 0, "async_jobs.E008", "ASYNC_JOBS['HEARTBEAT_INTERVAL'] must be positive"),
     ],
 )
 def test_bad_numbers_and_mode(key, value, code, text):
     found_code, message = only(problems(**{key: value}))
     assert found_code == code
     assert message.startswith(text)
+
+
+def test_heartbeat_interval_within_the_timeout_passes():
+    assert problems(HEARTBEAT_TIMEOUT=60, HEARTBEAT_INTERVAL=30) == []
 
 
 def test_settings_must_be_a_dict():
