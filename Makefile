@@ -67,4 +67,4 @@ docs: $(STAMP)
 	"$(VPY)" -m mkdocs build --strict
 
 clean:
-	rm -rf "$(VENV)" build dist site *.egg-info example_project/db.sqlite3
+	rm -rf "$(VENV)" build dist site *.egg-info example_project/db.sqlite3* example_project/.demo
