@@ -279,3 +279,40 @@ def test_sigterm_stops_a_worker_that_never_reached_redis(spawn, broker):
     assert a.wait(5) == 0, a.output()
     assert time.monotonic() - sent < 2
     assert "stopped before it could reach Redis" in a.output()
+
+
+def test_jobs_finishing_while_redis_is_down_are_settled_once_it_is_back(tmp_path, spawn, prefix, settings):
+    """The acker keeps a finished job's settlement until Redis returns: with Redis's data kept
+    (append-only file), nothing is lost and nothing runs twice."""
+    from django_async_jobs.broker.client import get_broker
+    from tests.helpers import RedisServer
+    from tests.testapp.jobs import FileJob
+
+    server = RedisServer(tmp_path, persist=True)
+    server.start()
+    shared = settings.ASYNC_JOBS
+    try:
+        settings.ASYNC_JOBS = {**shared, "REDIS_URL": server.url}
+        private = get_broker()
+        out = tmp_path / "done.txt"
+        a = spawn("-c", "2", redis_url=server.url)
+        process_id = wait_registered(private, a)[a.pid]
+        for name in ("x", "y"):
+            FileJob.perform_later(str(out), name, 1.0)
+        wait_for(lambda: len(private.inflight(process_id)) == 2, 10, "both jobs in flight")
+        server.stop()  # kill -9, mid-job
+        wait_for(lambda: out.exists() and len(out.read_text().split()) == 2, 10, "both jobs done, Redis down")
+        time.sleep(0.5)  # the acker tries and fails at least once
+        server.start()
+        wait_for(lambda: private.stat("processed") == 2, 15, "the settlements after the restart")
+        assert "failed, retrying" in a.output()  # the acker did meet the outage
+        assert private.inflight(process_id) == {}
+        assert private.queue_size("default") == 0
+        time.sleep(0.5)
+        assert sorted(line.split(":")[0] for line in out.read_text().split()) == ["x", "y"]  # once each
+        assert a.alive()
+        a.send(signal.SIGTERM)
+        assert a.wait(10) == 0, a.output()
+    finally:
+        settings.ASYNC_JOBS = shared  # the prefix fixture cleans up where the other tests live
+        server.stop()

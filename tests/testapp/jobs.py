@@ -91,3 +91,13 @@ class TaggedEchoJob(ApplicationJob):
 
 
 from tests.testapp import recurring_jobs, unique_jobs  # noqa: E402, F401  (worker subprocesses know them)
+
+
+class FileJob(ApplicationJob):
+    """Leaves its trace in a file, not Redis: it can finish while Redis is away."""
+
+    def perform(self, path, name, seconds=0.0):
+        if seconds:
+            time.sleep(seconds)
+        with open(path, "a") as out:
+            out.write(f"{name}:{os.getpid()}\n")
