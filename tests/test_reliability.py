@@ -316,3 +316,34 @@ def test_jobs_finishing_while_redis_is_down_are_settled_once_it_is_back(tmp_path
     finally:
         settings.ASYNC_JOBS = shared  # the prefix fixture cleans up where the other tests live
         server.stop()
+
+
+def test_a_paused_worker_cannot_settle_a_job_recovered_from_it(spawn, broker, prefix, settings):
+    """SIGSTOP makes a live worker look dead; its job is recovered and fails on the rescuer.
+    When the paused worker resumes and its copy fails too, that second failure must not add a
+    second retry: a settlement counts only while the job is still in the worker's hands."""
+    from tests.testapp.jobs import SlowFailJob
+
+    key = f"{prefix}:trace"
+    a = spawn("-c", "1")
+    wait_registered(broker, a)
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "HEARTBEAT_TIMEOUT": 1.5}
+    SlowFailJob.perform_later(key, 0.8)
+    wait_for(lambda: broker.redis.llen(key) == 1, 10, "the job started on A")
+    a.send(signal.SIGSTOP)
+    try:
+        rescuer = Worker(concurrency=1)
+        rescuer.start()
+        try:
+            wait_for(lambda: broker.redis.zcard(broker.keys.retry) == 1, 10, "the rescuer's retry")
+        finally:
+            rescuer.stop(timeout=2)
+    finally:
+        a.send(signal.SIGCONT)
+    assert [e.decode() for e in broker.redis.lrange(key, 0, -1)] == [f"start:{a.pid}", f"start:{os.getpid()}"]
+    wait_for(lambda: broker.stat("failed") == 2, 10, "A's copy failed too")
+    time.sleep(0.3)
+    assert broker.redis.zcard(broker.keys.retry) == 1
+    assert broker.redis.hlen(broker.keys.dead) == 0
+    a.send(signal.SIGTERM)
+    assert a.wait(10) == 0, a.output()

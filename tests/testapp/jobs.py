@@ -101,3 +101,12 @@ class FileJob(ApplicationJob):
             time.sleep(seconds)
         with open(path, "a") as out:
             out.write(f"{name}:{os.getpid()}\n")
+
+
+class SlowFailJob(ApplicationJob):
+    """Takes a while, then raises: a failure that can land after the job was recovered elsewhere."""
+
+    def perform(self, key, seconds):
+        _redis().rpush(key, f"start:{os.getpid()}")
+        time.sleep(seconds)
+        raise RuntimeError("slow boom")
