@@ -63,7 +63,7 @@ def test_weighted_fetch_from_redis(broker, settings):
         [(field, payload)] = broker.fetch("tester", order.next(), 1)
         served[json.loads(payload)["queue"]] += 1
     assert served["heavy"] + served["light"] == 700
-    assert 4.2 < served["heavy"] / served["light"] < 8.5
+    assert 3.8 < served["heavy"] / served["light"] < 10  # ~4 sigma around 6; 1 would be round robin
     assert len(broker.inflight("tester")) == 700  # fetched jobs are held, not dropped
 
 
