@@ -347,3 +347,15 @@ def test_a_paused_worker_cannot_settle_a_job_recovered_from_it(spawn, broker, pr
     assert broker.redis.hlen(broker.keys.dead) == 0
     a.send(signal.SIGTERM)
     assert a.wait(10) == 0, a.output()
+
+
+def test_connecting_to_redis_gives_up_after_a_bounded_time():
+    """A host that drops packets must not hold a worker (and its stop) for the kernel's minutes;
+    a timeout in the URL still wins."""
+    from django_async_jobs.broker.client import connect
+    from django_async_jobs.conf import build
+
+    default = connect(build({"REDIS_URL": "redis://127.0.0.1:6379/9"}))
+    assert default.connection_pool.connection_kwargs["socket_connect_timeout"] == 5
+    tuned = connect(build({"REDIS_URL": "redis://127.0.0.1:6379/9?socket_connect_timeout=0.5"}))
+    assert tuned.connection_pool.connection_kwargs["socket_connect_timeout"] == 0.5

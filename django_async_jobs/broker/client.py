@@ -38,7 +38,9 @@ def connect(settings: Settings) -> redis.Redis:
         import fakeredis
 
         return fakeredis.FakeRedis(server=_fake_server())
-    return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    # A connect to a host that drops packets would otherwise wait for the kernel (minutes), and
+    # a worker could not act on a stop signal meanwhile. Options in the URL still win.
+    return redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_connect_timeout=5)
 
 
 @cache
