@@ -135,3 +135,12 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+def add_stats(broker: Any, processed: int, failed: int) -> None:
+    """Seed the processed/failed counters (total and today) as settled jobs would."""
+    from django_async_jobs.broker.client import today
+
+    for name, amount in (("processed", processed), ("failed", failed)):
+        broker.redis.incrby(broker.keys.stat(name), amount)
+        broker.redis.incrby(broker.keys.stat(name, today()), amount)

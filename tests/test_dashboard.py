@@ -12,7 +12,7 @@ from django_async_jobs import api
 from django_async_jobs.deadjobs import flush_staged
 from django_async_jobs.models import DeadJob
 from django_async_jobs.serialization import encode_payload
-from tests.helpers import wait_for
+from tests.helpers import add_stats, wait_for
 from tests.testapp.jobs import FailJob, IncrJob, SleepJob
 
 pytestmark = pytest.mark.django_db
@@ -134,7 +134,7 @@ def test_overview_counts_and_json(client, broker, manager):
     IncrJob.set(queue="low").perform_later("b")
     in_set(broker, broker.keys.schedule, 3)
     in_set(broker, broker.keys.retry, 2)
-    broker.settle("nobody", [], processed=7, failed=2)
+    add_stats(broker, processed=7, failed=2)
     broker.redis.hset(broker.keys.dead, "d1", "{}")  # staged, not yet in the database
     DeadJob.objects.create(dead_id="d0", died_at="2026-01-01T00:00:00Z", reason="killed")
     response = client.get(BASE)

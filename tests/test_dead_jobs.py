@@ -52,7 +52,7 @@ def stage_failed_job(broker, settings, key="dead:count"):
         running.perform_now()
     settlement = handle_failure(running, field, raw, failure.value)
     assert settlement.op == "dead"
-    broker.settle("p1", [settlement.args()], 0, 1)
+    broker.settle("p1", [settlement.args()])
     return job
 
 

@@ -8,7 +8,7 @@ from django_async_jobs.checks import check_settings
 from django_async_jobs.models import DeadJob
 from django_async_jobs.worker import dead_writer
 from django_async_jobs.worker.launcher import Worker
-from tests.test_retries import wait_for
+from tests.helpers import wait_for
 from tests.testapp.retry_jobs import NoRetryJob
 
 

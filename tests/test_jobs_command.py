@@ -9,6 +9,7 @@ from django.core.management import CommandError, call_command
 
 from django_async_jobs import api
 from django_async_jobs.serialization import encode_payload
+from tests.helpers import add_stats
 from tests.testapp.jobs import IncrJob, RecordJob
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +23,7 @@ def run(*args):
 
 def test_stats_table_and_json_match_the_api(broker):
     IncrJob.perform_later("a")
-    broker.settle("nobody", [], processed=5, failed=1)
+    add_stats(broker, processed=5, failed=1)
     data = json.loads(run("stats", "--json"))
     assert data == api.stats().as_json()
     assert (data["processed"], data["failed"], data["enqueued"]) == (5, 1, 1)

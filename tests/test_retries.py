@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django_async_jobs import ApplicationJob, discard, retry, signals
 from django_async_jobs.retries import default_backoff, match, polynomially_longer
 from django_async_jobs.worker.launcher import Worker
+from tests.helpers import wait_for
 from tests.testapp.retry_jobs import (
     CallbackJob,
     ClientError,
@@ -20,24 +21,6 @@ from tests.testapp.retry_jobs import (
     SpecificClientError,
     Transient,
 )
-
-
-def wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
-
-
-@pytest.fixture
-def worker(broker):
-    w = Worker()
-    w.start()
-    yield w
-    w.stop(timeout=2)
 
 
 @pytest.fixture

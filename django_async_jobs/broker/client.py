@@ -122,11 +122,14 @@ class Broker:
         flat = self._run("fetch", [self.keys.inflight(process_id)], [count, *queues])
         return list(zip(flat[::2], flat[1::2], strict=True))
 
-    def settle(self, process_id: str, ops: list[tuple[str, str, Any, Any]], processed: int, failed: int) -> None:
-        """Acknowledge, retry, bury or hand back a batch of this process's jobs atomically."""
+    def settle(self, process_id: str, ops: list[tuple[str, str, Any, Any, int]]) -> None:
+        """Acknowledge, retry, bury or hand back a batch of this process's jobs atomically.
+
+        Each op is (op, in-flight field, a, b, failed); see settle.lua.
+        """
         k = self.keys
         day = today()
-        args: list[Any] = [processed, failed, DAILY_STATS_TTL]
+        args: list[Any] = [DAILY_STATS_TTL]
         for op in ops:
             args.extend(op)
         self._run(

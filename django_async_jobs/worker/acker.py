@@ -64,12 +64,10 @@ class Acker(threading.Thread):
 
     def _settle(self, batch: list[Settlement]) -> None:
         ops = [s.args() for s in batch]
-        processed = sum(1 for s in batch if s.op != "requeue")
-        failed = sum(1 for s in batch if s.failed)
         backoff = 0.1
         while True:
             try:
-                self.broker.settle(self.process_id, ops, processed, failed)
+                self.broker.settle(self.process_id, ops)
                 return
             except redis.RedisError as exc:
                 logger.warning("settling %d jobs failed, retrying in %.1fs: %s", len(batch), backoff, exc)

@@ -39,8 +39,8 @@ class Settlement:
     b: Any = ""
     failed: bool = False
 
-    def args(self) -> tuple[str, str, Any, Any]:
-        return (self.op, self.field, self.a, self.b)
+    def args(self) -> tuple[str, str, Any, Any, int]:
+        return (self.op, self.field, self.a, self.b, int(self.failed))
 
 
 def dead_record(field: str, raw: bytes | str, reason: str, exc: BaseException | None, data: dict | None) -> Settlement:

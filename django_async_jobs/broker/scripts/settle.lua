@@ -1,7 +1,8 @@
 -- Finish a batch of fetched jobs in one round trip. KEYS[4] = in-flight hash, KEYS[5] = recovery
 -- counts, KEYS[6] = retry set, KEYS[7..10] = processed total/day, failed total/day.
--- ARGV[3] = processed count, ARGV[4] = failed count, ARGV[5] = daily counter TTL, then groups
--- of four: op, field, a, b.
+-- ARGV[3] = daily counter TTL, then groups of five: op, field, a, b, failed (1 when the job
+-- raised). Only settlements that apply are counted, so a job recovered elsewhere meanwhile is
+-- not counted twice.
 --   ack     : done (success, discard, or recorded elsewhere)
 --   retry   : a = run-at score, b = payload for the retry set
 --   dead    : a = dead id, b = staged record (JSON)
@@ -10,7 +11,8 @@
 -- it, a retry or dead record would duplicate it.
 local inflight, recoveries, retry = KEYS[4], KEYS[5], KEYS[6]
 local requeued = false
-for i = 6, #ARGV, 4 do
+local processed, failed = 0, 0
+for i = 4, #ARGV, 5 do
   local op, field, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local payload = redis.call('HGET', inflight, field)
   if payload then
@@ -18,6 +20,8 @@ for i = 6, #ARGV, 4 do
     if op == 'requeue' then
       if hand_back(field, payload, now_seconds(), nil) then requeued = true end
     else
+      processed = processed + 1
+      if ARGV[i + 4] == '1' then failed = failed + 1 end
       redis.call('HDEL', recoveries, job_key(field))
       if string.find(payload, '"lock":', 1, true) then
         local job = decode(payload)
@@ -31,8 +35,7 @@ for i = 6, #ARGV, 4 do
     end
   end
 end
-local ttl = tonumber(ARGV[5])
-local processed, failed = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl = tonumber(ARGV[3])
 if processed > 0 then
   redis.call('INCRBY', KEYS[7], processed)
   redis.call('INCRBY', KEYS[8], processed)
