@@ -1,0 +1,60 @@
+"""django-async-jobs: ``perform_later`` one at a time, ``dispatch.enqueue`` for bulk."""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.metadata import version
+from typing import Any
+
+from bench.procs import bench_env
+from bench.systems.base import Mode, System
+
+SETTINGS = "bench.djproject.settings"
+
+
+class Ours(System):
+    name = "ours"
+
+    def prepare(self) -> None:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS)
+        import django
+
+        django.setup()
+        from bench.djapp.jobs import IncrJob
+
+        self.job = IncrJob
+        self.version = version("django-async-jobs")
+
+    def env(self) -> dict[str, str]:
+        return bench_env({"DJANGO_SETTINGS_MODULE": SETTINGS})
+
+    def enqueue_one(self, enqueued_at: float) -> None:
+        self.job.perform_later(enqueued_at)
+
+    def enqueue_bulk(self, n: int) -> None:
+        bulk_enqueue(self.job, n, 0.0)
+
+    def worker_commands(self, mode: Mode) -> list[list[str]]:
+        return [worker_command(mode.processes, mode.threads)]
+
+
+def bulk_enqueue(job_class: type[Any], n: int, *args: Any) -> None:
+    """``n`` jobs of ``job_class(*args)`` through ``dispatch.enqueue`` (1,000 per Redis call)."""
+    from django_async_jobs import dispatch
+
+    jobs = [job_class(*args) for _ in range(n)]
+    for job in jobs:  # what ApplicationJob.enqueue() does before it dispatches
+        job._check_arguments()
+        job.queue_name = job._resolve_queue()
+    dispatch.enqueue(jobs)
+
+
+def worker_command(processes: int, threads: int) -> list[str]:
+    cmd = [sys.executable, "-m", "django", "runworker", "-c", str(threads)]
+    if processes > 1:
+        cmd += ["--processes", str(processes)]
+    return cmd
+
+
+SYSTEM = Ours()

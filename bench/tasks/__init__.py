@@ -1,0 +1,1 @@
+"""The bench job, declared the way each peer system expects (imported by its workers)."""
