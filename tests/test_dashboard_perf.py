@@ -68,11 +68,10 @@ def test_pages_render_in_under_100ms_with_large_sets(client, broker):
         "busy": reverse("admin:async_jobs_busy"),
         "scheduled": reverse("admin:async_jobs_scheduled") + "?page=200",
         "retries": reverse("admin:async_jobs_retries"),
+        "dead jobs (DeadJob admin)": reverse("admin:django_async_jobs_deadjob_changelist"),
     }
-    # Measured and reported, not held to the bar here: the DeadJob admin has its own owner and tests.
-    others = {"dead jobs (DeadJob admin)": reverse("admin:django_async_jobs_deadjob_changelist")}
     timings = {}
-    for name, url in {**pages, **others}.items():
+    for name, url in pages.items():
         assert client.get(url).status_code == 200  # warm-up: templates, connections
         runs, cpu = [], []
         for _ in range(7):
@@ -94,8 +93,7 @@ def test_pages_render_in_under_100ms_with_large_sets(client, broker):
         f"load {load:.1f} per core\n{report}\n"
     )
     print("\n" + report)
-    ours = {name: t for name, t in timings.items() if name in pages}
-    assert not [n for n, (_, _, cpu) in ours.items() if cpu >= BUDGET_MS], f"CPU over {BUDGET_MS} ms:\n{report}"
+    assert not [n for n, (_, _, cpu) in timings.items() if cpu >= BUDGET_MS], f"CPU over {BUDGET_MS} ms:\n{report}"
     wall_limit = BUDGET_MS if load < 0.9 else LOADED_LIMIT_MS
-    slow = [name for name, (best, _, _) in ours.items() if best >= wall_limit]
+    slow = [name for name, (best, _, _) in timings.items() if best >= wall_limit]
     assert not slow, f"pages over {wall_limit} ms (load {load:.1f} per core):\n{report}"
