@@ -66,6 +66,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             ))
     if merged["MODE"] not in MODES:
         errors.append(Error(f"ASYNC_JOBS['MODE'] = {merged['MODE']!r}; use one of {sorted(MODES)}.", id="async_jobs.E006"))
+    prefetch = merged["PREFETCH"]
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0):
+        errors.append(Error(
+            f"ASYNC_JOBS['PREFETCH'] must be None (as many as CONCURRENCY) or an integer of at least 0, got {prefetch!r}.",
+            id="async_jobs.E009",
+        ))
     if "DEAD_JOB_RETENTION" in raw:
         from django_async_jobs.deadjobs import retention
 

@@ -19,6 +19,9 @@ DEFAULTS: dict[str, Any] = {
     "CACHE_ALIAS": None,
     "QUEUES": ["default"],
     "CONCURRENCY": 10,
+    # Jobs a process holds beyond its running ones, so a thread that frees up finds its next
+    # job waiting; None means as many as CONCURRENCY. 0 for workers of long jobs.
+    "PREFETCH": None,
     "SHUTDOWN_TIMEOUT": 25,
     "HEARTBEAT_TIMEOUT": 60,
     "HEARTBEAT_INTERVAL": None,
@@ -59,6 +62,7 @@ class Settings:
     cache_alias: str | None
     queues: QueueSpec
     concurrency: int
+    prefetch: int | None
     shutdown_timeout: float
     heartbeat_timeout: float
     heartbeat_interval: float
@@ -122,6 +126,7 @@ def build(raw: dict[str, Any]) -> Settings:
         cache_alias=merged["CACHE_ALIAS"],
         queues=parse_queues(merged["QUEUES"]),
         concurrency=int(merged["CONCURRENCY"]),
+        prefetch=None if merged["PREFETCH"] is None else int(merged["PREFETCH"]),
         shutdown_timeout=_seconds(merged["SHUTDOWN_TIMEOUT"]),
         heartbeat_timeout=heartbeat_timeout,
         # Several beats fit in one timeout, so one slow beat never looks like a death.

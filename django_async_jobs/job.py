@@ -98,6 +98,7 @@ class ApplicationJob:
     job_name: ClassVar[str]
     _callbacks: ClassVar[dict[str, tuple[str, ...]]]
     _signature: ClassVar[inspect.Signature]
+    _shapes_that_fit: ClassVar[set[Any]]
     _positional_names: ClassVar[tuple[str, ...]]
     _is_async: ClassVar[bool]
     _rules: ClassVar[tuple[retries.Rule, ...]]
@@ -113,6 +114,7 @@ class ApplicationJob:
         cls._callbacks = callbacks.collect(cls)
         signature = inspect.signature(cls.perform)
         cls._signature = signature
+        cls._shapes_that_fit = set()
         cls._positional_names = tuple(
             p.name for p in list(signature.parameters.values())[1:]
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
@@ -281,10 +283,19 @@ class ApplicationJob:
         return name
 
     def _check_arguments(self) -> None:
+        # Whether arguments bind depends only on how many positionals and which keywords there
+        # are, so a shape that bound once is remembered: binding costs more than the rest of
+        # an enqueue's Python work.
+        shape = (len(self.arguments), frozenset(self.kwargs)) if self.kwargs else len(self.arguments)
+        fits = type(self)._shapes_that_fit
+        if shape in fits:
+            return
         try:
             self._signature.bind(self, *self.arguments, **self.kwargs)
         except TypeError as exc:
             raise TypeError(f"{type(self).__name__}.perform() cannot take these arguments: {exc}") from None
+        if len(fits) < 64:
+            fits.add(shape)
 
     def _argument_name(self, index: int) -> str:
         names = self._positional_names

@@ -98,11 +98,15 @@ def where_any(broker, key: str, kind: str, pid: int) -> bool:
 def test_sigterm_hands_a_long_job_back_to_the_head_of_its_queue(spawn, broker, prefix):
     key = f"{prefix}:trace"
     a = spawn("-c", "1", overrides={"SHUTDOWN_TIMEOUT": 1})
-    wait_registered(broker, a)
+    process_id = wait_registered(broker, a)[a.pid]
     long = SlowOnceJob.perform_later(key, "long", 10)
     behind = [TraceJob.perform_later(key, f"after{i}") for i in range(2)]
     wait_for(lambda: where(broker, key, "start", "long") == [a.pid], 10, "the long job started")
-    assert queued_ids(broker) == [j.job_id for j in behind]
+    # One job behind it may wait in A's prefetch buffer (PREFETCH defaults to CONCURRENCY);
+    # wherever they are, neither has started.
+    held = {decode_payload(raw)["jid"] for raw in broker.inflight(process_id).values()}
+    assert held | set(queued_ids(broker)) == {long.job_id} | {j.job_id for j in behind}
+    assert count(broker, key, "start") == {"long": 1}
     stopped_at = time.monotonic()
     a.send(signal.SIGTERM)
     assert a.wait(8) == 0, a.output()

@@ -7,12 +7,14 @@ supervisor's children inherit nothing stale.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from django_async_jobs.broker.keys import Keys
 from django_async_jobs.conf import Settings, get_settings
@@ -50,8 +52,16 @@ def _fake_server() -> Any:
     return fakeredis.FakeServer()
 
 
+_today: tuple[int, str] = (0, "")
+
+
 def today() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d")
+    """The UTC date for daily counters; formatted at most once a second (it is on every settle)."""
+    global _today
+    second = int(time.time())
+    if _today[0] != second:
+        _today = (second, datetime.now(UTC).strftime("%Y-%m-%d"))
+    return _today[1]
 
 
 class Broker:
@@ -72,11 +82,18 @@ class Broker:
 
     def _run(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
         k = self.keys
-        return self._scripts[name](
-            keys=[k.queues, k.seq, k.dead, *keys],
-            args=[k.queue_base, k.notify, *args],
-            client=client or self.redis,
-        )
+        script = self._scripts[name]
+        all_keys = [k.queues, k.seq, k.dead, *keys]
+        all_args = [k.queue_base, k.notify, *args]
+        if client is not None:  # a pipeline: redis-py loads its scripts before it executes
+            return script(keys=all_keys, args=all_args, client=client)
+        # EVALSHA straight through execute_command: the Script wrapper's argument handling
+        # costs as much Python as the rest of an enqueue. A Redis that lost its script cache
+        # (restart, SCRIPT FLUSH) gets the script again.
+        try:
+            return self.redis.execute_command("EVALSHA", script.sha, len(all_keys), *all_keys, *all_args)
+        except NoScriptError:
+            return script(keys=all_keys, args=all_args)
 
     # -- client side -------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 import redis
@@ -18,6 +19,10 @@ from django_async_jobs.worker.processor import Settlement
 logger = logging.getLogger("django_async_jobs.worker")
 
 BATCH = 500
+# When few settlements are waiting, wait this long for more before the round trip: a busy
+# worker then settles tens of jobs per call instead of one or two.
+LINGER = 0.002
+LINGER_BELOW = 32
 
 
 class Acker(threading.Thread):
@@ -48,19 +53,26 @@ class Acker(threading.Thread):
                 closing = True
             else:
                 batch.append(first)
-            while len(batch) < BATCH:
-                try:
-                    item = self.pending.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    closing = True
-                    break
-                batch.append(item)
+            closing = self._drain(batch) or closing
+            if batch and not closing and len(batch) < LINGER_BELOW:
+                time.sleep(LINGER)
+                closing = self._drain(batch)
             if batch:
                 self._settle(batch)
             if self.pending.empty():
                 self.idle.set()
+
+    def _drain(self, batch: list[Settlement]) -> bool:
+        """Move what is pending into ``batch``; True when the close marker came."""
+        while len(batch) < BATCH:
+            try:
+                item = self.pending.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            batch.append(item)
+        return False
 
     def _settle(self, batch: list[Settlement]) -> None:
         ops = [s.args() for s in batch]

@@ -73,13 +73,21 @@ class Fetcher(threading.Thread):
         concurrency: int,
         deliver: Callable[[list[tuple[str, bytes]]], None],
         stopping: threading.Event,
+        buffered: Callable[[], int] = lambda: 0,
+        prefetch: int | None = None,
     ) -> None:
         super().__init__(name="async-jobs-fetcher", daemon=True)
         self.broker = broker
         self.process_id = process_id
         self.order = order
-        self.slots = threading.Semaphore(concurrency)
+        # A slot is a job held by this process, running or waiting in the local buffer. Up to
+        # ``prefetch`` jobs (default: ``concurrency``) wait there, so a thread that frees up
+        # finds its next job at once instead of a round trip later; they are in the in-flight
+        # hash like running ones, and handed back first when the process stops.
+        self.capacity = concurrency + (concurrency if prefetch is None else prefetch)
+        self.slots = threading.Semaphore(self.capacity)
         self.concurrency = concurrency
+        self.buffered = buffered
         self.deliver = deliver
         self.stopping = stopping
         self.wake = threading.Event()
@@ -91,8 +99,17 @@ class Fetcher(threading.Thread):
         while not self.slots.acquire(timeout=0.5):
             if self.stopping.is_set():
                 return 0
-        taken = 1
-        while taken < self.concurrency and self.slots.acquire(blocking=False):
+        taken = 1 + self._more(self.capacity - 1)
+        # While threads still have buffered jobs there is no hurry: wait until a batch's worth
+        # of slots is free, so one fetch moves many jobs instead of one fetch per job.
+        while taken < self.concurrency and self.buffered() > 0 and not self.stopping.is_set():
+            if self.slots.acquire(timeout=0.05):
+                taken += 1 + self._more(self.capacity - taken - 1)
+        return taken
+
+    def _more(self, limit: int) -> int:
+        taken = 0
+        while taken < limit and self.slots.acquire(blocking=False):
             taken += 1
         return taken
 

@@ -74,7 +74,7 @@ class Worker:
         self.event_loop = EventLoop(self.settings.async_concurrency, self.acker.add)
         self.fetcher = Fetcher(
             self.broker, self.process_id, QueueOrder(self.queues), self.concurrency,
-            self._deliver, self.stopping,
+            self._deliver, self.stopping, buffered=self._work.qsize, prefetch=self.settings.prefetch,
         )
         self.processors = [
             threading.Thread(target=self._process_loop, name=f"async-jobs-processor-{i}", daemon=True)

@@ -9,6 +9,6 @@ local payload = ARGV[5]
 local job = decode(payload)
 if not job then return redis.error_reply('cron_push: payload names no queue') end
 redis.call('HSET', entry, 'tick', ARGV[3], 'job_id', ARGV[4], 'enqueued_at', tostring(now_seconds()))
-enqueue(payload, job, false)
+enqueue(payload, job)
 redis.call('PUBLISH', CHANNEL, 'ready')
 return 1

@@ -33,10 +33,14 @@ local function decode(payload)
   return nil
 end
 
--- at_head puts the job before every job of its band (a job handed back keeps its turn).
-local function enqueue(payload, job, at_head)
-  local offset = 0
-  if not at_head then offset = redis.call('INCR', SEQ) end
+-- A job is added behind its band; with head_rank (its fetch number) it goes before every job
+-- of its band that was never fetched, and among jobs handed back, in the order they were
+-- fetched: a job handed back keeps its turn. 2^44 below the band stays above the band after
+-- it unless that band has seen over 1.7e13 jobs.
+local HEAD = 17592186044416
+local function enqueue(payload, job, head_rank)
+  local offset
+  if head_rank then offset = head_rank - HEAD else offset = redis.call('INCR', SEQ) end
   redis.call('ZADD', QUEUE_BASE .. job.queue, band(job.priority) + offset, payload)
   redis.call('SADD', QUEUES, job.queue)
 end
@@ -69,7 +73,7 @@ local function hand_back(field, payload, now, dead_reason)
   local job = decode(payload)
   if job then release_locks(field, job, dead_reason ~= nil) end
   if job and not dead_reason then
-    enqueue(payload, job, true)
+    enqueue(payload, job, tonumber(string.match(field, ':(%d+)$')) or 0)
     return true
   end
   stage_dead(field .. ':' .. tostring(now), job_key(field), payload, job and dead_reason or 'malformed_payload', now)

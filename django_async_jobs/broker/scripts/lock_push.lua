@@ -16,6 +16,6 @@ if ARGV[6] ~= '' then
 end
 local job = decode(payload)
 if not job then return redis.error_reply('lock_push: payload names no queue') end
-enqueue(payload, job, false)
+enqueue(payload, job)
 redis.call('PUBLISH', CHANNEL, 'ready')
 return {1}

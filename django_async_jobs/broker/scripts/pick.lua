@@ -59,7 +59,7 @@ for i = 4, #ARGV - 1, 2 do
       if op == 'enqueue' then
         local routable = decode(member)
         if routable then
-          enqueue(member, routable, false)
+          enqueue(member, routable)
           enqueued = true
         else
           stage_dead(wanted .. ':' .. tostring(now), wanted, member, 'malformed_payload', now)

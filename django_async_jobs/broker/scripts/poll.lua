@@ -11,7 +11,7 @@ for k = 4, 5 do
     redis.call('ZREM', KEYS[k], payload)
     local job = decode(payload)
     if job then
-      enqueue(payload, job, false)
+      enqueue(payload, job)
       moved = moved + 1
     else
       stage_dead(redis.sha1hex(payload) .. ':' .. now, '', payload, 'malformed_payload', now)

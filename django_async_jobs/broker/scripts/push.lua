@@ -4,7 +4,7 @@ local moved = 0
 for i = 3, #ARGV do
   local job = decode(ARGV[i])
   if job then
-    enqueue(ARGV[i], job, false)
+    enqueue(ARGV[i], job)
     moved = moved + 1
   end
 end
