@@ -31,7 +31,7 @@ def medians(cells: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, floa
 
 
 def best_peer(values: dict[str, float], metric: Metric) -> tuple[str, float]:
-    peers = {name: v for name, v in values.items() if name != "ours" and v == v}
+    peers = {name: v for name, v in values.items() if not name.startswith("ours") and v == v}
     if not peers:
         return "", math.nan
     pick = max if metric.higher_is_better else min

@@ -23,14 +23,14 @@ if sys.path and Path(sys.path[0]).resolve() == _REPO / "bench":
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from bench.config import N_FULL, N_QUICK, REPEATS_FULL
-    from bench.systems import ALL
+    from bench.systems import ALL, EXTRA
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help=f"smoke run: N={N_QUICK}, one repeat")
     parser.add_argument(
-        "--systems", default=",".join(ALL), help="comma-separated subset of: " + ",".join(ALL)
+        "--systems", default=",".join(ALL), help="comma-separated, from: " + ",".join(ALL + EXTRA)
     )
     parser.add_argument(
         "--modes", default="A,B", help="worker modes: A (1 process x 10 threads), B (2 processes)"
@@ -78,9 +78,15 @@ def machine() -> dict[str, Any]:
     from bench.config import REDIS_HOST, REDIS_PORT
 
     server = redis.Redis(host=REDIS_HOST, port=REDIS_PORT).info("server")
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=_REPO, capture_output=True, text=True
-    ).stdout.strip()
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=_REPO, capture_output=True, text=True
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    # The package is installed editable: uncommitted library changes are what gets measured.
+    dirty = bool(git("status", "--porcelain", "--", "django_async_jobs"))
     return {
         "cpus": os.cpu_count(),
         "cpu_model": cpu,
@@ -89,6 +95,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "redis": server.get("redis_version"),
         "commit": commit,
+        "library_uncommitted_changes": dirty,
     }
 
 

@@ -1,5 +1,7 @@
 """A minimal Django project for the bench: our app, one job app, no database work."""
 
+import os
+
 from bench.config import REDIS_DB, redis_url
 
 SECRET_KEY = "bench-only"
@@ -19,4 +21,6 @@ ASYNC_JOBS = {
     "KEY_PREFIX": "bench",
     "QUEUES": ["default"],
     "CONCURRENCY": 10,
+    # Default on, as in a real deployment; BENCH_LOG_JOBS=0 measures the per-job log lines' cost.
+    "LOG_JOBS": os.environ.get("BENCH_LOG_JOBS", "1") == "1",
 }

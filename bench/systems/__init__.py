@@ -7,9 +7,11 @@ from importlib import import_module
 from bench.systems.base import Mode, System
 
 ALL = ("ours", "rq", "celery", "dramatiq", "huey")
+EXTRA = ("ours-nolog",)  # selectable with --systems, not part of the default run
 
 _MODULES = {
     "ours": "bench.systems.ours",
+    "ours-nolog": "bench.systems.ours_nolog",
     "rq": "bench.systems.rq",
     "celery": "bench.systems.celery",
     "dramatiq": "bench.systems.dramatiq",
@@ -19,9 +21,9 @@ _MODULES = {
 
 def load(name: str) -> System:
     if name not in _MODULES:
-        raise ValueError(f"unknown system {name!r}; choose from {', '.join(ALL)}")
+        raise ValueError(f"unknown system {name!r}; choose from {', '.join(ALL + EXTRA)}")
     system: System = import_module(_MODULES[name]).SYSTEM
     return system
 
 
-__all__ = ["ALL", "Mode", "System", "load"]
+__all__ = ["ALL", "EXTRA", "Mode", "System", "load"]

@@ -57,4 +57,13 @@ def worker_command(processes: int, threads: int) -> list[str]:
     return cmd
 
 
+class OursNoJobLog(Ours):
+    """The same worker with ``LOG_JOBS = False``: no per-job start/finish log lines."""
+
+    name = "ours-nolog"
+
+    def env(self) -> dict[str, str]:
+        return bench_env({"DJANGO_SETTINGS_MODULE": SETTINGS, "BENCH_LOG_JOBS": "0"})
+
+
 SYSTEM = Ours()
