@@ -6,6 +6,7 @@ supervisor's children inherit nothing stale.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -71,6 +72,10 @@ class Broker:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.redis = connection if connection is not None else connect(settings)
+        # Plain redis-py clients get per-thread direct connections (see _command); fakes and
+        # other client classes go through their own execute_command.
+        self._direct = type(self.redis) is redis.Redis and type(self.redis.connection_pool) is redis.ConnectionPool
+        self._local = threading.local()
         self._scripts = {
             name: self.redis.register_script(_script_source(name))
             for name in (
@@ -87,13 +92,37 @@ class Broker:
         all_args = [k.queue_base, k.notify, *args]
         if client is not None:  # a pipeline: redis-py loads its scripts before it executes
             return script(keys=all_keys, args=all_args, client=client)
-        # EVALSHA straight through execute_command: the Script wrapper's argument handling
-        # costs as much Python as the rest of an enqueue. A Redis that lost its script cache
-        # (restart, SCRIPT FLUSH) gets the script again.
+        # A Redis that lost its script cache (restart, SCRIPT FLUSH) gets the script again.
         try:
-            return self.redis.execute_command("EVALSHA", script.sha, len(all_keys), *all_keys, *all_args)
+            return self._command("EVALSHA", script.sha, len(all_keys), *all_keys, *all_args)
         except NoScriptError:
             return script(keys=all_keys, args=all_args)
+
+    def _command(self, *args: Any) -> Any:
+        """One command on this thread's own connection, outside redis-py's pool.
+
+        On the hot path (enqueue, fetch, settle) the pool's and the Script wrapper's
+        bookkeeping cost as much Python as the round trip itself. A dropped connection is
+        retried once on a fresh one, as redis-py does.
+        """
+        if not self._direct:
+            return self.redis.execute_command(*args)
+        conn = getattr(self._local, "connection", None)
+        if conn is None or conn.pid != os.getpid():
+            pool = self.redis.connection_pool
+            conn = self._local.connection = pool.connection_class(**pool.connection_kwargs)
+        try:
+            conn.send_command(*args)
+            return conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            conn.send_command(*args)
+            return conn.read_response()
+        except redis.ResponseError:
+            raise  # the reply was read whole: the connection is fine
+        except BaseException:
+            conn.disconnect()  # interrupted mid-reply: never reuse a half-read connection
+            raise
 
     # -- client side -------------------------------------------------------------------------
 
