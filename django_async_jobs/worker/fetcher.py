@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from django_async_jobs.conf import QueueSpec
 logger = logging.getLogger("django_async_jobs.worker")
 
 IDLE_RECHECK = 1.0  # seconds: a missed "ready" message costs at most this much
+WAKE_CHECK = 0.2  # seconds: how soon an idle fetcher notices a stop or quiet
 
 
 class QueueOrder:
@@ -120,6 +122,11 @@ class Fetcher(threading.Thread):
             if not free:
                 break
             self.wake.clear()
+            if self._pubsub is not None:
+                try:
+                    self._drain_messages()  # a busy fetcher must not let messages pile up
+                except (redis.RedisError, OSError):
+                    self._unsubscribe()
             if self.stopping.is_set():
                 self._give_back(free)
                 break
@@ -136,36 +143,46 @@ class Fetcher(threading.Thread):
             if items:
                 self.deliver(items)
             else:
-                self.wake.wait(IDLE_RECHECK)
+                self._wait_for_work()
+        self._unsubscribe()
+
+    # -- the notify channel --------------------------------------------------------------------
+    # The fetcher reads "ready" messages itself: an idle worker's next job is one message and
+    # one fetch away, with no thread in between.
+
+    _pubsub: Any = None
+
+    def _wait_for_work(self) -> None:
+        """Sleep until a push publishes "ready", a stop or wake, or the periodic recheck."""
+        deadline = time.monotonic() + IDLE_RECHECK
+        while not self.wake.is_set() and not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                if self._pubsub is None:
+                    self._pubsub = self.broker.pubsub()
+                    return  # fetch again: a push may have come before the subscription
+                if self._pubsub.get_message(timeout=min(remaining, WAKE_CHECK)) is not None:
+                    self._drain_messages()  # one fetch answers every message waiting
+                    return
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("notify channel lost, falling back to polling: %s", exc)
+                self._unsubscribe()
+                self.stopping.wait(min(remaining, WAKE_CHECK))
+
+    def _drain_messages(self) -> None:
+        while self._pubsub.get_message(timeout=0) is not None:
+            pass
+
+    def _unsubscribe(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except (redis.RedisError, OSError):
+                pass
+            self._pubsub = None
 
     def _give_back(self, count: int) -> None:
         for _ in range(count):
             self.slots.release()
-
-
-class Listener(threading.Thread):
-    """Turns "ready" messages on the notify channel into wake-ups of the fetcher."""
-
-    def __init__(self, broker: Any, wake: threading.Event, stopping: threading.Event) -> None:
-        super().__init__(name="async-jobs-listener", daemon=True)
-        self.broker = broker
-        self.wake = wake
-        self.stopping = stopping
-
-    def run(self) -> None:
-        backoff = 0.1
-        while not self.stopping.is_set():
-            try:
-                pubsub = self.broker.pubsub()
-                try:
-                    backoff = 0.1
-                    self.wake.set()  # anything pushed while we were not listening
-                    while not self.stopping.is_set():
-                        if pubsub.get_message(timeout=1.0) is not None:
-                            self.wake.set()
-                finally:
-                    pubsub.close()
-            except (redis.RedisError, OSError) as exc:
-                logger.warning("notify channel lost, reconnecting in %.1fs: %s", backoff, exc)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)

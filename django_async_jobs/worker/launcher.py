@@ -1,9 +1,9 @@
 """One worker process: its threads, its signals, and how it stops.
 
-Threads: a fetcher (Redis -> local work queue), ``concurrency`` processors, an acker (batched
-settlements), a poller (scheduled/retry), a heart (heartbeat + recovery), a dead writer (staged
-dead jobs -> database) and a listener (wake-ups). Signals: TERM/INT stop gracefully, a second
-INT exits at once, TSTP quiets.
+Threads: a fetcher (Redis -> local work queue; it also listens for "ready"), ``concurrency``
+processors, an acker (batched settlements), a poller (scheduled/retry), a heart (heartbeat +
+recovery) and a dead writer (staged dead jobs -> database). Signals: TERM/INT stop gracefully,
+a second INT exits at once, TSTP quiets.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from django_async_jobs.conf import QueueSpec, Settings, get_settings
 from django_async_jobs.worker.acker import Acker
 from django_async_jobs.worker.dead_writer import DeadWriter
 from django_async_jobs.worker.eventloop import EventLoop
-from django_async_jobs.worker.fetcher import Fetcher, Listener, QueueOrder
+from django_async_jobs.worker.fetcher import Fetcher, QueueOrder
 from django_async_jobs.worker.poller import Poller
 from django_async_jobs.worker.processor import Settlement, process
 from django_async_jobs.worker.recovery import Heart
@@ -86,7 +86,6 @@ class Worker:
             s.max_recoveries, self.stopped, on_signal=self._on_signal,
         )
         self.poller = Poller(self.broker, s.poll_interval, self.stopping)
-        self.listener = Listener(self.broker, self.fetcher.wake, self.stopping)
         self.dead_writer = DeadWriter(self.broker, self.stopped)
 
     # -- state -------------------------------------------------------------------------------
@@ -159,7 +158,7 @@ class Worker:
                 logger.warning("cannot reach Redis, retrying in %.1fs: %s", backoff, exc)
                 self._pause(backoff)  # a TERM while Redis is away still stops us
                 backoff = min(backoff * 2, 5.0)
-        for thread in (self.acker, *self.processors, self.heart, self.poller, self.listener, self.dead_writer, self.fetcher):
+        for thread in (self.acker, *self.processors, self.heart, self.poller, self.dead_writer, self.fetcher):
             thread.start()
         logger.info(
             "worker %s started: queues=%s (%s) concurrency=%d",

@@ -110,3 +110,10 @@ class SlowFailJob(ApplicationJob):
         _redis().rpush(key, f"start:{os.getpid()}")
         time.sleep(seconds)
         raise RuntimeError("slow boom")
+
+
+class LatencyJob(ApplicationJob):
+    """Records how long after its enqueue it started."""
+
+    def perform(self, key, enqueued_at):
+        _redis().rpush(key, repr(time.time() - enqueued_at))
