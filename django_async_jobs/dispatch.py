@@ -42,6 +42,12 @@ def enqueue(jobs: Sequence[ApplicationJob]) -> None:
 def _push(jobs: Sequence[ApplicationJob]) -> None:
     """Push ready jobs and schedule delayed ones, CHUNK jobs per Redis call."""
     broker = get_broker()
+    if all(job.scheduled_at is None for job in jobs):  # the usual case: stream the chunks
+        broker.push_stream(
+            [encode_payload(job.serialize()) for job in jobs[start : start + CHUNK]]
+            for start in range(0, len(jobs), CHUNK)
+        )
+        return
     for start in range(0, len(jobs), CHUNK):
         ready: list[str] = []
         delayed: list[tuple[str, float]] = []

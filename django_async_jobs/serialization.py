@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import secrets
+import os
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -31,7 +31,7 @@ class MalformedPayload(ValueError):
 
 
 def new_job_id() -> str:
-    return secrets.token_hex(12)
+    return os.urandom(12).hex()  # what secrets.token_hex does, without its call overhead
 
 
 def _hint(value: Any, tagged: bool) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -107,10 +108,7 @@ class Broker:
         """
         if not self._direct:
             return self.redis.execute_command(*args)
-        conn = getattr(self._local, "connection", None)
-        if conn is None or conn.pid != os.getpid():
-            pool = self.redis.connection_pool
-            conn = self._local.connection = pool.connection_class(**pool.connection_kwargs)
+        conn = self._connection()
         try:
             conn.send_command(*args)
             return conn.read_response()
@@ -124,11 +122,51 @@ class Broker:
             conn.disconnect()  # interrupted mid-reply: never reuse a half-read connection
             raise
 
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "connection", None)
+        if conn is None or conn.pid != os.getpid():
+            pool = self.redis.connection_pool
+            conn = self._local.connection = pool.connection_class(**pool.connection_kwargs)
+        return conn
+
     # -- client side -------------------------------------------------------------------------
 
     def push(self, payloads: list[str], client: Any = None) -> int:
         """Make jobs ready now; one round trip for the whole list."""
         return self._run("push", [], payloads, client)
+
+    def push_stream(self, chunks: Iterable[list[str]]) -> int:
+        """Push chunk after chunk with the next chunk built while Redis runs the previous one.
+
+        ``chunks`` is usually a generator that serializes as it goes: a bulk enqueue then pays
+        for Python and Redis side by side instead of one after the other. A connection error
+        part-way leaves the chunks before it pushed, as a loop of ``push`` calls would.
+        """
+        chunks = iter(chunks)
+        first = next(chunks, None)
+        if first is None:
+            return 0
+        pushed = self.push(first)  # also loads the script into a Redis that lost it
+        if not self._direct:
+            return pushed + sum(self.push(chunk) for chunk in chunks)
+        k = self.keys
+        head = ("EVALSHA", self._scripts["push"].sha, 3, k.queues, k.seq, k.dead, k.queue_base, k.notify)
+        conn = self._connection()
+        owed = 0
+        try:
+            for chunk in chunks:
+                conn.send_command(*head, *chunk)
+                owed += 1
+                if owed > 1:
+                    pushed += conn.read_response()
+                    owed -= 1
+            while owed:
+                pushed += conn.read_response()
+                owed -= 1
+        except BaseException:
+            conn.disconnect()  # replies still owed: never reuse this connection
+            raise
+        return pushed
 
     def schedule(self, entries: list[tuple[str, float]], client: Any = None) -> int:
         """Delay jobs until their epoch times (the poller moves them when due)."""
