@@ -64,6 +64,11 @@ def _clock(tag: str, value: dt.datetime | dt.time) -> dict[str, Any]:
     out: dict[str, Any] = {TAG: tag, "v": value.isoformat()}
     if isinstance(value.tzinfo, ZoneInfo) and value.tzinfo.key:
         out["tz"] = value.tzinfo.key
+    elif value.tzinfo is not None:
+        offset = value.utcoffset()
+        if offset is not None and offset.microseconds:
+            # isoformat writes a sub-second offset, but fromisoformat (3.11, 3.12) drops it.
+            out["off"] = [offset.days, offset.seconds, offset.microseconds]
     if value.fold:
         out["fold"] = 1
     return out
@@ -76,6 +81,9 @@ def _unclock(decoded: Any, value: dict[str, Any]) -> Any:
             decoded = decoded.replace(tzinfo=ZoneInfo(tz))
         except (ZoneInfoNotFoundError, TypeError, ValueError) as exc:
             raise ValueError(f"unknown time zone {tz!r}") from exc
+    off = value.get("off")
+    if off is not None:
+        decoded = decoded.replace(tzinfo=dt.timezone(dt.timedelta(days=off[0], seconds=off[1], microseconds=off[2])))
     if value.get("fold"):
         decoded = decoded.replace(fold=1)
     return decoded

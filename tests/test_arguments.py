@@ -18,6 +18,7 @@ from django_async_jobs.serialization import (
     MalformedPayload,
     decode_payload,
     dump_arguments,
+    dump_value,
     encode_payload,
     load_arguments,
     load_value,
@@ -234,3 +235,11 @@ def test_plain_round_trip_is_identity(args, kwargs):
     back_args, back_kwargs = round_trip(args, kwargs, tagged=False)
     assert_same(args, back_args)
     assert_same(kwargs, back_kwargs)
+
+
+def test_a_sub_second_utc_offset_survives():
+    """isoformat writes it, but fromisoformat on Python 3.11/3.12 drops it (found by the property test)."""
+    tz = dt.timezone(dt.timedelta(hours=1, microseconds=1))
+    for value in (dt.time(0, 0, tzinfo=tz), dt.datetime(2020, 1, 1, tzinfo=tz)):
+        back = load_value(dump_value(value, True, "argument 'when'"))
+        assert back == value and back.utcoffset() == value.utcoffset()

@@ -87,33 +87,34 @@ class Fetcher(threading.Thread):
         # finds its next job at once instead of a round trip later; they are in the in-flight
         # hash like running ones, and handed back first when the process stops.
         self.capacity = concurrency + (concurrency if prefetch is None else prefetch)
-        self.slots = threading.Semaphore(self.capacity)
+        self._free = self.capacity
+        self._slots = threading.Condition(threading.Lock())
         self.concurrency = concurrency
         self.buffered = buffered
         self.deliver = deliver
         self.stopping = stopping
         self.wake = threading.Event()
 
-    def release_slot(self) -> None:
-        self.slots.release()
+    def release_slot(self, count: int = 1) -> None:
+        with self._slots:
+            self._free += count
+            if self._worth_a_fetch():
+                self._slots.notify()  # only then: a wake-up per finished job costs real CPU
 
-    def _take_slots(self) -> int:
-        while not self.slots.acquire(timeout=0.5):
-            if self.stopping.is_set():
-                return 0
-        taken = 1 + self._more(self.capacity - 1)
+    def _worth_a_fetch(self) -> bool:
         # While threads still have buffered jobs there is no hurry: wait until a batch's worth
         # of slots is free, so one fetch moves many jobs instead of one fetch per job.
-        while taken < self.concurrency and self.buffered() > 0 and not self.stopping.is_set():
-            if self.slots.acquire(timeout=0.05):
-                taken += 1 + self._more(self.capacity - taken - 1)
-        return taken
+        return self._free >= self.concurrency or (self._free > 0 and self.buffered() == 0)
 
-    def _more(self, limit: int) -> int:
-        taken = 0
-        while taken < limit and self.slots.acquire(blocking=False):
-            taken += 1
-        return taken
+    def _take_slots(self) -> int:
+        """Wait until a fetch is worth it; take every free slot (0 when stopping)."""
+        with self._slots:
+            while not self._worth_a_fetch():
+                if self.stopping.is_set():
+                    return 0
+                self._slots.wait(0.5)
+            taken, self._free = self._free, 0
+            return taken
 
     def run(self) -> None:
         backoff = 0.1
@@ -184,5 +185,5 @@ class Fetcher(threading.Thread):
             self._pubsub = None
 
     def _give_back(self, count: int) -> None:
-        for _ in range(count):
-            self.slots.release()
+        if count:
+            self.release_slot(count)
