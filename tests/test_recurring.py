@@ -188,3 +188,23 @@ def test_three_worker_processes_enqueue_each_tick_exactly_once(broker, prefix, k
     assert sorted(ticks) == list(range(min(ticks), max(ticks) + 1)), "a tick was skipped while workers ran"
     assert all(run["enqueued_at"] - run["tick"] < 1.0 for run in runs)
     assert broker.queue_size("default") == 0
+
+
+def test_the_jobs_cron_command_lists_entries(settings, broker, key):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    recurring(settings, {"nightly": {"cron": "0 2 * * *", "class": JOB, "args": [key]}})
+    [entry] = cron.entries()
+    cron.enqueue_tick(entry, entry.latest_until(time.time()), broker)
+    out = StringIO()
+    call_command("jobs", "cron", "--next", "2", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"nightly: {JOB} on default  cron '0 2 * * *' (UTC)"
+    assert lines[1].startswith("  next: ") and lines[1].count("T02:00:00+00:00") == 2
+    assert lines[2].startswith("  last: ") and "T02:00:00+00:00 (job " in lines[2]
+    out = StringIO()
+    call_command("jobs", "cron", "--json", stdout=out)
+    [row] = json.loads(out.getvalue())
+    assert row["name"] == "nightly" and len(row["next_runs"]) == 3 and row["last_run"]["job_id"]

@@ -293,8 +293,28 @@ def add_operations(groups: Any) -> None:
     p.set_defaults(handler=job_enqueue)
 
 
+# -- jobs cron ------------------------------------------------------------------------------------
+
+
+def cron_list(command: BaseCommand, options: dict[str, Any]) -> None:
+    from django_async_jobs import cron
+
+    rows = cron.describe(count=options["next"])
+    if options["json"]:
+        _dump(command, rows)
+        return
+    command.stdout.write("\n".join(cron.format_table(rows)))
+
+
+def add_cron(groups: Any) -> None:
+    p = groups.add_parser("cron", help="Recurring jobs (ASYNC_JOBS['RECURRING']): next run times and last run.")
+    p.add_argument("--next", type=int, default=3, help="Next run times shown per entry (default 3).")
+    p.add_argument("--json", action="store_true", help="Print JSON instead of text.")
+    p.set_defaults(handler=cron_list)
+
+
 # One entry per command group; each adds its parser and sets ``handler`` on its leaves.
-GROUPS: list[Callable[[Any], None]] = [add_dead, add_operations]
+GROUPS: list[Callable[[Any], None]] = [add_dead, add_operations, add_cron]
 
 
 class Command(BaseCommand):
