@@ -205,7 +205,8 @@ REQUIRED = {"jid": str, "job": str, "queue": str, "args": list}
 
 def decode_payload(raw: bytes | str) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
+        # From str: json.loads on bytes first sniffs the encoding, on every job.
+        data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedPayload(f"not JSON: {exc}") from exc
     if not isinstance(data, dict):

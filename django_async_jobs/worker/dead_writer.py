@@ -14,13 +14,14 @@ import time
 from typing import Any
 
 import redis
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 logger = logging.getLogger("django_async_jobs.worker")
 
 INTERVAL = 2.0
 FLUSH_LEASE = 30.0  # seconds; longer than one flush pass takes
 PRUNE_EVERY = 3600.0
+PRUNE_RETRY_MS = 60_000
 
 
 class DeadWriter(threading.Thread):
@@ -55,9 +56,11 @@ class DeadWriter(threading.Thread):
                 if self._lease("dead-prune", PRUNE_EVERY):
                     try:
                         pruned = prune()
-                    except Exception:
-                        self._release("dead-prune")  # let the next beat try again
-                        raise
+                    except DatabaseError as exc:
+                        # Try again in a minute, not at every beat, while the database is away.
+                        self.broker.redis.pexpire(self.broker.keys.lease("dead-prune"), PRUNE_RETRY_MS)
+                        logger.warning("pruning dead jobs failed, retrying in a minute: %s", exc)
+                        continue
                     if pruned:
                         logger.info("pruned %d dead job(s) older than DEAD_JOB_RETENTION", pruned)
             except redis.RedisError as exc:

@@ -10,8 +10,10 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
+from django.conf import settings
 from django.db import close_old_connections
 
 from django_async_jobs import locks, registry, retries, signals
@@ -23,6 +25,13 @@ from django_async_jobs.serialization import (
 )
 
 logger = logging.getLogger("django_async_jobs.job")
+
+
+@cache
+def _keeps_connections() -> bool:
+    """Whether any database keeps connections between jobs. With ``CONN_MAX_AGE = 0`` (Django's
+    default) the call after each job already closed them, so the one before has nothing to do."""
+    return any(db.get("CONN_MAX_AGE", 0) != 0 or db.get("CONN_HEALTH_CHECKS") for db in settings.DATABASES.values())
 
 
 class UnknownJobClass(LookupError):
@@ -113,7 +122,8 @@ def start(field: str, raw: bytes, log_jobs: bool = True) -> Settlement | Started
         extra = {"job_class": data["job"], "job_id": job.job_id, "queue": job.queue_name}
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("start %s %s queue=%s", data["job"], job.job_id, job.queue_name, extra=extra)
-    close_old_connections()
+    if _keeps_connections():
+        close_old_connections()  # a kept connection may have aged or broken while the thread idled
     began = time.perf_counter()
     signals.send(signals.job_started, job_class, job=job)
     return Started(job, field, raw, log, extra, began)
