@@ -24,7 +24,7 @@ PYTHON ?= $(if $(PYENV_312),$(PYENV_312),python3)
 VENV ?= .venv
 DJANGO_SPEC ?= Django>=6.1,<6.2
 REDIS_URL ?= redis://127.0.0.1:6379/0
-EXTRAS ?= test,fakeredis,django-redis
+EXTRAS ?= test,fakeredis,django-redis,browser
 BENCH_ARGS ?=
 
 export REDIS_URL

@@ -279,7 +279,7 @@ if AVAILABLE:
                 yield checks.Error(
                     f"TASKS[{self.alias!r}] accepts queue {name!r}, which no worker reads.",
                     hint=f"Add {name!r} to ASYNC_JOBS['QUEUES'] (now {sorted(read)}) or remove it from QUEUES.",
-                    id="async_jobs.E020",
+                    id="async_jobs.E021",
                 )
 
 else:

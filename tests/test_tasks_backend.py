@@ -182,7 +182,7 @@ def test_invalid_options(tasks_setting):
 def test_check_names_queues_no_worker_reads(settings, tasks_setting):
     settings.TASKS = {"default": {"BACKEND": BACKEND, "QUEUES": ["default", "reports"]}}
     errors = list(task_backends["default"].check())
-    assert [e.id for e in errors] == ["async_jobs.E020"]
+    assert [e.id for e in errors] == ["async_jobs.E021"]
     assert "'reports'" in errors[0].msg
 
 

@@ -192,7 +192,8 @@ class Worker:
         self.stopping.set()
         self.fetcher.wake.set()
         self.fetcher.join(2)
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
         for _ in self.processors:
             self._work.put(None)
         for thread in self.processors:
@@ -208,10 +209,16 @@ class Worker:
         except redis.RedisError as exc:
             handed_back = 0
             logger.error("could not hand jobs back (%s); they will be recovered after the heartbeat timeout", exc)
-        logger.info(
-            "worker %s stopped: %d job(s) still running after %.0fs, %d handed back to their queues",
-            self.process_id, unfinished, timeout, handed_back,
-        )
+        if unfinished:
+            logger.info(
+                "worker %s stopped: %d job(s) still running after SHUTDOWN_TIMEOUT (%.0fs); "
+                "%d job(s) handed back to their queues", self.process_id, unfinished, timeout, handed_back,
+            )
+        else:
+            logger.info(
+                "worker %s stopped after %.1fs: every running job finished; %d job(s) handed back",
+                self.process_id, time.monotonic() - began, handed_back,
+            )
 
     def kill(self) -> None:
         """Exit now without handing anything back: the jobs stay in flight and get recovered."""
