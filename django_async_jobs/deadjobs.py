@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -342,24 +342,41 @@ def retry_dead(
     *,
     skipped: list[str] | None = None,
     chunk: int = RETRY_CHUNK,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Enqueue dead jobs again on their queues and delete their rows; returns how many.
 
     Takes a ``DeadJob`` queryset or dead ids. Works in chunks of ``chunk`` rows (one Redis call
     each), so ten thousand rows take seconds. Rows whose payload is not a job stay in the table;
-    their dead ids are appended to ``skipped`` when given.
+    their dead ids are appended to ``skipped`` when given. ``progress(done, total)`` is called
+    after each chunk (``jobs dead retry`` draws its bar with it).
     """
     broker = broker or get_broker()
     retried = 0
+    total = 0
+    if progress:
+        if not isinstance(queryset_or_ids, QuerySet):
+            queryset_or_ids = list(queryset_or_ids)  # counted, then still there to retry
+        total = queryset_or_ids.count() if isinstance(queryset_or_ids, QuerySet) else len(queryset_or_ids)
+    seen = 0
     for pks in _primary_keys(queryset_or_ids, chunk):
         retried += _retry_chunk(pks, broker, skipped)
+        seen += len(pks)
+        if progress:
+            progress(min(seen, total), total)
     return retried
+
 
 
 # -- retention ----------------------------------------------------------------------------------
 
 
-def prune(older_than: timedelta | None = None, *, chunk: int = PRUNE_CHUNK) -> int:
+def prune(
+    older_than: timedelta | None = None,
+    *,
+    chunk: int = PRUNE_CHUNK,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Delete rows that died more than ``older_than`` ago (default: ``DEAD_JOB_RETENTION``).
 
     Deletes in chunks so a large backlog never holds a long lock. Returns how many went.
@@ -370,9 +387,12 @@ def prune(older_than: timedelta | None = None, *, chunk: int = PRUNE_CHUNK) -> i
             return 0
     cutoff = timezone.now() - older_than
     old = DeadJob.objects.filter(died_at__lt=cutoff).order_by().values_list("pk", flat=True)
+    total = old.count() if progress else 0
     deleted = 0
     while True:
         pks = list(old[:chunk])
         if not pks:
             return deleted
         deleted += DeadJob.objects.filter(pk__in=pks).delete()[0]
+        if progress:
+            progress(min(deleted, total), total)

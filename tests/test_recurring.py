@@ -14,20 +14,12 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs import checks, cron
 from django_async_jobs.worker.cron import CronScheduler
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = "tests.testapp.recurring_jobs.CronTickJob"
 T0 = datetime(2026, 3, 2, 8, 0, 30, tzinfo=UTC).timestamp()  # a Monday, 30 s past a minute
 
-
-def wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

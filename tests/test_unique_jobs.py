@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django_async_jobs import ApplicationJob
 from django_async_jobs.locks import LockConflict
 from django_async_jobs.worker.launcher import Worker
+from tests.helpers import wait_for
 from tests.testapp.unique_jobs import (
     ExpiringJob,
     FailingUniqueJob,
@@ -29,27 +29,10 @@ from tests.testapp.unique_jobs import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
-
 
 @pytest.fixture
 def key(prefix):
     return f"{prefix}:effects"
-
-
-@pytest.fixture
-def worker(broker):
-    w = Worker()
-    w.start()
-    yield w
-    w.stop(timeout=2)
 
 
 def events(broker, key):

@@ -96,6 +96,29 @@ def _as_json(row: DeadJob) -> dict[str, Any]:
     }
 
 
+PROGRESS_HELP = "Draw the progress bar even when stderr is not a terminal."
+
+
+class ProgressBar:
+    """A one-line bar on stderr for long operations, redrawn in place; drawn only on a terminal
+    unless asked for (``--progress``), so logs and pipes get the summary line alone."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: Any, label: str, enabled: bool | None = None) -> None:
+        self.stream = stream
+        self.label = label
+        self.enabled = stream.isatty() if enabled is None else enabled
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        filled = self.WIDTH * done // total
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{total}", ending="\n" if done >= total else "")
+        self.stream.flush()
+
+
 def dead_retry(command: BaseCommand, options: dict[str, Any]) -> None:
     from django_async_jobs.deadjobs import retry_dead
 
@@ -111,7 +134,7 @@ def dead_retry(command: BaseCommand, options: dict[str, Any]) -> None:
         if missing:
             command.stderr.write(f"No dead job with id: {', '.join(missing)}")
     skipped: list[str] = []
-    count = retry_dead(rows, skipped=skipped)
+    count = retry_dead(rows, skipped=skipped, progress=ProgressBar(command.stderr, "retrying", options["progress"]))
     command.stdout.write(f"Retried {count} dead job{'s' if count != 1 else ''}.")
     if skipped:
         command.stderr.write(f"Skipped {len(skipped)} with a malformed payload: {', '.join(skipped)}")
@@ -129,7 +152,7 @@ def dead_prune(command: BaseCommand, options: dict[str, Any]) -> None:
         if older_than is None:
             command.stdout.write("DEAD_JOB_RETENTION is None: dead jobs are kept forever; nothing pruned.")
             return
-    count = prune(older_than)
+    count = prune(older_than, progress=ProgressBar(command.stderr, "pruning", options["progress"]))
     command.stdout.write(f"Pruned {count} dead job{'s' if count != 1 else ''} older than {older_than.total_seconds() / 86400:g} days.")
 
 
@@ -160,6 +183,7 @@ def add_dead(groups: Any) -> None:
     p = actions.add_parser("retry", help="Enqueue dead jobs again and remove them from the list.")
     p.add_argument("ids", nargs="*", metavar="ID", help="Dead ids or job ids.")
     p.add_argument("--all", action="store_true", help="Retry every dead job.")
+    p.add_argument("--progress", action="store_true", default=None, help=PROGRESS_HELP)
     p.set_defaults(handler=dead_retry)
 
     p = actions.add_parser("prune", help="Delete old dead jobs.")
@@ -167,6 +191,7 @@ def add_dead(groups: Any) -> None:
         "--older-than", dest="older_than", type=float, default=None, metavar="DAYS",
         help="Age in days (default: ASYNC_JOBS['DEAD_JOB_RETENTION'], 180 days).",
     )
+    p.add_argument("--progress", action="store_true", default=None, help=PROGRESS_HELP)
     p.set_defaults(handler=dead_prune)
 
     p = actions.add_parser("flush", help="Write dead jobs staged in Redis to the database now.")
