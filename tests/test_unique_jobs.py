@@ -138,7 +138,7 @@ def test_while_executing_never_runs_two_at_once_and_reschedules(broker, worker, 
     wait_for(lambda: broker.redis.zcard(broker.keys.schedule) == 1)
     assert events(broker, key) == ["start:a"]
     open_gate(broker, gate)
-    wait_for(lambda: events(broker, key) == ["start:a", "done:a", "start:b", "done:b"], timeout=5)
+    wait_for(lambda: events(broker, key) == ["start:a", "done:a", "start:b", "done:b"], timeout=15)  # the 1 s reschedule plus a loaded machine
     run_lock = _lock_keys(WhileExecutingJob(key, "x"))["run"]
     assert broker.redis.get(run_lock) is None
 
