@@ -39,31 +39,34 @@ def enqueue(jobs: Sequence[ApplicationJob]) -> None:
         testing.accept(jobs, inline=mode == "inline")
 
 
+def _routed(jobs: Sequence[ApplicationJob]) -> list[Any]:
+    """The push script's entries for ready jobs: queue, priority, payload for each."""
+    entries: list[Any] = []
+    for job in jobs:
+        entries += (job.queue_name, job.priority, encode_payload(job.serialize()))
+    return entries
+
+
 def _push(jobs: Sequence[ApplicationJob]) -> None:
     """Push ready jobs and schedule delayed ones, CHUNK jobs per Redis call."""
     broker = get_broker()
+    if len(jobs) == 1 and jobs[0].scheduled_at is None:  # one perform_later: no stream to set up
+        broker.push_routed(_routed(jobs))
+        return
     if all(job.scheduled_at is None for job in jobs):  # the usual case: stream the chunks
-        broker.push_stream(
-            [encode_payload(job.serialize()) for job in jobs[start : start + CHUNK]]
-            for start in range(0, len(jobs), CHUNK)
-        )
+        broker.push_stream(_routed(jobs[start : start + CHUNK]) for start in range(0, len(jobs), CHUNK))
         return
     for start in range(0, len(jobs), CHUNK):
-        ready: list[str] = []
-        delayed: list[tuple[str, float]] = []
-        for job in jobs[start : start + CHUNK]:
-            payload = encode_payload(job.serialize())
-            if job.scheduled_at is None:
-                ready.append(payload)
-            else:
-                delayed.append((payload, job.scheduled_at))
+        chunk = jobs[start : start + CHUNK]
+        ready = _routed([job for job in chunk if job.scheduled_at is None])
+        delayed = [(encode_payload(job.serialize()), job.scheduled_at) for job in chunk if job.scheduled_at is not None]
         if ready and delayed:
             with broker.redis.pipeline(transaction=False) as pipe:
-                broker.push(ready, client=pipe)
+                broker.push_routed(ready, client=pipe)
                 broker.schedule(delayed, client=pipe)
                 pipe.execute()
         elif ready:
-            broker.push(ready)
+            broker.push_routed(ready)
         elif delayed:
             broker.schedule(delayed)
 

@@ -17,9 +17,24 @@ def test_push_stream_counts_what_it_pushed_and_leaves_the_connection_usable(brok
         job.queue_name = "default"
     payloads = [job.serialize() for job in jobs]
 
-    chunks = ([encode_payload(p)] for p in payloads)
+    chunks = (["default", 0, encode_payload(p)] for p in payloads)
     assert broker.push_stream(chunks) == 5
     assert broker.push_stream(iter(())) == 0
     # The same thread's next command reads its own reply, not one left over from the stream.
     assert broker.push([encode_payload({**payloads[0], "jid": "another"})]) == 1
     assert broker.queue_size("default") == 6
+
+
+def test_one_push_routes_each_job_by_queue_and_priority_and_skips_unroutable_payloads(broker):
+    def payload(jid, queue, priority=0):
+        return encode_payload({"jid": jid, "job": IncrJob.job_name, "queue": queue, "args": [], "priority": priority})
+
+    pushed = broker.push([
+        payload("a1", "a"), payload("b1", "b"), payload("a2", "a", 5), payload("a3", "a"),
+        "not json", encode_payload({"jid": "x", "queue": ""}),
+    ])
+    assert pushed == 4
+    order = [decode_payload(raw)["jid"] for raw in broker.redis.zrange(broker.keys.queue("a"), 0, -1)]
+    assert order == ["a2", "a1", "a3"]  # higher priority first, then FIFO
+    assert broker.queue_size("b") == 1
+    assert {q.decode() for q in broker.redis.smembers(broker.keys.queues)} >= {"a", "b"}

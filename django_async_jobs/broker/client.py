@@ -6,6 +6,7 @@ supervisor's children inherit nothing stale.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -54,6 +55,26 @@ def _fake_server() -> Any:
     return fakeredis.FakeServer()
 
 
+def route(payloads: Iterable[str]) -> list[Any]:
+    """Payloads as the push script takes them: queue, priority, payload for each job.
+
+    A payload that names no queue is left out, as the worker would bury it.
+    """
+    entries: list[Any] = []
+    for payload in payloads:
+        try:
+            job = json.loads(payload)
+        except ValueError:
+            continue
+        if not isinstance(job, dict) or not isinstance(job.get("queue"), str) or not job["queue"]:
+            continue
+        priority = job.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, (int, float)):
+            priority = 0
+        entries += (job["queue"], priority, payload)
+    return entries
+
+
 _today: tuple[int, str] = (0, "")
 
 
@@ -77,6 +98,8 @@ class Broker:
         # other client classes go through their own execute_command.
         self._direct = type(self.redis) is redis.Redis and type(self.redis.connection_pool) is redis.ConnectionPool
         self._local = threading.local()
+        k = self.keys
+        self._prelude = ((k.queues, k.seq, k.dead), (k.queue_base, k.notify))  # see _frame
         self._scripts = {
             name: self.redis.register_script(_script_source(name))
             for name in (
@@ -86,11 +109,15 @@ class Broker:
             )
         }
 
+    def _frame(self, keys: list[str], args: list[Any]) -> tuple[list[str], list[Any]]:
+        """A script's keys and args behind those lib.lua, every script's prelude, reads first:
+        KEYS[1..3] = known queues, sequence, dead stage; ARGV[1..2] = queue key base, channel."""
+        shared_keys, shared_args = self._prelude
+        return [*shared_keys, *keys], [*shared_args, *args]
+
     def _run(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
-        k = self.keys
         script = self._scripts[name]
-        all_keys = [k.queues, k.seq, k.dead, *keys]
-        all_args = [k.queue_base, k.notify, *args]
+        all_keys, all_args = self._frame(keys, args)
         if client is not None:  # a pipeline: redis-py loads its scripts before it executes
             return script(keys=all_keys, args=all_args, client=client)
         # A Redis that lost its script cache (restart, SCRIPT FLUSH) gets the script again.
@@ -132,25 +159,29 @@ class Broker:
     # -- client side -------------------------------------------------------------------------
 
     def push(self, payloads: list[str], client: Any = None) -> int:
-        """Make jobs ready now; one round trip for the whole list."""
-        return self._run("push", [], payloads, client)
+        """Make jobs ready now; one round trip for the whole list. Returns how many went."""
+        return self.push_routed(route(payloads), client)
 
-    def push_stream(self, chunks: Iterable[list[str]]) -> int:
-        """Push chunk after chunk with the next chunk built while Redis runs the previous one.
+    def push_routed(self, entries: list[Any], client: Any = None) -> int:
+        """``push`` for jobs routed by the caller: queue, priority, payload for each job."""
+        return self._run("push", [], entries, client)
+
+    def push_stream(self, chunks: Iterable[list[Any]]) -> int:
+        """Push chunk after chunk of routed entries, the next built while Redis runs the previous.
 
         ``chunks`` is usually a generator that serializes as it goes: a bulk enqueue then pays
         for Python and Redis side by side instead of one after the other. A connection error
-        part-way leaves the chunks before it pushed, as a loop of ``push`` calls would.
+        part-way leaves the chunks before it pushed, as a loop of ``push_routed`` calls would.
         """
         chunks = iter(chunks)
         first = next(chunks, None)
         if first is None:
             return 0
-        pushed = self.push(first)  # also loads the script into a Redis that lost it
+        pushed = self.push_routed(first)  # also loads the script into a Redis that lost it
         if not self._direct:
-            return pushed + sum(self.push(chunk) for chunk in chunks)
-        k = self.keys
-        head = ("EVALSHA", self._scripts["push"].sha, 3, k.queues, k.seq, k.dead, k.queue_base, k.notify)
+            return pushed + sum(self.push_routed(chunk) for chunk in chunks)
+        keys, args = self._frame([], [])
+        head = ("EVALSHA", self._scripts["push"].sha, len(keys), *keys, *args)
         conn = self._connection()
         owed = 0
         try:

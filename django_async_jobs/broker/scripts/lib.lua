@@ -38,11 +38,21 @@ end
 -- fetched: a job handed back keeps its turn. 2^44 below the band stays above the band after
 -- it unless that band has seen over 1.7e13 jobs.
 local HEAD = 17592186044416
+
+-- ZADD score/payload pairs to a queue, a slice at a time (unpack has a stack limit), and record
+-- the queue's name.
+local function add(queue, pairs)
+  local key = QUEUE_BASE .. queue
+  for i = 1, #pairs, 2000 do
+    redis.call('ZADD', key, unpack(pairs, i, math.min(i + 1999, #pairs)))
+  end
+  redis.call('SADD', QUEUES, queue)
+end
+
 local function enqueue(payload, job, head_rank)
   local offset
   if head_rank then offset = head_rank - HEAD else offset = redis.call('INCR', SEQ) end
-  redis.call('ZADD', QUEUE_BASE .. job.queue, band(job.priority) + offset, payload)
-  redis.call('SADD', QUEUES, job.queue)
+  add(job.queue, {band(job.priority) + offset, payload})
 end
 
 local function stage_dead(dead_id, job_id, payload, reason, now)
