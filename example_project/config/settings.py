@@ -2,10 +2,12 @@
 
 Everything that differs between a laptop, CI and production comes from the environment:
 ``REDIS_URL``, ``ASYNC_JOBS_KEY_PREFIX``, ``DATABASE_URL`` (SQLite in this folder when unset),
-``WORKER_CONCURRENCY``, ``DJANGO_DEBUG`` and ``DJANGO_SECRET_KEY``.
+``WORKER_CONCURRENCY``, the carrier's ``CARRIER_API_URL``, ``CARRIER_API_TIMEOUT`` and
+``CARRIER_API_RETRY_WAIT_SCALE``, ``DJANGO_DEBUG`` and ``DJANGO_SECRET_KEY``.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -66,6 +68,9 @@ def _database() -> dict:
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": BASE_DIR / "db.sqlite3",
+        # A file, not SQLite's in-memory test database: the tests' worker threads write to it
+        # at the same time. One per test run, so that runs side by side never share one.
+        "TEST": {"NAME": Path(tempfile.gettempdir()) / f"example_project_test_{os.getpid()}.sqlite3"},
         # The worker writes from several threads while runserver and the demo read: wait for
         # the lock instead of failing, and take it when a transaction starts.
         "OPTIONS": {
@@ -101,6 +106,23 @@ ASYNC_JOBS = {
     ],
     "CONCURRENCY": int(os.environ.get("WORKER_CONCURRENCY", "5")),
     "SHUTDOWN_TIMEOUT": 10,
+    "PROGRESS_EVERY": 10,  # the guide's import writes its progress every 10 rows
+    "DEATH_HANDLERS": ["deliveries.hooks.report_death"],
+    # The guide's recurring jobs (config/recurring.yml there); times in TIME_ZONE.
+    "RECURRING": {
+        "daily_cleanup": {"cron": "0 2 * * *", "class": "deliveries.jobs.DailyCleanupJob", "queue": "scheduled"},
+        "hourly_sync": {"cron": "0 * * * *", "class": "deliveries.jobs.HourlySyncJob", "queue": "integrations"},
+        "weekly_report": {"cron": "0 9 * * 1", "class": "deliveries.jobs.WeeklyReportJob", "queue": "low"},
+    },
+}
+
+# The carrier's API (deliveries.carrier). The demo and the tests run deliveries.fake_carrier
+# instead; they also shrink RETRY_WAIT_SCALE, the factor on the waits of the carrier jobs'
+# retry rules, so that retries the guide spaces by minutes show within seconds.
+CARRIER_API = {
+    "URL": os.environ.get("CARRIER_API_URL", "http://127.0.0.1:8765"),
+    "TIMEOUT": float(os.environ.get("CARRIER_API_TIMEOUT", "5")),
+    "RETRY_WAIT_SCALE": float(os.environ.get("CARRIER_API_RETRY_WAIT_SCALE", "1")),
 }
 
 LOGGING = {

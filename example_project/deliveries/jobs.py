@@ -1,4 +1,4 @@
-"""The project's background jobs, one per queue of the guide.
+"""The project's background jobs: every job of the guide, on the guide's queues.
 
 Conventions every job here follows:
 
@@ -6,25 +6,32 @@ Conventions every job here follows:
   and fails fast (``Task.objects.get`` raises) when a row is gone;
 * jobs are idempotent: a job may run more than once (the worker delivers at least once), so
   each one checks, under a row lock, whether its work is already done;
-* the outside world lives in ``deliveries.services``, so tests and the demo need no network.
+* the outside world lives in ``deliveries.services`` (stand-ins that write rows) and
+  ``deliveries.carrier`` (a carrier's HTTP API, played by ``deliveries.fake_carrier`` in the
+  demo and the tests).
 
-Project-wide behaviour sits on ``DeliveryJob``, the base class of every job below.
+Project-wide behaviour sits on ``DeliveryJob``, the base class of every job below; the guide's
+error wrapper is the ``ErrorHandling`` mixin.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
-from deliveries import services
-from deliveries.models import JobRun, Payment, Recipient, Task
-from django_async_jobs import ApplicationJob, around_perform
+from deliveries import carrier, services
+from deliveries.models import ErrorReport, Import, JobRun, OutboxMessage, Payment, Recipient, Task
+from django_async_jobs import ApplicationJob, around_perform, polynomially_longer, retry
+from django_async_jobs.idempotency import prune as prune_idempotency_markers
 
 logger = logging.getLogger("deliveries.jobs")
 
@@ -57,6 +64,30 @@ class DeliveryJob(ApplicationJob):
         run.result = "" if result is None else str(result)
         run.finished_at = timezone.now()
         run.save(update_fields=["status", "result", "finished_at"])
+
+
+class ErrorHandling:
+    """The guide's error wrapper, as a mixin: ``class MyJob(ErrorHandling, DeliveryJob)``.
+
+    A row that is gone means there is nothing left to do: logged, and the job completes. Any
+    other error is logged and reported to the error tracker, then raised again, so the job's
+    retry rules (or the default policy) decide what happens next.
+    """
+
+    @around_perform
+    def with_error_handling(self: Any, proceed: Callable[[], Any]) -> Any:
+        try:
+            return proceed()
+        except ObjectDoesNotExist as exc:
+            logger.warning("%s: record not found - %s", type(self).__name__, exc)
+            return f"skipped: record not found ({exc})"
+        except Exception as exc:
+            logger.error("%s failed: %s", type(self).__name__, exc)
+            services.report_error(
+                exc, source="job failed", job_class=type(self).__name__, job_id=self.job_id,
+                context={"job_args": self.arguments, "job_kwargs": self.kwargs},
+            )
+            raise
 
 
 # -- critical ------------------------------------------------------------------------------------
@@ -163,16 +194,90 @@ class SendWelcomeEmailJob(DeliveryJob):
 # -- integrations --------------------------------------------------------------------------------
 
 
-class SyncCarrierStatusJob(DeliveryJob):
-    """Asks the carrier's (slow) API where a parcel is."""
+def carrier_wait(wait: float | Callable[[int], float]) -> Callable[[int], float]:
+    """A retry wait for a carrier rule: the guide's wait times ``CARRIER_API["RETRY_WAIT_SCALE"]``.
+
+    The scale is 1 in production. The demo and the tests make it small, so that a retry the
+    guide spaces by seconds or minutes shows within a second or two.
+    """
+
+    def scaled(executions: int) -> float:
+        base = wait(executions) if callable(wait) else wait
+        return base * float(settings.CARRIER_API["RETRY_WAIT_SCALE"])
+
+    return scaled
+
+
+class ExternalApiJob(DeliveryJob):
+    """Books a task's shipment with the carrier, the guide's ``ExternalApiJob``: one rule per
+    kind of failure, and a discard for requests that can never succeed."""
 
     queue_as = "integrations"
+    retry_on = [
+        retry(carrier.CarrierUnreachable, wait=carrier_wait(5), attempts=3),
+        retry(carrier.CarrierTimeout, wait=carrier_wait(polynomially_longer), attempts=5),
+        # 3s, 18s, 83s, 258s between the five attempts (plus jitter)
+        retry(carrier.CarrierRateLimited, wait=carrier_wait(polynomially_longer), attempts=5),
+        # a custom wait: 10s, 20s, 30s, ... as the carrier's trouble lasts
+        retry(carrier.CarrierServerError, wait=carrier_wait(lambda executions: executions * 10), attempts=5),
+    ]
+    # The task is gone (ActiveJob's DeserializationError), or the carrier refuses the booking.
+    discard_on = [Task.DoesNotExist, carrier.CarrierClientError]
 
     def perform(self, task_id: int) -> str:
         task = Task.objects.get(pk=task_id)
-        status = services.fetch_carrier_status(task.tracking_number)
-        updated = Task.objects.filter(pk=task_id, status=Task.Status.CREATED).update(status=status)
-        return f"carrier says {status}" + (" (updated)" if updated else "")
+        if task.carrier_reference:
+            return f"skipped: already booked as {task.carrier_reference}"
+        reference = carrier.book_shipment(task.tracking_number)  # booking twice is harmless
+        Task.objects.filter(pk=task_id).update(carrier_reference=reference)
+        return f"booked {task.tracking_number} as {reference}"
+
+
+class SyncExternalDataJob(DeliveryJob):
+    """Copies the carrier's tracking data onto a task (the guide's ``SyncExternalDataJob``)."""
+
+    queue_as = "integrations"
+    retry_on = [
+        retry(carrier.CarrierTimeout, wait=carrier_wait(60), attempts=3),
+        retry(carrier.CarrierUnreachable, wait=carrier_wait(5 * 60), attempts=3),
+    ]
+    discard_on = [carrier.CarrierClientError]  # 4xx: asking again will not help
+
+    def perform(self, task_id: int) -> str:
+        task = Task.objects.get(pk=task_id)
+        data = carrier.fetch_tracking(task.tracking_number)
+        Task.objects.filter(pk=task_id).update(external_data=data, synced_at=timezone.now())
+        moved = Task.objects.filter(pk=task_id, status=Task.Status.CREATED).update(status=data["status"])
+        return f"carrier says {data['status']} at {data['location']}" + (" (status updated)" if moved else "")
+
+
+class ManualRetryJob(ErrorHandling, DeliveryJob):
+    """Asks the carrier for a pickup and decides itself what a failure means (the guide's
+    "Manual Retry Control"): rate limited, it enqueues itself again for when the carrier says;
+    refused, it logs and reports the error and stops."""
+
+    queue_as = "integrations"
+    default_wait = 60  # seconds, when a 429 comes without Retry-After
+
+    def perform(self, task_id: int) -> str:
+        task = Task.objects.get(pk=task_id)
+        if task.pickup_at is not None:
+            return "skipped: pickup already booked"
+        try:
+            pickup_at = carrier.request_pickup(task.tracking_number)
+        except carrier.CarrierRateLimited as exc:
+            wait = exc.retry_after or self.default_wait
+            again = type(self).set(wait=wait).perform_later(task_id)
+            return f"rate limited: enqueued again as {again.job_id}, in {wait:g}s"
+        except carrier.CarrierClientError as exc:
+            logger.error("Permanent failure: %s", exc)
+            services.report_error(
+                exc, source="permanent failure", job_class=type(self).__name__, job_id=self.job_id,
+                context={"job_args": self.arguments},
+            )
+            return f"permanent failure: {exc}"
+        Task.objects.filter(pk=task_id).update(pickup_at=datetime.fromisoformat(pickup_at))
+        return f"pickup at {pickup_at}"
 
 
 # -- bulk ----------------------------------------------------------------------------------------
@@ -202,6 +307,65 @@ class BulkUpdateJob(DeliveryJob):
             updated += 1
         missing = len(set(task_ids)) - updated - failed
         return f"updated {updated}, invalid {failed}, missing {missing}"
+
+
+class ImportJob(ErrorHandling, DeliveryJob):
+    """Imports an ``Import``'s CSV as tasks, with progress others can watch (admin, JSON view).
+
+    A bad line is recorded with its line number and the import goes on. Importing a file
+    again updates the same tasks and recipients, so a retried import creates no duplicates.
+    """
+
+    queue_as = "bulk"
+
+    def perform(self, import_id: int) -> str:
+        rows = Import.objects.get(pk=import_id).rows()
+        with self.track_progress(total=len(rows)) as progress:
+            for line, row in rows:
+                try:
+                    self.process_row(row)
+                except ValidationError as exc:
+                    progress.error(row=line, error="; ".join(exc.messages))
+                else:
+                    progress.advance()
+        return f"imported {len(rows) - progress.error_count} of {len(rows)} rows, {progress.error_count} refused"
+
+    def process_row(self, row: dict[str, str]) -> None:
+        with transaction.atomic():
+            recipient = Recipient.objects.filter(name=row["name"]).first() or Recipient(name=row["name"])
+            recipient.phone, recipient.email = row["phone"], row["email"]
+            recipient.full_clean()
+            recipient.save()
+            task = Task.objects.filter(tracking_number=row["tracking_number"]).first()
+            task = task or Task(tracking_number=row["tracking_number"])
+            task.recipient = recipient
+            task.full_clean()
+            task.save()
+
+
+# -- default -------------------------------------------------------------------------------------
+
+
+class UniqueProcessingJob(ErrorHandling, DeliveryJob):
+    """Recounts a recipient's tasks per status. Many events may ask for it at once (an import,
+    status changes); the lock keeps one job per recipient enqueued or running, whatever the options."""
+
+    queue_as = "default"
+    lock = "until_executed"
+    lock_ttl = timedelta(minutes=10)
+
+    @classmethod
+    def lock_args(cls, recipient_id: int, options: dict[str, Any] | None = None) -> list[int]:
+        return [recipient_id]
+
+    def perform(self, recipient_id: int, options: dict[str, Any] | None = None) -> str:
+        recipient = Recipient.objects.get(pk=recipient_id)
+        counts = dict(
+            Task.objects.filter(recipient=recipient).values_list("status").annotate(n=Count("pk")).order_by()
+        )
+        Recipient.objects.filter(pk=recipient_id).update(task_counts=counts, counted_at=timezone.now())
+        reason = (options or {}).get("reason", "asked")
+        return f"counted {sum(counts.values())} task(s) of {recipient.name} ({reason}): {counts}"
 
 
 # -- scheduled -----------------------------------------------------------------------------------
@@ -248,3 +412,63 @@ class SendNewsletterJob(DeliveryJob):
                 )
                 sent += 1
         return f"newsletter {issue} sent to {sent} recipient(s)"
+
+
+# -- recurring (ASYNC_JOBS["RECURRING"] in config/settings.py) ------------------------------------
+
+
+class DailyCleanupJob(DeliveryJob):
+    """Every night at 2: deletes job runs, outbox messages and error reports older than
+    ``keep``, and idempotency markers that have expired."""
+
+    queue_as = "scheduled"
+    keep = timedelta(days=30)
+
+    def perform(self) -> str:
+        cutoff = timezone.now() - self.keep
+        runs, _ = JobRun.objects.filter(started_at__lt=cutoff).delete()
+        messages, _ = OutboxMessage.objects.filter(sent_at__lt=cutoff).delete()
+        reports, _ = ErrorReport.objects.filter(reported_at__lt=cutoff).delete()
+        markers = prune_idempotency_markers()
+        return f"deleted {runs} job run(s), {messages} message(s), {reports} error report(s), {markers} marker(s)"
+
+
+class HourlySyncJob(DeliveryJob):
+    """Every hour: one ``SyncExternalDataJob`` per task in transit, enqueued in one Redis call.
+
+    Small jobs instead of one long one: each task is retried on its own when the carrier fails.
+    """
+
+    queue_as = "integrations"
+
+    def perform(self) -> str:
+        ids = Task.objects.filter(status=Task.Status.IN_TRANSIT).order_by("pk").values_list("pk", flat=True)
+        count = ApplicationJob.perform_all_later([SyncExternalDataJob(pk) for pk in ids])
+        return f"enqueued {count} SyncExternalDataJob(s)"
+
+
+class WeeklyReportJob(DeliveryJob):
+    """Every Monday at 9: last week's numbers, emailed to the operations team once per week."""
+
+    queue_as = "low"
+    report_to = "ops@example.com"
+
+    def perform(self) -> str:
+        cron = self.payload.get("cron")  # set when the schedule enqueued it: the tick it runs for
+        now = datetime.fromtimestamp(cron["tick"], UTC) if cron else timezone.now()
+        year, week, _ = now.isocalendar()
+        label = f"{year}-W{week:02d}"
+        with self.once("weekly_report", label) as first:
+            if not first:
+                return f"skipped: report {label} already sent"
+            since = now - timedelta(days=7)
+            runs = JobRun.objects.filter(started_at__gte=since)
+            lines = [
+                f"tasks delivered: {Task.objects.filter(status=Task.Status.DELIVERED).count()}",
+                f"messages sent: {OutboxMessage.objects.filter(sent_at__gte=since).count()}",
+                f"job runs: {runs.count()}, failed: {runs.exclude(status=JobRun.Status.SUCCEEDED).count()}",
+                f"errors reported: {ErrorReport.objects.filter(reported_at__gte=since).count()}",
+            ]
+            services.send_email(self.report_to, f"Weekly report {label}", "\n".join(lines), kind="weekly_report",
+                                job_id=self.job_id)
+        return f"report {label} sent to {self.report_to}"

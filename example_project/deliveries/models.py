@@ -1,4 +1,7 @@
-"""Recipients, the delivery tasks sent to them, payments, and what the jobs did."""
+"""Recipients, the delivery tasks sent to them, payments, CSV imports, and what the jobs did."""
+
+import csv
+import io
 
 from django.db import models
 
@@ -8,6 +11,10 @@ class Recipient(models.Model):
     phone = models.CharField(max_length=32, blank=True)
     email = models.EmailField(blank=True)
     welcome_email_sent_at = models.DateTimeField(null=True, blank=True)
+    task_counts = models.JSONField(
+        default=dict, blank=True, help_text="Tasks per status, recounted by UniqueProcessingJob."
+    )
+    counted_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.name
@@ -25,6 +32,14 @@ class Task(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATED)
     notification_sent_at = models.DateTimeField(null=True, blank=True)
     reminder_sent_at = models.DateTimeField(null=True, blank=True)
+    carrier_reference = models.CharField(
+        max_length=32, blank=True, help_text="The carrier's booking reference (ExternalApiJob)."
+    )
+    external_data = models.JSONField(
+        null=True, blank=True, help_text="The carrier's tracking data (SyncExternalDataJob)."
+    )
+    synced_at = models.DateTimeField(null=True, blank=True)
+    pickup_at = models.DateTimeField(null=True, blank=True, help_text="When the carrier picks it up (ManualRetryJob).")
 
     def __str__(self) -> str:
         return self.tracking_number
@@ -67,13 +82,55 @@ class OutboxMessage(models.Model):
         return f"{self.channel} to {self.to}: {self.kind or self.subject}"
 
 
+class Import(models.Model):
+    """A CSV file of tasks (``tracking_number,name,phone,email``), imported by ``ImportJob``."""
+
+    COLUMNS = ("tracking_number", "name", "phone", "email")
+
+    name = models.CharField(max_length=120)
+    csv = models.TextField(help_text="A header line with " + ", ".join(COLUMNS) + ", then one task per line.")
+    job_id = models.CharField(max_length=32, blank=True, help_text="The ImportJob that imports it (its progress).")
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def rows(self) -> list[tuple[int, dict[str, str]]]:
+        """``(line number, row)`` per task line; missing cells are empty strings."""
+        reader = csv.DictReader(io.StringIO(self.csv.strip()))
+        return [(reader.line_num, {c: (row.get(c) or "").strip() for c in self.COLUMNS}) for row in reader]
+
+
+class ErrorReport(models.Model):
+    """An error sent to the error tracker, as the guide sends them to Sentry; kept here instead."""
+
+    reported_at = models.DateTimeField(auto_now_add=True)
+    source = models.CharField(max_length=32, help_text="job failed, job died or permanent failure.")
+    job_class = models.CharField(max_length=200, blank=True)
+    job_id = models.CharField(max_length=32, blank=True, db_index=True)
+    error = models.TextField()
+    context = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-reported_at"]
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.job_class} {self.error[:60]}"
+
+
 class JobRun(models.Model):
-    """One execution of a job, written by ``DeliveryJob``'s ``around_perform`` callback."""
+    """One execution of a job, written by ``DeliveryJob``'s ``around_perform`` callback.
+
+    A failed execution is then labelled with what the retry rules made of it (``deliveries.hooks``).
+    """
 
     class Status(models.TextChoices):
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        RETRIED = "retried", "failed, retry scheduled"
+        DISCARDED = "discarded", "failed, discarded"
+        DEAD = "dead", "failed, dead"
 
     job_id = models.CharField(max_length=32, db_index=True)
     job_class = models.CharField(max_length=200)

@@ -1,10 +1,11 @@
-"""Stand-ins for the outside world: an SMS gateway, a mail server, a payment provider and a
-carrier's tracking API. Each "call" writes a row or a log line, so the example runs anywhere."""
+"""Stand-ins for the outside world: an SMS gateway, a mail server, a payment provider and an
+error tracker. Each "call" writes a row or a log line, so the example runs anywhere. (The
+carrier is called over HTTP, see ``deliveries.carrier``.)"""
 
 import logging
-import time
+from typing import Any
 
-from deliveries.models import OutboxMessage, Task
+from deliveries.models import ErrorReport, OutboxMessage, Task
 
 logger = logging.getLogger("deliveries.services")
 
@@ -32,12 +33,16 @@ def capture_payment(amount: str, reference: str) -> str:
     return f"txn-{reference}"
 
 
-def fetch_carrier_status(tracking_number: str, delay: float = 0.2) -> str:
-    """A slow external API: the reason the integrations queue exists."""
-    time.sleep(delay)
-    return "in_transit"
-
-
 def already_sent(to: str, kind: str) -> bool:
     """Whether a message of this kind already went to this address (the newsletter's guard)."""
     return OutboxMessage.objects.filter(to=to, kind=kind).exists()
+
+
+def report_error(
+    exc: BaseException, *, source: str, job_class: str = "", job_id: str = "", context: dict[str, Any] | None = None
+) -> ErrorReport:
+    """The error tracker's ``capture_exception`` (Sentry in the guide): one row per report."""
+    return ErrorReport.objects.create(
+        source=source, job_class=job_class, job_id=job_id or "", error=f"{type(exc).__name__}: {exc}",
+        context=context or {},
+    )

@@ -1,7 +1,11 @@
 import secrets
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from deliveries.fake_carrier import CarrierControl, FakeCarrier
 from deliveries.models import Payment, Recipient, Task
 from django_async_jobs.broker.client import get_broker
 
@@ -10,7 +14,7 @@ from django_async_jobs.broker.client import get_broker
 def prefix(settings):
     """A fresh Redis key prefix per test, deleted afterwards: never the demo's keys."""
     value = f"example_test_{secrets.token_hex(4)}"
-    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "KEY_PREFIX": value}
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "KEY_PREFIX": value, "POLL_INTERVAL": 0.1}
     yield value
     get_broker().flush()
 
@@ -18,6 +22,44 @@ def prefix(settings):
 @pytest.fixture
 def broker(prefix):
     return get_broker()
+
+
+@pytest.fixture
+def carrier(settings):
+    """The fake carrier on a free port, with a short timeout and retry waits a fiftieth of the guide's."""
+    server = FakeCarrier(port=0, slow_seconds=1.5).start()
+    settings.CARRIER_API = {"URL": server.url, "TIMEOUT": 0.5, "RETRY_WAIT_SCALE": 0.02}
+    yield CarrierControl(server.url)
+    server.stop()
+
+
+@pytest.fixture
+def worker(broker, transactional_db):
+    """A worker in this process on the test's prefix; its threads use their own connections, so
+    the test's rows must be committed (``transactional_db``)."""
+    from django_async_jobs.worker.launcher import Worker
+
+    w = Worker()
+    w.start()
+    yield w
+    w.stop(timeout=5)
+
+
+def _wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it is truthy; the deadline keeps a stuck worker from hanging the run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Any]:
+    return _wait_for
 
 
 @pytest.fixture

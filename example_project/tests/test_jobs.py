@@ -87,7 +87,7 @@ def test_every_run_is_recorded(task):
 def test_jobs_go_to_the_guides_queues(task, payment, broker):
     assert jobs.PaymentProcessingJob.perform_later(payment.pk).queue_name == "critical"
     assert jobs.TaskNotificationJob.perform_later(task.pk, notification_type="created").queue_name == "notifications"
-    assert jobs.SyncCarrierStatusJob.perform_later(task.pk).queue_name == "integrations"
+    assert jobs.SyncExternalDataJob.perform_later(task.pk).queue_name == "integrations"
     assert jobs.BulkUpdateJob.perform_later([task.pk], {"status": "in_transit"}).queue_name == "bulk"
     assert jobs.SendNewsletterJob.perform_later([1], "2026-01").queue_name == "low"
     for queue in ("critical", "notifications", "integrations", "bulk", "low"):
@@ -111,7 +111,7 @@ def test_reminder_is_scheduled_not_queued(task, broker):
 
 def test_model_instances_are_refused_at_enqueue_time(task, broker):
     with pytest.raises(TypeError, match="primary key"):
-        jobs.SyncCarrierStatusJob.perform_later(task)
+        jobs.SyncExternalDataJob.perform_later(task)
 
 
 def test_system_checks_pass(db):

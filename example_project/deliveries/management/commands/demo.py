@@ -126,7 +126,7 @@ class Command(BaseCommand):
             ("created SMS, copy 2", lambda: jobs.TaskNotificationJob.perform_later(tasks[0].pk, notification_type="created")),
             ("delivered email", lambda: jobs.TaskNotificationJob.perform_later(tasks[3].pk, notification_type="delivered")),
             ("welcome email", lambda: jobs.SendWelcomeEmailJob.perform_later(recipients[0].pk)),
-            ("carrier status", lambda: jobs.SyncCarrierStatusJob.perform_later(tasks[4].pk)),
+            ("carrier data", lambda: jobs.SyncExternalDataJob.perform_later(tasks[4].pk)),
             ("bulk status update", lambda: jobs.BulkUpdateJob.perform_later([t.pk for t in tasks[2:]], {"status": "in_transit"})),
             (f"reminder in {REMINDER_DELAY.seconds}s", lambda: jobs.TaskReminderJob.set(wait=REMINDER_DELAY).perform_later(tasks[1].pk)),
             ("newsletter", lambda: jobs.SendNewsletterJob.perform_later(ids, "2026-01")),
