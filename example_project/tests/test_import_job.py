@@ -1,0 +1,58 @@
+"""``ImportJob``: a CSV import that reports its progress in a ``JobProgress`` row."""
+
+from deliveries import jobs
+from deliveries.models import Import, JobRun, Recipient, Task
+from django_async_jobs.models import JobProgress
+from django_async_jobs.progress import perform_later_with_progress
+
+CSV = """tracking_number,name,phone,email
+IMP-1,Dana Roe,+15550100011,dana@example.com
+IMP-2,Dana Roe,+15550100011,dana@example.com
+,Eli Park,+15550100012,eli@example.com
+IMP-4,Femi Ade,,not-an-email
+IMP-5,,+15550100013,
+IMP-6,Gus Lee,+15550100014,gus@example.com
+"""
+
+
+def test_import_creates_tasks_and_records_the_bad_lines(db):
+    source = Import.objects.create(name="november.csv", csv=CSV)
+    job = jobs.ImportJob(source.pk)
+
+    assert job.perform_now() == "imported 3 of 6 rows, 3 refused"
+
+    progress = JobProgress.objects.get(job_id=job.job_id)
+    assert (progress.status, progress.total, progress.processed, progress.percent) == (
+        "completed_with_errors", 6, 6, 100.0,
+    )
+    assert progress.error_count == 3
+    assert [d["row"] for d in progress.error_details] == [4, 5, 6]  # the file's line numbers
+    assert "Enter a valid email address." in progress.error_details[1]["error"]
+    assert set(Task.objects.values_list("tracking_number", flat=True)) == {"IMP-1", "IMP-2", "IMP-6"}
+    assert Recipient.objects.get(name="Dana Roe").tasks.count() == 2
+
+
+def test_importing_again_creates_no_duplicates(db):
+    source = Import.objects.create(name="november.csv", csv=CSV)
+    jobs.ImportJob.perform_now(source.pk)
+    jobs.ImportJob.perform_now(source.pk)
+    assert Task.objects.count() == 3
+    assert Recipient.objects.count() == 2
+
+
+def test_import_in_the_worker_goes_from_pending_to_completed(broker, worker, wait_for, admin_user):
+    source = Import.objects.create(name="november.csv", csv=CSV)
+    job = perform_later_with_progress(jobs.ImportJob, source.pk, started_by=admin_user)
+    assert job.queue_name == "bulk"
+    row = JobProgress.objects.get(job_id=job.job_id)
+    assert row.started_by == admin_user  # pending row made before the push, so a page can poll at once
+
+    wait_for(lambda: JobRun.objects.filter(job_id=job.job_id, status="succeeded").exists(), what="the import")
+    row.refresh_from_db()
+    assert (row.status, row.processed, row.error_count) == ("completed_with_errors", 6, 3)
+    assert row.started_by == admin_user
+
+
+def test_import_of_a_file_that_is_gone_ends_quietly(db):
+    assert jobs.ImportJob.perform_now(999_999) is None
+    assert JobRun.objects.get().result.startswith("skipped: record not found")
