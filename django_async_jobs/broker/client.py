@@ -24,6 +24,11 @@ from django_async_jobs.conf import Settings, get_settings
 
 DAILY_STATS_TTL = 5 * 365 * 24 * 3600
 POLL_BATCH = 1000
+# Seconds to wait for a reply. Without it a Redis that accepts but never answers hangs every
+# thread that talks to it. The library sends no blocking command (the notify channel is read
+# with its own timeout), so this only ever cuts a Redis that stopped answering; blocking
+# commands of your own through this client need ``?socket_timeout=`` in REDIS_URL.
+READ_TIMEOUT = 30.0
 
 
 @cache
@@ -45,7 +50,9 @@ def connect(settings: Settings) -> redis.Redis:
         return fakeredis.FakeRedis(server=_fake_server())
     # A connect to a host that drops packets would otherwise wait for the kernel (minutes), and
     # a worker could not act on a stop signal meanwhile. Options in the URL still win.
-    return redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_connect_timeout=5)
+    return redis.Redis.from_url(
+        settings.redis_url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=READ_TIMEOUT
+    )
 
 
 @cache
