@@ -97,10 +97,10 @@ def test_example_runs(group, request, prefix, settings, own_registry, monkeypatc
     config = None
     try:
         for block in group.blocks:
-            namespace["__name__"] = block.module
-            exec(compile(block.code, block.name, "exec"), namespace)
-            if docs_blocks.PATH_COMMENT.match(block.code):
-                _importable(block.module, namespace, monkeypatch)
+            module = _module(block.module, monkeypatch)
+            module.__dict__.update({k: v for k, v in namespace.items() if not k.startswith("__")})
+            exec(compile(block.code, block.name, "exec"), module.__dict__)
+            namespace.update(module.__dict__)
             if docs_blocks.assigns(block.code, "ASYNC_JOBS"):
                 config = namespace["ASYNC_JOBS"]
         undefined = {name for block in group.blocks for name in _globals_used(block)} - set(namespace) - set(dir(builtins))
@@ -116,11 +116,10 @@ def test_example_runs(group, request, prefix, settings, own_registry, monkeypatc
     _assert_checks_pass(config, own_registry)
 
 
-def _importable(name: str, namespace: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A ``# app/jobs.py`` block becomes module ``app.jobs`` for the test, so a later block can
-    import from it as the reader's code would."""
+def _module(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The block's module, in ``sys.modules`` for the test: a later block can import from a
+    ``# app/jobs.py`` block as the reader's code would, and dataclasses find their module."""
     module = ModuleType(name)
-    module.__dict__.update(namespace)
     parts = name.split(".")
     for depth in range(1, len(parts)):
         package = ".".join(parts[:depth])
@@ -130,17 +129,23 @@ def _importable(name: str, namespace: dict, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, name, module)
     if len(parts) > 1:
         monkeypatch.setattr(sys.modules[".".join(parts[:-1])], parts[-1], module, raising=False)
+    return module
 
 
 def _globals_used(block: docs_blocks.Block) -> set[str]:
     """Global names the block's functions read: a method body is checked even if never called."""
     names: set[str] = set()
+    stored: set[str] = set()  # module-level names, some gone by the end (``except ... as exc``)
     todo: list[CodeType] = [compile(block.code, block.name, "exec")]
     while todo:
         code = todo.pop()
         todo.extend(c for c in code.co_consts if isinstance(c, CodeType))
-        names.update(i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME"))
-    return names
+        for instruction in dis.get_instructions(code):
+            if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME") and not instruction.argval.startswith("__"):
+                names.add(instruction.argval)
+            elif instruction.opname in ("STORE_NAME", "STORE_GLOBAL"):
+                stored.add(instruction.argval)
+    return names - stored
 
 
 def _drained() -> bool:
