@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The example project, running: a worker, sample jobs, and the admin on http://127.0.0.1:8000/.
+# The example project, running: a worker, the fake carrier API, sample jobs, and the admin on
+# http://127.0.0.1:8000/.
 #
 #   PYTHON=/path/to/venv/bin/python bash example_project/demo.sh   (what `make demo` runs)
 #
 # Environment:
 #   REDIS_URL          Redis to use when it answers (default redis://127.0.0.1:6379/0); otherwise
 #                      a private redis-server is started on a free port and stopped at exit
-#   DEMO_ONESHOT=1     run the sample jobs, print a summary and exit (non-zero if they did not
-#                      all run within DEMO_TIMEOUT seconds, default 60)
+#   DEMO_ONESHOT=1     run the sample jobs, print a summary and exit (non-zero unless every
+#                      scenario ended as expected within DEMO_TIMEOUT seconds, default 60)
 #   DEMO_KEY_PREFIX    Redis key prefix of the demo (default: demo)
 #   DEMO_PORT          port of the admin (default: 8000)
+#
+# The carrier's API is deliveries/fake_carrier.py, started on a free port and stopped at exit; the
+# demo gives it a 1-second timeout and a tenth of the guide's retry waits.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,6 +29,7 @@ export PYTHONUNBUFFERED=1
 unset DATABASE_URL  # the demo always uses example_project/db.sqlite3
 
 WORKER_PID=""
+CARRIER_PID=""
 TAIL_PID=""
 REDIS_PIDFILE=""
 
@@ -43,6 +48,11 @@ cleanup() {
         done
         kill -KILL "$WORKER_PID" 2>/dev/null || true
         wait "$WORKER_PID" 2>/dev/null || true
+    fi
+    if [[ -n "$CARRIER_PID" ]] && kill -0 "$CARRIER_PID" 2>/dev/null; then
+        log "stopping the fake carrier (pid $CARRIER_PID)"
+        kill -TERM "$CARRIER_PID" 2>/dev/null || true
+        wait "$CARRIER_PID" 2>/dev/null || true
     fi
     if [[ -n "$REDIS_PIDFILE" && -f "$REDIS_PIDFILE" ]]; then
         local pid
@@ -68,6 +78,10 @@ import redis
 
 redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1, socket_timeout=2).ping()
 EOF
+}
+
+carrier_answers() {
+    "$PY" -c 'import sys; from deliveries.fake_carrier import CarrierControl; sys.exit(not CarrierControl(sys.argv[1]).healthy())' "$1"
 }
 
 free_port() {
@@ -100,6 +114,20 @@ else
 fi
 export REDIS_URL
 
+# -- the carrier's API -------------------------------------------------------------------------
+port="$(free_port)"
+export CARRIER_API_URL="http://127.0.0.1:$port"
+export CARRIER_API_TIMEOUT="${CARRIER_API_TIMEOUT:-1}"
+export CARRIER_API_RETRY_WAIT_SCALE="${CARRIER_API_RETRY_WAIT_SCALE:-0.1}"
+log "starting the fake carrier on $CARRIER_API_URL (log: example_project/.demo/carrier.log)"
+"$PY" -m deliveries.fake_carrier --port "$port" --slow 3 >"$RUN_DIR/carrier.log" 2>&1 &
+CARRIER_PID=$!
+for _ in $(seq 1 50); do
+    carrier_answers "$CARRIER_API_URL" && break
+    sleep 0.1
+done
+carrier_answers "$CARRIER_API_URL" || { echo "the fake carrier did not start; see $RUN_DIR/carrier.log" >&2; exit 1; }
+
 # -- database ----------------------------------------------------------------------------------
 log "migrating example_project/db.sqlite3"
 "$PY" manage.py migrate --noinput -v 0
@@ -125,10 +153,10 @@ if [[ "$ONESHOT" == "1" ]]; then
 fi
 
 log "enqueueing the sample jobs"
-"$PY" manage.py demo --wait "$TIMEOUT" || log "some jobs did not run; see $WORKER_LOG"
+"$PY" manage.py demo --wait "$TIMEOUT" || log "some scenarios did not end as expected; see $WORKER_LOG"
 echo
 log "admin: http://127.0.0.1:$PORT/admin/  (user admin, password admin); Ctrl-C stops everything"
-log "enqueue more: cd example_project && REDIS_URL=$REDIS_URL $PY manage.py demo"
+log "enqueue more: cd example_project && REDIS_URL=$REDIS_URL CARRIER_API_URL=$CARRIER_API_URL $PY manage.py demo"
 tail -n 0 -f "$WORKER_LOG" &
 TAIL_PID=$!
 "$PY" manage.py runserver --noreload "127.0.0.1:$PORT" || true

@@ -51,12 +51,12 @@ def _request(method: str, path: str) -> dict[str, Any]:
     config = settings.CARRIER_API
     url = urlsplit(config["URL"])
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=float(config["TIMEOUT"]))
-    where = f"{method} {url.geturl().rstrip('/')}{path}"
+    where = f"carrier {method} {path}"
     try:
         try:
             connection.connect()
         except OSError as exc:
-            raise CarrierUnreachable(f"{where}: cannot connect ({exc})") from exc
+            raise CarrierUnreachable(f"{where}: cannot connect to {url.netloc} ({exc})") from exc
         try:
             connection.request(method, path, headers={"Accept": "application/json"})
             response = connection.getresponse()

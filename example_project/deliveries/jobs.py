@@ -325,7 +325,8 @@ class ImportJob(ErrorHandling, DeliveryJob):
                 try:
                     self.process_row(row)
                 except ValidationError as exc:
-                    progress.error(row=line, error="; ".join(exc.messages))
+                    problems = (f"{name}: {m}" for name, messages in exc.message_dict.items() for m in messages)
+                    progress.error(row=line, error="; ".join(problems))
                 else:
                     progress.advance()
         return f"imported {len(rows) - progress.error_count} of {len(rows)} rows, {progress.error_count} refused"

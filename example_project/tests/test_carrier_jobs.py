@@ -137,7 +137,7 @@ def test_manual_retry_enqueues_itself_again_when_rate_limited(task, carrier, wor
 def test_manual_retry_reports_a_permanent_error_and_stops(task, carrier):
     carrier.plan("PUT /pickups/T-1", "gone")
     result = jobs.ManualRetryJob.perform_now(task.pk)
-    assert result.startswith("permanent failure: PUT ") and "410" in result
+    assert result == "permanent failure: carrier PUT /pickups/T-1: 410 shipment was cancelled"
     report = ErrorReport.objects.get()
     assert (report.source, report.job_class) == ("permanent failure", "ManualRetryJob")
     assert JobRun.objects.get().status == "succeeded"

@@ -27,7 +27,7 @@ def test_import_creates_tasks_and_records_the_bad_lines(db):
     )
     assert progress.error_count == 3
     assert [d["row"] for d in progress.error_details] == [4, 5, 6]  # the file's line numbers
-    assert "Enter a valid email address." in progress.error_details[1]["error"]
+    assert progress.error_details[1]["error"] == "email: Enter a valid email address."
     assert set(Task.objects.values_list("tracking_number", flat=True)) == {"IMP-1", "IMP-2", "IMP-6"}
     assert Recipient.objects.get(name="Dana Roe").tasks.count() == 2
 

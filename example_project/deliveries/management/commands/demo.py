@@ -1,93 +1,154 @@
-"""``manage.py demo``: sample data, one job per queue, and (with ``--wait``) a summary of what
-the worker did with them. ``example_project/demo.sh`` runs it next to a worker."""
+"""``manage.py demo``: sample data, every job of the project in the situations the guide covers
+(a retry that succeeds, a discard, a death, a CSV import with progress, a unique job enqueued
+twice, the recurring jobs run now), and with ``--wait`` a summary of what the worker did, which
+fails unless every scenario ended as expected. ``example_project/demo.sh`` runs it next to a
+worker and the fake carrier."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from deliveries import jobs
-from deliveries.models import JobRun, OutboxMessage, Payment, Recipient, Task
+from deliveries.fake_carrier import CarrierControl
+from deliveries.models import ErrorReport, Import, JobRun, OutboxMessage, Payment, Recipient, Task
+from django_async_jobs import api
 from django_async_jobs.broker.client import get_broker
 from django_async_jobs.conf import get_settings
+from django_async_jobs.models import DeadJob, JobProgress
+from django_async_jobs.progress import perform_later_with_progress
 
 RECIPIENTS = [
     ("Ana Lima", "+15550100001", "ana@example.com"),
     ("Ben Okafor", "+15550100002", ""),
     ("Chloe Martin", "", "chloe@example.com"),
 ]
-TASKS = [("DEMO-0001", 0), ("DEMO-0002", 0), ("DEMO-0003", 1), ("DEMO-0004", 2), ("DEMO-0005", 1)]
+TASKS = [(f"DEMO-{n:04d}", who) for n, who in enumerate([0, 0, 1, 2, 1, 0, 1, 2, 0, 1, 2], start=1)]
 REMINDER_DELAY = timedelta(seconds=3)
+IMPORT_ROWS = 500
+IMPORT_BAD_LINES = {23: "no tracking number", 57: "bad email", 101: "no name", 350: "bad email", 488: "no name"}
+IMPORT_NAMES = ["Dana Roe", "Eli Park", "Femi Ade", "Gus Lee", "Hana Sato"]
+
+# What a scenario should end as.
+SUCCEEDED = "succeeded"
+RETRIED = "retried"  # at least one retry, then success
+DISCARDED = "discarded"
+DEAD = "dead"
+REFUSED = "refused"  # not enqueued (a unique job's lock)
+REENQUEUED = "re-enqueued"  # succeeded after enqueueing a copy of itself, which succeeded too
 
 
-def clock(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch).strftime("%H:%M:%S.%f")[:12]
+def import_csv() -> str:
+    """The demo's CSV file: ``IMPORT_ROWS`` tasks, the lines in ``IMPORT_BAD_LINES`` broken."""
+    lines = ["tracking_number,name,phone,email"]
+    for line in range(2, IMPORT_ROWS + 2):
+        number, name = f"IMP-{line - 1:04d}", IMPORT_NAMES[line % len(IMPORT_NAMES)]
+        phone, email = f"+1555020{line:04d}", f"{name.split()[0].lower()}@example.com"
+        flaw = IMPORT_BAD_LINES.get(line)
+        number = "" if flaw == "no tracking number" else number
+        name = "" if flaw == "no name" else name
+        email = "not-an-email" if flaw == "bad email" else email
+        lines.append(f"{number},{name},{phone},{email}")
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
-class Planned:
+class Scenario:
     label: str
-    job: Any
+    job_class: str
+    queue: str
+    expect: str
+    job_id: str | None  # None: not enqueued
     enqueued_at: float
+    # A job that enqueues a copy of itself (ManualRetryJob): the copy's runs count as its own.
+    follow_copies: bool = False
+
+
+@dataclass
+class Outcome:
+    state: str  # waiting, running, retrying, succeeded, discarded, dying, dead, refused, failed
+    runs: list[JobRun] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.state in (SUCCEEDED, DISCARDED, DEAD, REFUSED)
+
+    @property
+    def retries(self) -> int:
+        return sum(r.status == JobRun.Status.RETRIED for r in self.runs)
+
+    def matches(self, expect: str) -> bool:
+        if expect == RETRIED:
+            return self.state == SUCCEEDED and self.retries > 0
+        if expect == REENQUEUED:
+            return self.state == SUCCEEDED and len({r.job_id for r in self.runs}) > 1
+        return self.state == expect
 
 
 class Command(BaseCommand):
-    help = "Create sample recipients and tasks, enqueue one job per queue, optionally wait for them."
+    help = "Create sample data, run every job of the project in the guide's situations, optionally wait and summarise."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument(
             "--wait", type=float, default=0, metavar="SECONDS",
-            help="Wait up to SECONDS for a worker to run every job, print a summary, and fail "
-            "if some did not run (default: enqueue and return).",
+            help="Wait up to SECONDS for a worker to settle every job, print a summary, and fail "
+            "unless every scenario ended as expected (default: enqueue and return).",
         )
         parser.add_argument("--no-admin", action="store_true", help="Do not create the admin user.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        settings = get_settings()
-        broker = get_broker()
+        async_settings = get_settings()
         try:
-            broker.redis.ping()
+            get_broker().redis.ping()
         except Exception as exc:
-            raise CommandError(f"Redis at {settings.redis_url} does not answer: {exc}") from exc
-        if not options["no_admin"]:
-            self.ensure_admin()
-        recipients, tasks, payments = self.sample_data()
-        processed_before = broker.stat("processed")
+            raise CommandError(f"Redis at {async_settings.redis_url} does not answer: {exc}") from exc
+        control = CarrierControl(settings.CARRIER_API["URL"])
+        if not control.healthy():
+            raise CommandError(
+                f"No carrier answers at {control.url}: start the fake one (python -m deliveries.fake_carrier "
+                f"--port PORT) and set CARRIER_API_URL, or run `make demo`."
+            )
+        control.reset()
+        admin = None if options["no_admin"] else self.ensure_admin()
         started = time.time()
-        planned = self.enqueue(recipients, tasks, payments)
+        data = self.sample_data()
+        scenarios = self.enqueue(control, admin, *data)
+        enqueued = sum(s.job_id is not None for s in scenarios)
         self.stdout.write(
-            f"Enqueued {len(planned)} jobs on Redis {settings.redis_url} (KEY_PREFIX {settings.key_prefix!r})."
+            f"Enqueued {enqueued} jobs in {len(scenarios)} scenarios on Redis {async_settings.redis_url} "
+            f"(KEY_PREFIX {async_settings.key_prefix!r}); carrier at {control.url}."
         )
         if options["wait"] <= 0:
             return
-        ok = self.wait(planned, processed_before, options["wait"])
-        self.summary(planned, processed_before, started)
+        trail = self.wait(scenarios, data[3], options["wait"])
+        ok = self.summary(scenarios, data[3], trail, control, started)
         if not ok:
             raise CommandError(
-                f"Not every job ran successfully within {options['wait']:.0f}s: is a worker running "
+                f"Not every scenario ended as expected within {options['wait']:.0f}s: is a worker running "
                 f"(python manage.py runworker) on the same Redis and KEY_PREFIX?"
             )
 
     # -- set-up ----------------------------------------------------------------------------------
 
-    def ensure_admin(self) -> None:
+    def ensure_admin(self) -> Any:
         user_model = get_user_model()
-        user, _ = user_model.objects.get_or_create(
-            username="admin", defaults={"email": "admin@example.com"}
-        )
+        user, _ = user_model.objects.get_or_create(username="admin", defaults={"email": "admin@example.com"})
         user.is_staff = user.is_superuser = True
         user.set_password("admin")
         user.save()
         self.stdout.write("Admin user: admin / admin")
+        return user
 
-    def sample_data(self) -> tuple[list[Recipient], list[Task], list[Payment]]:
+    def sample_data(self) -> tuple[list[Recipient], list[Task], list[Payment], Import]:
         """The same rows every run, with every "already done" flag cleared."""
         recipients = []
         for name, phone, email in RECIPIENTS:
@@ -101,7 +162,8 @@ class Command(BaseCommand):
                 tracking_number=tracking_number,
                 defaults={
                     "recipient": recipients[who], "status": Task.Status.CREATED,
-                    "notification_sent_at": None, "reminder_sent_at": None,
+                    "notification_sent_at": None, "reminder_sent_at": None, "carrier_reference": "",
+                    "external_data": None, "synced_at": None, "pickup_at": None,
                 },
             )
             tasks.append(task)
@@ -113,93 +175,181 @@ class Command(BaseCommand):
             payments.append(payment)
         addresses = [r.phone for r in recipients if r.phone] + [r.email for r in recipients if r.email]
         OutboxMessage.objects.filter(to__in=addresses).delete()
-        return recipients, tasks, payments
+        source, _ = Import.objects.update_or_create(name="demo-tasks.csv", defaults={"csv": import_csv(), "job_id": ""})
+        return recipients, tasks, payments, source
 
-    def enqueue(self, recipients: list[Recipient], tasks: list[Task], payments: list[Payment]) -> list[Planned]:
-        ids = [r.pk for r in recipients]
-        plan = [
-            ("payment, priority 50", lambda: jobs.PaymentProcessingJob.set(priority=50).perform_later(payments[0].pk)),
-            ("payment", lambda: jobs.PaymentProcessingJob.perform_later(payments[1].pk)),
-            ("urgent re-plan", lambda: jobs.FlexibleJob.perform_later(tasks[1].pk, "high")),
-            ("normal re-plan", lambda: jobs.FlexibleJob.perform_later(tasks[2].pk, "normal")),
-            ("created SMS, copy 1", lambda: jobs.TaskNotificationJob.perform_later(tasks[0].pk, notification_type="created")),
-            ("created SMS, copy 2", lambda: jobs.TaskNotificationJob.perform_later(tasks[0].pk, notification_type="created")),
-            ("delivered email", lambda: jobs.TaskNotificationJob.perform_later(tasks[3].pk, notification_type="delivered")),
-            ("welcome email", lambda: jobs.SendWelcomeEmailJob.perform_later(recipients[0].pk)),
-            ("carrier data", lambda: jobs.SyncExternalDataJob.perform_later(tasks[4].pk)),
-            ("bulk status update", lambda: jobs.BulkUpdateJob.perform_later([t.pk for t in tasks[2:]], {"status": "in_transit"})),
-            (f"reminder in {REMINDER_DELAY.seconds}s", lambda: jobs.TaskReminderJob.set(wait=REMINDER_DELAY).perform_later(tasks[1].pk)),
-            ("newsletter", lambda: jobs.SendNewsletterJob.perform_later(ids, "2026-01")),
+    def enqueue(
+        self, control: CarrierControl, admin: Any, recipients: list[Recipient], tasks: list[Task],
+        payments: list[Payment], source: Import,
+    ) -> list[Scenario]:
+        t = [task.pk for task in tasks]
+        track = {task.pk: task.tracking_number for task in tasks}
+
+        def carrier(request: str, path_task: int, *faults: str, then: str = "ok") -> Callable[[], None]:
+            return lambda: control.plan(f"{request}/{track[path_task]}", *faults, then=then)
+
+        def start_import() -> Any:
+            job = perform_later_with_progress(jobs.ImportJob, source.pk, started_by=admin)
+            Import.objects.filter(pk=source.pk).update(job_id=job.job_id)
+            return job
+
+        J = jobs
+        plan: list[tuple[str, str, Callable[[], Any], Callable[[], None] | None, bool]] = [
+            ("payment, priority 50", SUCCEEDED, lambda: J.PaymentProcessingJob.set(priority=50).perform_later(payments[0].pk), None, False),
+            ("payment", SUCCEEDED, lambda: J.PaymentProcessingJob.perform_later(payments[1].pk), None, False),
+            ("urgent re-plan", SUCCEEDED, lambda: J.FlexibleJob.perform_later(t[1], "high"), None, False),
+            ("normal re-plan", SUCCEEDED, lambda: J.FlexibleJob.perform_later(t[2], "normal"), None, False),
+            ("created SMS, copy 1", SUCCEEDED, lambda: J.TaskNotificationJob.perform_later(t[0], notification_type="created"), None, False),
+            ("created SMS, copy 2", SUCCEEDED, lambda: J.TaskNotificationJob.perform_later(t[0], notification_type="created"), None, False),
+            ("delivered email", SUCCEEDED, lambda: J.TaskNotificationJob.perform_later(t[3], notification_type="delivered"), None, False),
+            ("welcome email", SUCCEEDED, lambda: J.SendWelcomeEmailJob.perform_later(recipients[0].pk), None, False),
+            ("book, carrier ok", SUCCEEDED, lambda: J.ExternalApiJob.perform_later(t[4]), None, False),
+            ("book, 503 once", RETRIED, lambda: J.ExternalApiJob.perform_later(t[5]), carrier("PUT /shipments", t[5], "error"), False),
+            ("book, 429 once", RETRIED, lambda: J.ExternalApiJob.perform_later(t[6]), carrier("PUT /shipments", t[6], "rate_limit"), False),
+            ("book, carrier says 422", DISCARDED, lambda: J.ExternalApiJob.perform_later(t[7]), carrier("PUT /shipments", t[7], "client_error"), False),
+            ("book, carrier down", DEAD, lambda: J.ExternalApiJob.perform_later(t[8]), carrier("PUT /shipments", t[8], then="drop"), False),
+            ("sync, carrier ok", SUCCEEDED, lambda: J.SyncExternalDataJob.perform_later(t[4]), None, False),
+            ("sync, slow once", RETRIED, lambda: J.SyncExternalDataJob.perform_later(t[9]), carrier("GET /shipments", t[9], "slow"), False),
+            ("sync, carrier says 404", DISCARDED, lambda: J.SyncExternalDataJob.perform_later(t[10]), carrier("GET /shipments", t[10], "not_found"), False),
+            ("pickup, 429 once", REENQUEUED, lambda: J.ManualRetryJob.perform_later(t[0]), carrier("PUT /pickups", t[0], "rate_limit"), True),
+            ("pickup, carrier says 410", SUCCEEDED, lambda: J.ManualRetryJob.perform_later(t[1]), carrier("PUT /pickups", t[1], "gone"), False),
+            ("bulk status update", SUCCEEDED, lambda: J.BulkUpdateJob.perform_later(t[2:5], {"status": "in_transit"}), None, False),
+            (f"import {IMPORT_ROWS} rows", SUCCEEDED, start_import, None, False),
+            ("recount, copy 1", SUCCEEDED, lambda: J.UniqueProcessingJob.perform_later(recipients[2].pk, {"reason": "import"}), None, False),
+            ("recount, copy 2", REFUSED, lambda: J.UniqueProcessingJob.perform_later(recipients[2].pk, {"reason": "status"}), None, False),
+            (f"reminder in {REMINDER_DELAY.seconds}s", SUCCEEDED, lambda: J.TaskReminderJob.set(wait=REMINDER_DELAY).perform_later(t[1]), None, False),
+            ("newsletter", SUCCEEDED, lambda: J.SendNewsletterJob.perform_later([r.pk for r in recipients], "2026-01"), None, False),
         ]
-        planned = []
-        for label, enqueue in plan:
+        scenarios = []
+        for label, expect, enqueue, faults, follow in plan:
+            if faults is not None:
+                faults()
             job = enqueue()
-            if not job:
-                raise CommandError(f"{label}: the enqueue was halted by a callback")
-            planned.append(Planned(label, job, time.time()))
-        return planned
+            if not job and expect != REFUSED:
+                raise CommandError(f"{label}: not enqueued (a callback halted it, or a lock is still held)")
+            scenarios.append(
+                Scenario(label, type(job).__name__, job.queue_name or "", expect, job.job_id if job else None, time.time(), follow)
+            )
+        recurring = {e["name"]: e for e in api.recurring(count=1)}
+        for name in ("daily_cleanup", "hourly_sync", "weekly_report"):
+            entry = recurring[name]
+            job_id = api.run_recurring_now(name)
+            scenarios.append(
+                Scenario(f"{name}, run now", entry["class"].rsplit(".", 1)[-1], entry["queue"], SUCCEEDED, job_id, time.time())
+            )
+        return scenarios
 
-    # -- waiting and reporting -------------------------------------------------------------------
+    # -- waiting ---------------------------------------------------------------------------------
 
-    def runs(self, planned: list[Planned]) -> dict[str, JobRun]:
-        ids = [p.job.job_id for p in planned]
-        latest: dict[str, JobRun] = {}
-        for run in JobRun.objects.filter(job_id__in=ids).order_by("started_at"):
-            latest[run.job_id] = run
-        return latest
+    def outcome(self, scenario: Scenario) -> Outcome:
+        if scenario.job_id is None:
+            return Outcome(REFUSED)
+        runs = list(JobRun.objects.filter(job_id=scenario.job_id).order_by("started_at"))
+        if scenario.follow_copies and runs:
+            runs += JobRun.objects.filter(
+                job_class=scenario.job_class, arguments=runs[0].arguments, started_at__gt=runs[0].started_at
+            ).exclude(job_id=scenario.job_id).order_by("started_at")
+        if not runs:
+            return Outcome("waiting")
+        last = runs[-1].status
+        if last == JobRun.Status.DEAD:
+            written = DeadJob.objects.filter(job_id=scenario.job_id).exists()
+            return Outcome(DEAD if written else "dying", runs)
+        if scenario.follow_copies and runs[-1].job_id == scenario.job_id and runs[-1].result.startswith("rate limited"):
+            return Outcome("retrying", runs)  # its copy has not started yet
+        state = {JobRun.Status.RETRIED: "retrying", JobRun.Status.RUNNING: "running"}.get(last, last)
+        return Outcome(state, runs)
 
-    def wait(self, planned: list[Planned], processed_before: int, timeout: float) -> bool:
-        broker = get_broker()
+    def wait(self, scenarios: list[Scenario], source: Import, timeout: float) -> list[str]:
+        """Until every scenario is final and the queues, schedule and retries are empty; returns
+        the import's progress as seen while waiting."""
         deadline = time.monotonic() + timeout
+        trail: list[str] = []
         while True:
-            runs = self.runs(planned)
-            done = [r for r in runs.values() if r.status == JobRun.Status.SUCCEEDED]
-            # The worker acknowledges in batches just after perform returns: wait for the counter.
-            acked = broker.stat("processed") - processed_before >= len(planned)
-            if len(done) == len(planned) and acked:
-                return True
+            progress = JobProgress.objects.filter(job_id=Import.objects.get(pk=source.pk).job_id).first()
+            if progress is not None:
+                seen = f"{progress.status} {progress.processed}/{progress.total or '?'}"
+                if not trail or trail[-1] != seen:
+                    trail.append(seen)
+            stats = api.stats()
+            idle = stats.enqueued + stats.scheduled + stats.retries + stats.busy == 0
+            if idle and all(self.outcome(s).final for s in scenarios):
+                return trail
             if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.2)
+                return trail
+            time.sleep(0.1)
 
-    def summary(self, planned: list[Planned], processed_before: int, started: float) -> None:
-        broker = get_broker()
-        settings = get_settings()
-        runs = self.runs(planned)
+    # -- reporting -------------------------------------------------------------------------------
+
+    def summary(
+        self, scenarios: list[Scenario], source: Import, trail: list[str], control: CarrierControl, started: float
+    ) -> bool:
         write = self.stdout.write
+        since = datetime.fromtimestamp(started, UTC)
         write("")
-        write(f"{'job':<22} {'queue':<14} {'what':<22} {'enqueued':<12} {'ran':>7}  result")
-        enqueued_per_queue: Counter[str] = Counter()
-        ran_per_queue: Counter[str] = Counter()
-        for p in planned:
-            queue = p.job.queue_name
-            enqueued_per_queue[queue] += 1
-            run = runs.get(p.job.job_id)
-            if run is None:
-                ran, result = "no", "(did not run)"
-            else:
-                ran_after = run.started_at.timestamp() - p.enqueued_at
-                ran = f"+{ran_after:.1f}s" if run.status == JobRun.Status.SUCCEEDED else run.status
-                result = run.result if run.status != JobRun.Status.FAILED else run.error
-                if run.status == JobRun.Status.SUCCEEDED:
-                    ran_per_queue[queue] += 1
+        write(f"{'job':<21} {'queue':<13} {'scenario':<24} {'expected':<11} {'runs':>4}  outcome")
+        ok = True
+        for s in scenarios:
+            outcome = self.outcome(s)
+            good = outcome.matches(s.expect)
+            ok &= good
+            last = outcome.runs[-1] if outcome.runs else None
+            detail = (last.result or last.error) if last else ""
+            said = outcome.state + (f" after {outcome.retries} retr{'y' if outcome.retries == 1 else 'ies'}" if outcome.retries else "")
+            if s.expect == REENQUEUED and good:
+                said = f"re-enqueued itself, copy {outcome.state}"
+            text = f"{said}: {detail}" if detail else said
+            if len(text) > 72:
+                text = text[:71] + "…"
             write(
-                f"{type(p.job).__name__:<22} {queue:<14} {p.label:<22} "
-                f"{clock(p.enqueued_at):<12} {ran:>7}  {result}"
+                f"{s.job_class:<21} {s.queue:<13} {s.label:<24} {s.expect:<11} {len(outcome.runs):>4}  "
+                f"{text}{'' if good else '   <-- NOT AS EXPECTED'}"
             )
+
+        runs = JobRun.objects.filter(started_at__gte=since)
+        statuses = Counter(runs.values_list("status", flat=True))
+        planned_ids = {s.job_id for s in scenarios if s.job_id}
+        run_ids = set(runs.values_list("job_id", flat=True))
+        dead_rows = DeadJob.objects.filter(job_id__in=run_ids).count()
         write("")
-        write("ran: seconds from enqueue to start. Both copies of the created SMS ran; one sent it.")
-        write("per queue (weight): ran / enqueued, waiting in Redis now")
-        for name, weight in zip(settings.queues.names, settings.queues.weights, strict=True):
-            write(
-                f"  {name:<14} ({weight})  {ran_per_queue[name]} / {enqueued_per_queue[name]}, "
-                f"{broker.queue_size(name)} waiting"
-            )
-        processed = broker.stat("processed")
-        failed = broker.stat("failed")
         write(
-            f"Redis counters for prefix {settings.key_prefix!r}: processed {processed} "
-            f"(+{processed - processed_before} in this run), failed {failed}"
+            f"enqueued  {len(planned_ids)} by the demo ({sum(s.job_id is None for s in scenarios)} more refused by a unique lock), "
+            f"{len(run_ids - planned_ids)} by the jobs themselves"
         )
-        total = sum(ran_per_queue.values())
-        write(f"{total} of {len(planned)} jobs ran successfully in {time.time() - started:.1f}s.")
+        write(
+            f"run       {sum(statuses.values())} times: {statuses[JobRun.Status.SUCCEEDED]} succeeded, "
+            f"{statuses[JobRun.Status.RETRIED]} retried, {statuses[JobRun.Status.DISCARDED]} discarded, "
+            f"{statuses[JobRun.Status.DEAD]} dead ({dead_rows} in the dead jobs table)"
+        )
+        reports = Counter(ErrorReport.objects.filter(reported_at__gte=since).values_list("source", flat=True))
+        write("reported  " + (", ".join(f"{n} {what}" for what, n in sorted(reports.items())) or "nothing"))
+        requests = control.requests()
+        faults = Counter(r["fault"] for r in requests)
+        write(f"carrier   {len(requests)} requests: " + ", ".join(f"{n} {f}" for f, n in faults.most_common()))
+
+        source.refresh_from_db()
+        progress = JobProgress.objects.filter(job_id=source.job_id).first()
+        if progress is None:
+            write(f"import    {source.name}: no progress row")
+            ok = False
+        else:
+            write(
+                f"import    {source.name}: {progress.status}, {progress.processed}/{progress.total} rows "
+                f"({progress.percent:.1f}%), {progress.error_count} refused; seen while waiting: {' -> '.join(trail)}"
+            )
+            for detail in progress.error_details[:5]:
+                write(f"            line {detail['row']}: {detail['error']}")
+            ok &= (progress.status, progress.processed, progress.error_count) == (
+                "completed_with_errors", IMPORT_ROWS, len(IMPORT_BAD_LINES),
+            )
+        for entry in api.recurring(count=1):
+            last = entry["last_run"]
+            write(
+                f"recurring {entry['name']:<14} cron {entry['cron']!r:<13} next {entry['next_runs'][0]:%Y-%m-%d %H:%M %Z}"
+                + (f", last tick {last['tick']:%Y-%m-%d %H:%M}" if last else "")
+            )
+        expected = sum(s.expect == "retried" for s in scenarios)
+        ok &= statuses[JobRun.Status.RETRIED] >= expected and dead_rows >= 1
+        verdict = "as expected" if ok else "NOT as expected"
+        write(f"{len(scenarios)} scenarios, {verdict}, in {time.time() - started:.1f}s.")
+        return ok
