@@ -110,7 +110,9 @@ def test_example_runs(group, request, prefix, settings, own_registry, monkeypatc
                 test(**{arg: request.getfixturevalue(arg) for arg in inspect.signature(test).parameters})
         if worker:
             wait_for(_drained, timeout=10, what="the example's jobs finish")
-            assert not get_broker().redis.get(get_broker().keys.stat("failed")), "a job of the example failed"
+            stat = get_broker().redis.get
+            assert stat(get_broker().keys.stat("processed")), "the worker ran none of the example's jobs"
+            assert not stat(get_broker().keys.stat("failed")), "a job of the example failed"
     finally:
         if worker:
             worker.stop(timeout=2)
