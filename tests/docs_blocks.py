@@ -7,7 +7,7 @@ host and in the built site) right before its fence says otherwise:
   example); the reason is required, so an untested block is always a decision;
 * ``<!-- mirrors: example_project/deliveries/jobs.py::ClassName -->``: the block is that
   class's (or function's) source, compared after normalising whitespace;
-* ``<!-- run: continues -->``: runs after the block before it on the page, in its namespace;
+* ``<!-- run: continues -->``: runs after the page's previous runnable block, in its namespace;
 * ``<!-- run: worker -->``: a worker runs while the block does, and the queues must drain.
 """
 
@@ -35,7 +35,6 @@ class Block:
     lang: str
     code: str
     marker: tuple[str, str] | None = None
-    marker_line: int | None = None
 
     @property
     def name(self) -> str:
@@ -113,7 +112,7 @@ def parse(path: Path) -> tuple[list[Block], list[Stray]]:
                 if lang != "python":
                     strays.append(Stray(path, pending[1], f"marker before a {lang or 'plain'} block"))
                 else:
-                    block.marker, block.marker_line = pending
+                    block.marker = pending[0]
                 pending = None
             blocks.append(block)
         elif stripped and pending:
