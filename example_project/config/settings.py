@@ -106,6 +106,7 @@ ASYNC_JOBS = {
     ],
     "CONCURRENCY": int(os.environ.get("WORKER_CONCURRENCY", "5")),
     "SHUTDOWN_TIMEOUT": 10,
+    "MAX_RETRIES": 5,  # the guide's sidekiq.yml: jobs without retry rules die after 5 retries
     "PROGRESS_EVERY": 10,  # the guide's import writes its progress every 10 rows
     "DEATH_HANDLERS": ["deliveries.hooks.report_death"],
     # The guide's recurring jobs (config/recurring.yml there); times in TIME_ZONE.

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -5,6 +7,16 @@ from django.http import HttpRequest
 from deliveries.models import ErrorReport, Import, JobRun, OutboxMessage, Payment, Recipient, Task
 from django_async_jobs.models import JobProgress
 from django_async_jobs.progress import perform_later_with_progress
+
+
+class RecordAdmin(admin.ModelAdmin):
+    """Rows the jobs write as a record of what happened: shown, never added or edited by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Recipient)
@@ -62,16 +74,14 @@ class ImportAdmin(admin.ModelAdmin):
 
 
 @admin.register(ErrorReport)
-class ErrorReportAdmin(admin.ModelAdmin):
+class ErrorReportAdmin(RecordAdmin):
     list_display = ("reported_at", "source", "job_class", "error", "job_id")
     list_filter = ("source", "job_class")
     search_fields = ("job_id", "error")
-    readonly_fields = [f.name for f in ErrorReport._meta.fields]
 
 
 @admin.register(JobRun)
-class JobRunAdmin(admin.ModelAdmin):
+class JobRunAdmin(RecordAdmin):
     list_display = ("started_at", "job_class", "queue", "status", "result", "execution", "pid", "job_id")
     list_filter = ("status", "queue", "job_class")
     search_fields = ("job_id",)
-    readonly_fields = [f.name for f in JobRun._meta.fields]

@@ -182,11 +182,20 @@ class Command(BaseCommand):
         self, control: CarrierControl, admin: Any, recipients: list[Recipient], tasks: list[Task],
         payments: list[Payment], source: Import,
     ) -> list[Scenario]:
+        scenarios: list[Scenario] = []
         t = [task.pk for task in tasks]
-        track = {task.pk: task.tracking_number for task in tasks}
 
-        def carrier(request: str, path_task: int, *faults: str, then: str = "ok") -> Callable[[], None]:
-            return lambda: control.plan(f"{request}/{track[path_task]}", *faults, then=then)
+        def run(label: str, expect: str, enqueue: Callable[[], Any], follow_copies: bool = False) -> None:
+            job = enqueue()
+            if not job and expect != REFUSED:
+                raise CommandError(f"{label}: not enqueued (a callback halted it, or a lock is still held)")
+            job_id = job.job_id if job else None
+            scenarios.append(
+                Scenario(label, type(job).__name__, job.queue_name or "", expect, job_id, time.time(), follow_copies)
+            )
+
+        def fault(request: str, task: int, *faults: str, then: str = "ok") -> None:
+            control.plan(f"{request}/{tasks[task].tracking_number}", *faults, then=then)
 
         def start_import() -> Any:
             job = perform_later_with_progress(jobs.ImportJob, source.pk, started_by=admin)
@@ -194,49 +203,46 @@ class Command(BaseCommand):
             return job
 
         J = jobs
-        plan: list[tuple[str, str, Callable[[], Any], Callable[[], None] | None, bool]] = [
-            ("payment, priority 50", SUCCEEDED, lambda: J.PaymentProcessingJob.set(priority=50).perform_later(payments[0].pk), None, False),
-            ("payment", SUCCEEDED, lambda: J.PaymentProcessingJob.perform_later(payments[1].pk), None, False),
-            ("urgent re-plan", SUCCEEDED, lambda: J.FlexibleJob.perform_later(t[1], "high"), None, False),
-            ("normal re-plan", SUCCEEDED, lambda: J.FlexibleJob.perform_later(t[2], "normal"), None, False),
-            ("created SMS, copy 1", SUCCEEDED, lambda: J.TaskNotificationJob.perform_later(t[0], notification_type="created"), None, False),
-            ("created SMS, copy 2", SUCCEEDED, lambda: J.TaskNotificationJob.perform_later(t[0], notification_type="created"), None, False),
-            ("delivered email", SUCCEEDED, lambda: J.TaskNotificationJob.perform_later(t[3], notification_type="delivered"), None, False),
-            ("welcome email", SUCCEEDED, lambda: J.SendWelcomeEmailJob.perform_later(recipients[0].pk), None, False),
-            ("book, carrier ok", SUCCEEDED, lambda: J.ExternalApiJob.perform_later(t[4]), None, False),
-            ("book, 503 once", RETRIED, lambda: J.ExternalApiJob.perform_later(t[5]), carrier("PUT /shipments", t[5], "error"), False),
-            ("book, 429 once", RETRIED, lambda: J.ExternalApiJob.perform_later(t[6]), carrier("PUT /shipments", t[6], "rate_limit"), False),
-            ("book, carrier says 422", DISCARDED, lambda: J.ExternalApiJob.perform_later(t[7]), carrier("PUT /shipments", t[7], "client_error"), False),
-            ("book, carrier down", DEAD, lambda: J.ExternalApiJob.perform_later(t[8]), carrier("PUT /shipments", t[8], then="drop"), False),
-            ("sync, carrier ok", SUCCEEDED, lambda: J.SyncExternalDataJob.perform_later(t[4]), None, False),
-            ("sync, slow once", RETRIED, lambda: J.SyncExternalDataJob.perform_later(t[9]), carrier("GET /shipments", t[9], "slow"), False),
-            ("sync, carrier says 404", DISCARDED, lambda: J.SyncExternalDataJob.perform_later(t[10]), carrier("GET /shipments", t[10], "not_found"), False),
-            ("pickup, 429 once", REENQUEUED, lambda: J.ManualRetryJob.perform_later(t[0]), carrier("PUT /pickups", t[0], "rate_limit"), True),
-            ("pickup, carrier says 410", SUCCEEDED, lambda: J.ManualRetryJob.perform_later(t[1]), carrier("PUT /pickups", t[1], "gone"), False),
-            ("bulk status update", SUCCEEDED, lambda: J.BulkUpdateJob.perform_later(t[2:5], {"status": "in_transit"}), None, False),
-            (f"import {IMPORT_ROWS} rows", SUCCEEDED, start_import, None, False),
-            ("recount, copy 1", SUCCEEDED, lambda: J.UniqueProcessingJob.perform_later(recipients[2].pk, {"reason": "import"}), None, False),
-            ("recount, copy 2", REFUSED, lambda: J.UniqueProcessingJob.perform_later(recipients[2].pk, {"reason": "status"}), None, False),
-            (f"reminder in {REMINDER_DELAY.seconds}s", SUCCEEDED, lambda: J.TaskReminderJob.set(wait=REMINDER_DELAY).perform_later(t[1]), None, False),
-            ("newsletter", SUCCEEDED, lambda: J.SendNewsletterJob.perform_later([r.pk for r in recipients], "2026-01"), None, False),
-        ]
-        scenarios = []
-        for label, expect, enqueue, faults, follow in plan:
-            if faults is not None:
-                faults()
-            job = enqueue()
-            if not job and expect != REFUSED:
-                raise CommandError(f"{label}: not enqueued (a callback halted it, or a lock is still held)")
-            scenarios.append(
-                Scenario(label, type(job).__name__, job.queue_name or "", expect, job.job_id if job else None, time.time(), follow)
-            )
-        recurring = {e["name"]: e for e in api.recurring(count=1)}
-        for name in ("daily_cleanup", "hourly_sync", "weekly_report"):
-            entry = recurring[name]
-            job_id = api.run_recurring_now(name)
-            scenarios.append(
-                Scenario(f"{name}, run now", entry["class"].rsplit(".", 1)[-1], entry["queue"], SUCCEEDED, job_id, time.time())
-            )
+        run("payment, priority 50", SUCCEEDED, lambda: J.PaymentProcessingJob.set(priority=50).perform_later(payments[0].pk))
+        run("payment", SUCCEEDED, lambda: J.PaymentProcessingJob.perform_later(payments[1].pk))
+        run("urgent re-plan", SUCCEEDED, lambda: J.FlexibleJob.perform_later(t[1], "high"))
+        run("normal re-plan", SUCCEEDED, lambda: J.FlexibleJob.perform_later(t[2], "normal"))
+        for copy in (1, 2):
+            run(f"created SMS, copy {copy}", SUCCEEDED, lambda: J.TaskNotificationJob.perform_later(t[0], notification_type="created"))
+        run("delivered email", SUCCEEDED, lambda: J.TaskNotificationJob.perform_later(t[3], notification_type="delivered"))
+        run("welcome email", SUCCEEDED, lambda: J.SendWelcomeEmailJob.perform_later(recipients[0].pk))
+
+        run("book, carrier ok", SUCCEEDED, lambda: J.ExternalApiJob.perform_later(t[4]))
+        fault("PUT /shipments", 5, "error")
+        run("book, 503 once", RETRIED, lambda: J.ExternalApiJob.perform_later(t[5]))
+        fault("PUT /shipments", 6, "rate_limit")
+        run("book, 429 once", RETRIED, lambda: J.ExternalApiJob.perform_later(t[6]))
+        fault("PUT /shipments", 7, "client_error")
+        run("book, carrier says 422", DISCARDED, lambda: J.ExternalApiJob.perform_later(t[7]))
+        fault("PUT /shipments", 8, then="drop")
+        run("book, carrier down", DEAD, lambda: J.ExternalApiJob.perform_later(t[8]))
+        run("sync, carrier ok", SUCCEEDED, lambda: J.SyncExternalDataJob.perform_later(t[4]))
+        fault("GET /shipments", 9, "slow")
+        run("sync, slow once", RETRIED, lambda: J.SyncExternalDataJob.perform_later(t[9]))
+        fault("GET /shipments", 10, "not_found")
+        run("sync, carrier says 404", DISCARDED, lambda: J.SyncExternalDataJob.perform_later(t[10]))
+        fault("PUT /pickups", 0, "rate_limit")
+        run("pickup, 429 once", REENQUEUED, lambda: J.ManualRetryJob.perform_later(t[0]), follow_copies=True)
+        fault("PUT /pickups", 1, "gone")
+        run("pickup, carrier says 410", SUCCEEDED, lambda: J.ManualRetryJob.perform_later(t[1]))
+
+        run("bulk status update", SUCCEEDED, lambda: J.BulkUpdateJob.perform_later(t[2:5], {"status": "in_transit"}))
+        run(f"import {IMPORT_ROWS} rows", SUCCEEDED, start_import)
+        run("recount, copy 1", SUCCEEDED, lambda: J.UniqueProcessingJob.perform_later(recipients[2].pk, {"reason": "import"}))
+        run("recount, copy 2", REFUSED, lambda: J.UniqueProcessingJob.perform_later(recipients[2].pk, {"reason": "status"}))
+        run(f"reminder in {REMINDER_DELAY.seconds}s", SUCCEEDED, lambda: J.TaskReminderJob.set(wait=REMINDER_DELAY).perform_later(t[1]))
+        run("newsletter", SUCCEEDED, lambda: J.SendNewsletterJob.perform_later([r.pk for r in recipients], "2026-01"))
+
+        # The recurring jobs, run now (as the dashboard's "run now" does); their schedule goes on.
+        for entry in api.recurring(count=1):
+            job_id = api.run_recurring_now(entry["name"])
+            job_class = entry["class"].rsplit(".", 1)[-1]
+            scenarios.append(Scenario(f"{entry['name']}, run now", job_class, entry["queue"], SUCCEEDED, job_id, time.time()))
         return scenarios
 
     # -- waiting ---------------------------------------------------------------------------------
@@ -265,8 +271,9 @@ class Command(BaseCommand):
         the import's progress as seen while waiting."""
         deadline = time.monotonic() + timeout
         trail: list[str] = []
+        source.refresh_from_db()  # its job_id, set when the import was enqueued
         while True:
-            progress = JobProgress.objects.filter(job_id=Import.objects.get(pk=source.pk).job_id).first()
+            progress = JobProgress.objects.filter(job_id=source.job_id).first()
             if progress is not None:
                 seen = f"{progress.status} {progress.processed}/{progress.total or '?'}"
                 if not trail or trail[-1] != seen:
@@ -327,7 +334,6 @@ class Command(BaseCommand):
         faults = Counter(r["fault"] for r in requests)
         write(f"carrier   {len(requests)} requests: " + ", ".join(f"{n} {f}" for f, n in faults.most_common()))
 
-        source.refresh_from_db()
         progress = JobProgress.objects.filter(job_id=source.job_id).first()
         if progress is None:
             write(f"import    {source.name}: no progress row")
@@ -348,8 +354,6 @@ class Command(BaseCommand):
                 f"recurring {entry['name']:<14} cron {entry['cron']!r:<13} next {entry['next_runs'][0]:%Y-%m-%d %H:%M %Z}"
                 + (f", last tick {last['tick']:%Y-%m-%d %H:%M}" if last else "")
             )
-        expected = sum(s.expect == "retried" for s in scenarios)
-        ok &= statuses[JobRun.Status.RETRIED] >= expected and dead_rows >= 1
         verdict = "as expected" if ok else "NOT as expected"
         write(f"{len(scenarios)} scenarios, {verdict}, in {time.time() - started:.1f}s.")
         return ok
