@@ -59,7 +59,9 @@ def _configure_logging(verbosity: int) -> None:
     root = logging.getLogger("django_async_jobs")
     if root.handlers or logging.getLogger().handlers:
         return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"))
+    from django_async_jobs.worker.logs import BatchedStreamHandler, WorkerFormatter
+
+    handler = BatchedStreamHandler()
+    handler.setFormatter(WorkerFormatter("%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING)

@@ -1,0 +1,74 @@
+"""runworker's default log output: batched writes, same lines, same order, nothing lost or doubled."""
+
+import io
+import logging
+import os
+import time
+
+import pytest
+
+from django_async_jobs.worker.logs import BatchedStreamHandler, WorkerFormatter
+from tests.helpers import wait_for
+
+FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
+
+
+@pytest.fixture
+def logger():
+    log = logging.getLogger("django_async_jobs.test_worker_logs")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    yield log
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+
+
+def test_info_lines_come_in_a_batch_and_a_warning_at_once_after_them(logger):
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=0.05)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    for i in range(3):
+        logger.info("line %d", i)
+    logger.debug("below the level")
+    assert stream.getvalue() == ""  # not one write per record
+    wait_for(lambda: stream.getvalue(), timeout=2, what="the batch")
+    assert stream.getvalue() == "INFO line 0\nINFO line 1\nINFO line 2\n"
+    logger.info("pending")
+    logger.warning("now")
+    assert stream.getvalue().endswith("INFO pending\nWARNING now\n")
+
+
+def test_close_writes_what_is_pending(logger):
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=60)
+    logger.addHandler(handler)
+    logger.info("last words")
+    handler.close()
+    assert stream.getvalue() == "last words\n"
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_writes_its_own_lines_not_its_parents(logger, tmp_path):
+    path = tmp_path / "out.log"
+    with path.open("a") as stream:
+        handler = BatchedStreamHandler(stream, interval=60)
+        logger.addHandler(handler)
+        logger.info("parent")  # pending when the child forks
+        pid = os.fork()
+        if pid == 0:
+            logger.warning("child")
+            os._exit(0)
+        os.waitpid(pid, 0)
+        logger.removeHandler(handler)
+        handler.close()
+    assert sorted(path.read_text().splitlines()) == ["child", "parent"]
+
+
+def test_the_cached_timestamp_reads_as_the_standard_one():
+    plain, cached = logging.Formatter(FORMAT), WorkerFormatter(FORMAT)
+    for created in (time.time(), 1_700_000_000.999, 1_700_000_001.0):
+        record = logging.makeLogRecord({"msg": "m %s", "args": ("x",), "created": created, "msecs": 999.0})
+        record.msecs = (created - int(created)) * 1000
+        assert cached.format(record) == plain.format(record)
