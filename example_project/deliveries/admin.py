@@ -82,6 +82,6 @@ class ErrorReportAdmin(RecordAdmin):
 
 @admin.register(JobRun)
 class JobRunAdmin(RecordAdmin):
-    list_display = ("started_at", "job_class", "queue", "status", "result", "execution", "pid", "job_id")
-    list_filter = ("status", "queue", "job_class")
+    list_display = ("started_at", "job_class", "queue", "status", "outcome", "result", "execution", "pid", "job_id")
+    list_filter = ("status", "outcome", "queue", "job_class")
     search_fields = ("job_id",)

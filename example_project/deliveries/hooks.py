@@ -1,6 +1,6 @@
 """How the project hears about jobs from outside the job classes.
 
-* Receivers of the library's signals label a failed execution's ``JobRun`` row with what the
+* Receivers of the library's signals record on a failed execution's ``JobRun`` row what the
   retry rules made of it (retried, discarded, dead): the admin and the demo count those.
 * ``report_death`` is the project's ``DEATH_HANDLERS`` entry, the guide's Sidekiq death handler:
   a job that died is logged and reported to the error tracker.
@@ -20,27 +20,27 @@ from django_async_jobs import signals
 logger = logging.getLogger("deliveries.hooks")
 
 
-def label_failed_run(job: Any, status: str) -> None:
+def record_outcome(job: Any, outcome: str) -> None:
     """The run was saved as failed by ``DeliveryJob``; the rules' decision comes just after."""
     if job is not None:
         JobRun.objects.filter(job_id=job.job_id, execution=job.executions, status=JobRun.Status.FAILED).update(
-            status=status
+            outcome=outcome
         )
 
 
 @receiver(signals.job_retried)
 def run_retried(sender: type | None, job: Any = None, **kwargs: Any) -> None:
-    label_failed_run(job, JobRun.Status.RETRIED)
+    record_outcome(job, JobRun.Outcome.RETRIED)
 
 
 @receiver(signals.job_discarded)
 def run_discarded(sender: type | None, job: Any = None, **kwargs: Any) -> None:
-    label_failed_run(job, JobRun.Status.DISCARDED)
+    record_outcome(job, JobRun.Outcome.DISCARDED)
 
 
 @receiver(signals.job_died)
 def run_died(sender: type | None, job: Any = None, **kwargs: Any) -> None:
-    label_failed_run(job, JobRun.Status.DEAD)
+    record_outcome(job, JobRun.Outcome.DEAD)
 
 
 def report_death(payload: dict[str, Any], exc: BaseException) -> None:

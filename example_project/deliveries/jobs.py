@@ -467,7 +467,7 @@ class WeeklyReportJob(DeliveryJob):
             lines = [
                 f"tasks delivered: {Task.objects.filter(status=Task.Status.DELIVERED).count()}",
                 f"messages sent: {OutboxMessage.objects.filter(sent_at__gte=since).count()}",
-                f"job runs: {runs.count()}, failed: {runs.exclude(status=JobRun.Status.SUCCEEDED).count()}",
+                f"job runs: {runs.count()}, failed: {runs.filter(status=JobRun.Status.FAILED).count()}",
                 f"errors reported: {ErrorReport.objects.filter(reported_at__gte=since).count()}",
             ]
             services.send_email(self.report_to, f"Weekly report {label}", "\n".join(lines), kind="weekly_report",

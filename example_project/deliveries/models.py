@@ -121,16 +121,18 @@ class ErrorReport(models.Model):
 class JobRun(models.Model):
     """One execution of a job, written by ``DeliveryJob``'s ``around_perform`` callback.
 
-    A failed execution is then labelled with what the retry rules made of it (``deliveries.hooks``).
+    A failed execution then gets the ``outcome`` the retry rules chose (``deliveries.hooks``).
     """
 
     class Status(models.TextChoices):
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
-        RETRIED = "retried", "failed, retry scheduled"
-        DISCARDED = "discarded", "failed, discarded"
-        DEAD = "dead", "failed, dead"
+
+    class Outcome(models.TextChoices):
+        RETRIED = "retried", "retry scheduled"
+        DISCARDED = "discarded"
+        DEAD = "dead"
 
     job_id = models.CharField(max_length=32, db_index=True)
     job_class = models.CharField(max_length=200)
@@ -138,6 +140,9 @@ class JobRun(models.Model):
     arguments = models.JSONField(default=dict)
     execution = models.PositiveIntegerField(default=1)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    outcome = models.CharField(
+        max_length=16, choices=Outcome.choices, blank=True, help_text="What the retry rules did after a failure."
+    )
     result = models.TextField(blank=True)
     error = models.TextField(blank=True)
     pid = models.PositiveIntegerField(null=True)
@@ -149,4 +154,10 @@ class JobRun(models.Model):
         ordering = ["-started_at"]
 
     def __str__(self) -> str:
-        return f"{self.job_class} {self.job_id} ({self.status})"
+        return f"{self.job_class} {self.job_id} ({self.fate})"
+
+    @property
+    def fate(self) -> str:
+        """running, succeeded, retried, discarded or dead; failed while the rules have not decided
+        (or for ``perform_now``, which has no rules)."""
+        return self.outcome or self.status

@@ -11,7 +11,8 @@ from django_async_jobs.retries import match
 
 
 def statuses(job_id: str) -> list[str]:
-    return list(JobRun.objects.filter(job_id=job_id).order_by("execution").values_list("status", flat=True))
+    """What became of each run: succeeded, or the outcome the retry rules chose for a failure."""
+    return [run.fate for run in JobRun.objects.filter(job_id=job_id).order_by("execution")]
 
 
 def settled(job_id: str, count: int):

@@ -74,7 +74,7 @@ class Scenario:
 
 
 @dataclass
-class Outcome:
+class Observed:
     state: str  # waiting, running, retrying, succeeded, discarded, dying, dead, refused, failed
     runs: list[JobRun] = field(default_factory=list)
 
@@ -84,7 +84,7 @@ class Outcome:
 
     @property
     def retries(self) -> int:
-        return sum(r.status == JobRun.Status.RETRIED for r in self.runs)
+        return sum(r.outcome == JobRun.Outcome.RETRIED for r in self.runs)
 
     def matches(self, expect: str) -> bool:
         if expect == RETRIED:
@@ -247,24 +247,24 @@ class Command(BaseCommand):
 
     # -- waiting ---------------------------------------------------------------------------------
 
-    def outcome(self, scenario: Scenario) -> Outcome:
+    def observe(self, scenario: Scenario) -> Observed:
         if scenario.job_id is None:
-            return Outcome(REFUSED)
+            return Observed(REFUSED)
         runs = list(JobRun.objects.filter(job_id=scenario.job_id).order_by("started_at"))
         if scenario.follow_copies and runs:
             runs += JobRun.objects.filter(
                 job_class=scenario.job_class, arguments=runs[0].arguments, started_at__gt=runs[0].started_at
             ).exclude(job_id=scenario.job_id).order_by("started_at")
         if not runs:
-            return Outcome("waiting")
-        last = runs[-1].status
-        if last == JobRun.Status.DEAD:
+            return Observed("waiting")
+        last = runs[-1].fate
+        if last == JobRun.Outcome.DEAD:
             written = DeadJob.objects.filter(job_id=scenario.job_id).exists()
-            return Outcome(DEAD if written else "dying", runs)
+            return Observed(DEAD if written else "dying", runs)
         if scenario.follow_copies and runs[-1].job_id == scenario.job_id and runs[-1].result.startswith("rate limited"):
-            return Outcome("retrying", runs)  # its copy has not started yet
-        state = {JobRun.Status.RETRIED: "retrying", JobRun.Status.RUNNING: "running"}.get(last, last)
-        return Outcome(state, runs)
+            return Observed("retrying", runs)  # its copy has not started yet
+        state = {JobRun.Outcome.RETRIED: "retrying"}.get(last, last)
+        return Observed(state, runs)
 
     def wait(self, scenarios: list[Scenario], source: Import, timeout: float) -> list[str]:
         """Until every scenario is final and the queues, schedule and retries are empty; returns
@@ -280,7 +280,7 @@ class Command(BaseCommand):
                     trail.append(seen)
             stats = api.stats()
             idle = stats.enqueued + stats.scheduled + stats.retries + stats.busy == 0
-            if idle and all(self.outcome(s).final for s in scenarios):
+            if idle and all(self.observe(s).final for s in scenarios):
                 return trail
             if time.monotonic() >= deadline:
                 return trail
@@ -297,24 +297,24 @@ class Command(BaseCommand):
         write(f"{'job':<21} {'queue':<13} {'scenario':<24} {'expected':<11} {'runs':>4}  outcome")
         ok = True
         for s in scenarios:
-            outcome = self.outcome(s)
-            good = outcome.matches(s.expect)
+            observed = self.observe(s)
+            good = observed.matches(s.expect)
             ok &= good
-            last = outcome.runs[-1] if outcome.runs else None
+            last = observed.runs[-1] if observed.runs else None
             detail = (last.result or last.error) if last else ""
-            said = outcome.state + (f" after {outcome.retries} retr{'y' if outcome.retries == 1 else 'ies'}" if outcome.retries else "")
+            said = observed.state + (f" after {observed.retries} retr{'y' if observed.retries == 1 else 'ies'}" if observed.retries else "")
             if s.expect == REENQUEUED and good:
-                said = f"re-enqueued itself, copy {outcome.state}"
+                said = f"re-enqueued itself, copy {observed.state}"
             text = f"{said}: {detail}" if detail else said
             if len(text) > 72:
                 text = text[:71] + "…"
             write(
-                f"{s.job_class:<21} {s.queue:<13} {s.label:<24} {s.expect:<11} {len(outcome.runs):>4}  "
+                f"{s.job_class:<21} {s.queue:<13} {s.label:<24} {s.expect:<11} {len(observed.runs):>4}  "
                 f"{text}{'' if good else '   <-- NOT AS EXPECTED'}"
             )
 
         runs = JobRun.objects.filter(started_at__gte=since)
-        statuses = Counter(runs.values_list("status", flat=True))
+        fates = Counter(run.fate for run in runs.only("status", "outcome"))
         planned_ids = {s.job_id for s in scenarios if s.job_id}
         run_ids = set(runs.values_list("job_id", flat=True))
         dead_rows = DeadJob.objects.filter(job_id__in=run_ids).count()
@@ -324,9 +324,9 @@ class Command(BaseCommand):
             f"{len(run_ids - planned_ids)} by the jobs themselves"
         )
         write(
-            f"run       {sum(statuses.values())} times: {statuses[JobRun.Status.SUCCEEDED]} succeeded, "
-            f"{statuses[JobRun.Status.RETRIED]} retried, {statuses[JobRun.Status.DISCARDED]} discarded, "
-            f"{statuses[JobRun.Status.DEAD]} dead ({dead_rows} in the dead jobs table)"
+            f"run       {sum(fates.values())} times: {fates[JobRun.Status.SUCCEEDED]} succeeded, "
+            f"{fates[JobRun.Outcome.RETRIED]} retried, {fates[JobRun.Outcome.DISCARDED]} discarded, "
+            f"{fates[JobRun.Outcome.DEAD]} dead ({dead_rows} in the dead jobs table)"
         )
         reports = Counter(ErrorReport.objects.filter(reported_at__gte=since).values_list("source", flat=True))
         write("reported  " + (", ".join(f"{n} {what}" for what, n in sorted(reports.items())) or "nothing"))
