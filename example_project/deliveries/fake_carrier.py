@@ -89,7 +89,7 @@ class CarrierHandler(BaseHTTPRequestHandler):
     server: FakeCarrier
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the request log (``GET /_requests``) says what happened."""
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class CarrierHandler(BaseHTTPRequestHandler):
         if self.path.startswith("/_"):
             self._control(method, body)
         else:
-            self._carrier(method, body)
+            self._carrier(method)
 
     # -- controls ----------------------------------------------------------------------------
 
@@ -149,7 +149,7 @@ class CarrierHandler(BaseHTTPRequestHandler):
 
     # -- the carrier -------------------------------------------------------------------------
 
-    def _carrier(self, method: str, body: Any) -> None:
+    def _carrier(self, method: str) -> None:
         request = f"{method} {self.path}"
         if request == "GET /health":
             self._send(200, {"ok": True})

@@ -215,8 +215,8 @@ class ExternalApiJob(DeliveryJob):
     queue_as = "integrations"
     retry_on = [
         retry(carrier.CarrierUnreachable, wait=carrier_wait(5), attempts=3),
+        # polynomially_longer: 3s, 18s, 83s, 258s between the five attempts (plus jitter)
         retry(carrier.CarrierTimeout, wait=carrier_wait(polynomially_longer), attempts=5),
-        # 3s, 18s, 83s, 258s between the five attempts (plus jitter)
         retry(carrier.CarrierRateLimited, wait=carrier_wait(polynomially_longer), attempts=5),
         # a custom wait: 10s, 20s, 30s, ... as the carrier's trouble lasts
         retry(carrier.CarrierServerError, wait=carrier_wait(lambda executions: executions * 10), attempts=5),

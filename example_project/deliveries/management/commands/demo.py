@@ -332,7 +332,7 @@ class Command(BaseCommand):
         write("reported  " + (", ".join(f"{n} {what}" for what, n in sorted(reports.items())) or "nothing"))
         requests = control.requests()
         faults = Counter(r["fault"] for r in requests)
-        write(f"carrier   {len(requests)} requests: " + ", ".join(f"{n} {f}" for f, n in faults.most_common()))
+        write(f"carrier   {len(requests)} requests" + "".join(f", {n} {f}" for f, n in faults.most_common()))
 
         progress = JobProgress.objects.filter(job_id=source.job_id).first()
         if progress is None:
@@ -340,7 +340,7 @@ class Command(BaseCommand):
             ok = False
         else:
             write(
-                f"import    {source.name}: {progress.status}, {progress.processed}/{progress.total} rows "
+                f"import    {source.name}: {progress.status}, {progress.processed}/{progress.total or '?'} rows "
                 f"({progress.percent:.1f}%), {progress.error_count} refused; seen while waiting: {' -> '.join(trail)}"
             )
             for detail in progress.error_details[:5]:
