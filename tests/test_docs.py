@@ -12,6 +12,7 @@ import dis
 import inspect
 import re
 import sys
+import unittest
 from types import CodeType, ModuleType
 
 import pytest
@@ -108,6 +109,10 @@ def test_example_runs(group, request, prefix, settings, own_registry, monkeypatc
         for name, test in list(namespace.items()):
             if name.startswith("test_") and callable(test):  # an example test: run it, with its fixtures
                 test(**{arg: request.getfixturevalue(arg) for arg in inspect.signature(test).parameters})
+            elif isinstance(test, type) and issubclass(test, unittest.TestCase) and test.__module__ in {b.module for b in group.blocks}:
+                result = unittest.TestResult()
+                unittest.defaultTestLoader.loadTestsFromTestCase(test).run(result)
+                assert result.wasSuccessful(), result.errors + result.failures
         if worker:
             wait_for(_drained, timeout=10, what="the example's jobs finish")
             stat = get_broker().redis.get
