@@ -51,8 +51,9 @@ def import_csv() -> str:
     """The demo's CSV file: ``IMPORT_ROWS`` tasks, the lines in ``IMPORT_BAD_LINES`` broken."""
     lines = ["tracking_number,name,phone,email"]
     for line in range(2, IMPORT_ROWS + 2):
-        number, name = f"IMP-{line - 1:04d}", IMPORT_NAMES[line % len(IMPORT_NAMES)]
-        phone, email = f"+1555020{line:04d}", f"{name.split()[0].lower()}@example.com"
+        who = line % len(IMPORT_NAMES)
+        number, name = f"IMP-{line - 1:04d}", IMPORT_NAMES[who]
+        phone, email = f"+155502000{who}", f"{name.split()[0].lower()}@example.com"
         flaw = IMPORT_BAD_LINES.get(line)
         number = "" if flaw == "no tracking number" else number
         name = "" if flaw == "no name" else name
