@@ -1,23 +1,30 @@
 """The example project in a real browser: Debian's Chromium driven by Playwright.
 
-A live server of this project, an in-process worker on real Redis, and an operator at the
-admin: log in, watch a payment job die on the overview without reloading, find it on the Dead
-page, fix its cause, retry it, watch the worker run it, then use the dashboard's own buttons.
-A screenshot of every page goes to example_project/test-artifacts/browser/.
+A live server of this project, an in-process worker on real Redis, the fake carrier, and an
+operator at the admin: log in, watch a booking job die on the overview (the carrier answers 503
+until its retries run out) without reloading, find it on the Dead page, bring the carrier back,
+retry the job and watch the worker run it; then work through the dashboard's pages with their
+own buttons. A screenshot of every page goes to example_project/test-artifacts/browser/.
 
 Needs ``apt-get install -y chromium`` and ``pip install playwright`` (never ``playwright install``).
 """
 
 import os
+import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
 
-from deliveries.jobs import PaymentProcessingJob, TaskReminderJob
-from deliveries.models import JobRun, Payment, Recipient, Task
+from deliveries.fake_carrier import CarrierControl, FakeCarrier
+from deliveries.jobs import (
+    ExternalApiJob,
+    PaymentProcessingJob,
+    SyncExternalDataJob,
+    TaskReminderJob,
+)
+from deliveries.models import JobRun, Recipient, Task
 from django_async_jobs.models import DeadJob
 
 CHROMIUM = "/usr/bin/chromium"
@@ -27,6 +34,7 @@ FLAGS = [
     "--disable-sync", "--no-first-run",
 ]
 PASSWORD = "browser-test-pw"
+SLOW_CARRIER_SECONDS = 4
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -43,25 +51,21 @@ pytestmark = [
 ]
 
 
-def wait_for(condition, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+@pytest.fixture
+def heartbeats(settings, prefix):
+    """Heartbeats twice a second, so the Busy page shows a job soon after it starts (before the
+    ``worker`` fixture, which reads the setting)."""
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "HEARTBEAT_INTERVAL": 0.5}
 
 
 @pytest.fixture
-def worker(settings, broker):
-    """This project's worker in-process, on the test's key prefix. A job that fails dies at
-    once (``MAX_RETRIES`` 0) so that the test need not wait out a retry's backoff."""
-    from django_async_jobs.worker.launcher import Worker
-
-    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "MAX_RETRIES": 0, "CONCURRENCY": 3}
-    w = Worker()
-    w.start()
-    yield w
-    w.stop(timeout=5)
+def slow_carrier(settings):
+    """The fake carrier with a slow answer long enough to watch a job run on the Busy page;
+    retry waits a fiftieth of the guide's, so the booking job's five attempts take a second."""
+    server = FakeCarrier(port=0, slow_seconds=SLOW_CARRIER_SECONDS).start()
+    settings.CARRIER_API = {"URL": server.url, "TIMEOUT": SLOW_CARRIER_SECONDS * 2, "RETRY_WAIT_SCALE": 0.02}
+    yield CarrierControl(server.url)
+    server.stop()
 
 
 @pytest.fixture
@@ -84,78 +88,79 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{len(list(SHOTS.iterdir())) + 1:02d}-{name}.png"), full_page=True)
 
 
-def runs(job_class, status=None):
-    found = JobRun.objects.filter(job_class=job_class.__name__)
-    return found.filter(status=status) if status else found
+def statuses(job_class) -> list[str]:
+    runs = JobRun.objects.filter(job_class=job_class.__name__).order_by("id")
+    return list(runs.values_list("status", flat=True))
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_operator_finds_a_dead_payment_job_retries_it_and_watches_it_run(live_server, broker, worker, page):
+def test_an_operator_retries_a_dead_job_and_works_the_dashboard(
+    live_server, heartbeats, broker, worker, slow_carrier, page, wait_for
+):
     User.objects.create_superuser("admin", "admin@example.com", PASSWORD)
     task = Task.objects.create(tracking_number="BROWSER-1", recipient=Recipient.objects.create(name="Ana"))
+    booking = f"PUT /shipments/{task.tracking_number}"
     redis = broker.redis
 
-    # Log in to the project's admin; the dashboard is listed in its index.
+    # Log in to the project's admin: the dashboard and the project's own models are listed.
     page.goto(f"{live_server.url}/admin/")
     page.fill("#id_username", "admin")
     page.fill("#id_password", PASSWORD)
     page.click('input[type="submit"]')
     expect(page.locator("#content-main")).to_contain_text("Dashboard")
-    expect(page.locator("#content-main")).to_contain_text("Job runs")  # the project's own models
+    expect(page.locator("#content-main")).to_contain_text("Job runs")
     shot(page, "admin-index")
 
-    # The overview is open when the job dies: its live refresh shows the death without a reload.
-    # The payment row is not there yet, so the job fails fast (Payment.DoesNotExist).
+    # The overview is open while the carrier is down: the booking job uses up its five attempts
+    # and dies, and the live refresh shows it without a reload.
     page.click("text=Dashboard")
     expect(page.locator('[data-stat="dead"]')).to_have_text("0")
     page.select_option("#aj-refresh", "2")
     page.evaluate("window.notReloaded = true")
-    missing_id = 4242
-    job = PaymentProcessingJob.perform_later(missing_id)
+    slow_carrier.plan(booking, then="error")
+    job = ExternalApiJob.perform_later(task.id)
     expect(page.locator('[data-stat="dead"]')).to_have_text("1", timeout=20_000)
-    expect(page.locator('[data-stat="failed_today"]')).to_have_text("1")
+    expect(page.locator('[data-stat="failed_today"]')).to_have_text("5")
     assert page.evaluate("window.notReloaded") is True
+    assert statuses(ExternalApiJob) == ["failed"] * 5
     shot(page, "overview-after-death")
 
-    # The Dead page lists it (once the worker's dead writer has moved it to the database).
+    # The Dead page lists it (once the worker's dead writer has moved it to the database), and
+    # its detail page shows why.
     page.click("#aj-dead-link")
     wait_for(lambda: not redis.hlen(broker.keys.dead), timeout=15, what="the dead job written to the database")
     page.reload()
-    row = page.locator("#result_list tbody tr", has_text="PaymentProcessingJob")
+    row = page.locator("#result_list tbody tr", has_text="ExternalApiJob")
     expect(row).to_have_count(1)
-    expect(row).to_contain_text("DoesNotExist")
-    row.locator("th a, td a").first.click()  # the read-only detail page with the traceback
-    expect(page.locator("#content")).to_contain_text("Payment matching query does not exist")
+    expect(row).to_contain_text("CarrierServerError")
+    row.locator("th a").first.click()
+    expect(page.locator("#content")).to_contain_text("Traceback")
     shot(page, "dead-job-detail")
     page.go_back()
 
-    # The cause is fixed (the payment row exists now): retry it from the Dead page.
-    Payment.objects.create(pk=missing_id, task=task, amount="19.90")
-    row = page.locator("#result_list tbody tr", has_text="PaymentProcessingJob")
+    # The carrier is back: retry the job from the Dead page and watch the worker book it.
+    slow_carrier.reset()
     row.locator("input.action-select").check()
     page.select_option('select[name="action"]', "retry_selected")
     page.locator('#changelist-form button[type="submit"], #changelist-form input[type="submit"][name="index"]').first.click()
     expect(page.locator("ul.messagelist")).to_contain_text("Retried 1 dead job")
-    wait_for(
-        lambda: Payment.objects.get(pk=missing_id).status == Payment.Status.CAPTURED,
-        timeout=15, what="the retried payment job capturing the payment",
-    )
+    wait_for(lambda: statuses(ExternalApiJob)[-1:] == ["succeeded"], timeout=15, what="the retried job booking")
+    task.refresh_from_db()
+    assert task.carrier_reference
     assert not DeadJob.objects.filter(job_id=job.job_id).exists()
-    assert list(runs(PaymentProcessingJob).order_by("id").values_list("status", flat=True)) == ["failed", "succeeded"]
     shot(page, "dead-jobs-after-retry")
 
-    # The project's JobRun admin shows both executions of that job.
     page.goto(f"{live_server.url}/admin/deliveries/jobrun/")
-    expect(page.locator("#result_list tbody tr", has_text="PaymentProcessingJob")).to_have_count(2)
+    expect(page.locator("#result_list tbody tr", has_text="ExternalApiJob")).to_have_count(6)
     shot(page, "job-runs")
 
     page.goto(f"{live_server.url}/admin/")
     page.click("text=Dashboard")
-    expect(page.locator('[data-stat="processed_today"]')).to_have_text("2")  # the failure and the success
+    expect(page.locator('[data-stat="processed_today"]')).to_have_text("6")  # five failures, one success
     expect(page.locator('[data-stat="dead"]')).to_have_text("0")
     shot(page, "overview-after-retry")
 
-    # Scheduled: "Run now" hands tomorrow's reminder to the worker at once.
+    # Scheduled: "Run now" hands a reminder due in an hour to the worker at once.
     TaskReminderJob.set(wait=3600).perform_later(task.id)
     page.click("a.aj-tab:has-text('Scheduled')")
     expect(page.locator("table.aj-jobs tbody tr")).to_have_count(1)
@@ -163,11 +168,57 @@ def test_an_operator_finds_a_dead_payment_job_retries_it_and_watches_it_run(live
     shot(page, "scheduled")
     page.click("button.aj-op-enqueue")
     expect(page.locator("ul.messagelist")).to_contain_text("Enqueued 1 job to run now")
-    wait_for(lambda: runs(TaskReminderJob, "succeeded").exists(), timeout=15, what="the reminder running")
+    wait_for(lambda: statuses(TaskReminderJob) == ["succeeded"], timeout=15, what="the reminder running")
     expect(page.locator("table.aj-jobs")).to_contain_text("No jobs.")
 
-    # Queues: the guide's seven queues, all drained.
+    # Retries: a payment job for a row that does not exist waits for its retry under the default
+    # policy; the operator kills it with a bulk action and finds it among the dead jobs.
+    failing = PaymentProcessingJob.perform_later(987654)
+    wait_for(lambda: redis.zcard(broker.keys.retry) == 1, timeout=15, what="the failed job in the retry set")
+    page.click("a.aj-tab:has-text('Retries')")
+    expect(page.locator(f'tr[data-job-id="{failing.job_id}"]')).to_contain_text("DoesNotExist")
+    shot(page, "retries")
+    page.check(".aj-check-all")
+    page.click('.actions button[value="kill"]')  # accepts the confirmation dialog
+    expect(page.locator("ul.messagelist")).to_contain_text("Moved 1 job to the dead jobs")
+    assert redis.zcard(broker.keys.retry) == 0
+    wait_for(lambda: not redis.hlen(broker.keys.dead), timeout=15, what="the killed job written to the database")
+    page.click("#aj-dead-link")
+    expect(page.locator("#result_list tbody tr", has_text="Killed")).to_have_count(1)
+    shot(page, "dead-jobs-after-kill")
+
+    # Queues: the guide's seven, drained. Recurring: the project's three entries; run one now.
+    page.click("#nav-sidebar a:has-text('Dashboard')")
     page.click("a.aj-tab:has-text('Queues')")
     for queue in ("critical", "default", "notifications", "integrations", "bulk", "scheduled", "low"):
         expect(page.locator(f'#aj-queues tr[data-queue="{queue}"]')).to_have_count(1)
     shot(page, "queues")
+    page.click("a.aj-tab:has-text('Recurring')")
+    expect(page.locator('tr[data-entry="daily_cleanup"]')).to_contain_text("0 2 * * *")
+    expect(page.locator('tr[data-entry="hourly_sync"]')).to_contain_text("0 * * * *")
+    expect(page.locator('tr[data-entry="weekly_report"]')).to_contain_text("0 9 * * 1")
+    shot(page, "recurring")
+
+    # Busy: a sync job waiting on the slow carrier, with its runtime; then the worker is quieted
+    # from the page and lets that job finish.
+    slow_carrier.plan(f"GET /shipments/{task.tracking_number}", "slow")
+    running = SyncExternalDataJob.perform_later(task.id)
+    page.click("a.aj-tab:has-text('Busy')")
+    running_row = page.locator(f'#aj-running tr[data-job-id="{running.job_id}"]')
+    process_row = page.locator(f'tr[data-process="{worker.process_id}"]')
+    for _ in range(30):  # the job's start shows with the worker's next heartbeat
+        if running_row.count() and f"1/{worker.concurrency}" in process_row.inner_text():
+            break
+        page.wait_for_timeout(100)
+        page.reload()
+    expect(process_row).to_contain_text(f"1/{worker.concurrency}")
+    expect(running_row).to_contain_text("SyncExternalDataJob")
+    expect(running_row.locator(".aj-runtime")).to_have_text(re.compile(r"^\d+\.\d s$"))
+    shot(page, "busy")
+    process_row.locator('button[value="quiet"]').click()
+    expect(page.locator("ul.messagelist")).to_contain_text("it acts on its next heartbeat")
+    wait_for(lambda: worker.quiet, timeout=10, what="the worker going quiet")
+    wait_for(lambda: statuses(SyncExternalDataJob) == ["succeeded"], timeout=15, what="the running job finishing")
+    page.reload()
+    expect(page.locator(f'tr[data-process="{worker.process_id}"]')).to_contain_text("quiet")
+    shot(page, "busy-quiet")
