@@ -72,3 +72,22 @@ def test_the_cached_timestamp_reads_as_the_standard_one():
         record = logging.makeLogRecord({"msg": "m %s", "args": ("x",), "created": created, "msecs": 999.0})
         record.msecs = (created - int(created)) * 1000
         assert cached.format(record) == plain.format(record)
+
+
+def test_one_info_line_per_job_with_its_fields(broker, caplog):
+    from django_async_jobs.serialization import encode_payload
+    from django_async_jobs.worker.processor import process
+    from tests.testapp.jobs import IncrJob
+
+    job = IncrJob(f"{broker.keys.prefix}:n")
+    job.queue_name = "default"
+    with caplog.at_level(logging.INFO, logger="django_async_jobs.job"):
+        settlement = process(f"{job.job_id}:1", encode_payload(job.serialize()).encode())
+    assert settlement.op == "ack"
+    [record] = [r for r in caplog.records if r.name == "django_async_jobs.job"]
+    assert record.levelno == logging.INFO and record.funcName == "finish"
+    assert record.getMessage().startswith(f"finish {IncrJob.job_name} {job.job_id} queue=default elapsed_ms=")
+    assert record.getMessage().endswith(" outcome=ok")
+    assert (record.job_class, record.job_id, record.queue, record.outcome, record.error) == (
+        IncrJob.job_name, job.job_id, "default", "ok", None
+    )

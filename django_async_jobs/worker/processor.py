@@ -7,6 +7,7 @@ longer fits ``perform``'s signature becomes a dead job with that reason.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -171,12 +172,22 @@ def finish(started: Started, exc: Exception | None) -> Settlement:
         _close_connections()
     if started.log:
         elapsed = (time.perf_counter() - started.began) * 1000
-        logger.info(
+        _info(
             "finish %s %s queue=%s elapsed_ms=%.1f outcome=%s%s",
-            job.job_name, job.job_id, job.queue_name, elapsed, outcome, f" error={error}" if error else "",
-            extra={**started.extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome, "error": error},
+            (job.job_name, job.job_id, job.queue_name, elapsed, outcome, f" error={error}" if error else ""),
+            {**started.extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome, "error": error},
         )
     return settlement
+
+
+def _info(msg: str, args: tuple[Any, ...], extra: dict[str, Any]) -> None:
+    """``logger.info`` for a level already checked, naming its caller's line without walking the
+    stack for it (``findCaller``); the record then goes through the logger's filters and handlers."""
+    caller = sys._getframe(1)
+    code = caller.f_code
+    logger.handle(
+        logger.makeRecord(logger.name, logging.INFO, code.co_filename, caller.f_lineno, msg, args, None, code.co_name, extra)
+    )
 
 
 def process(field: str, raw: bytes, log_jobs: bool = True, event_loop: Any = None) -> Settlement | None:
