@@ -118,16 +118,18 @@ class Fetcher(threading.Thread):
 
     def run(self) -> None:
         backoff = 0.1
+        waited = False  # the last pass ended in _wait_for_work, which drained the messages
         while not self.stopping.is_set():
             free = self._take_slots()
             if not free:
                 break
             self.wake.clear()
-            if self._pubsub is not None:
+            if self._pubsub is not None and not waited:
                 try:
                     self._drain_messages()  # a busy fetcher must not let messages pile up
                 except (redis.RedisError, OSError):
                     self._unsubscribe()
+            waited = False
             if self.stopping.is_set():
                 self._give_back(free)
                 break
@@ -143,8 +145,11 @@ class Fetcher(threading.Thread):
             self._give_back(free - len(items))
             if items:
                 self.deliver(items)
-            else:
+            if len(items) < free:
+                # The queues ran dry: wait for the "ready" that every step adding jobs publishes,
+                # rather than a fetch that would find nothing while a processor starts its job.
                 self._wait_for_work()
+                waited = True
         self._unsubscribe()
 
     # -- the notify channel --------------------------------------------------------------------
