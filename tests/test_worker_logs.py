@@ -1,5 +1,6 @@
 """runworker's default log output: batched writes, same lines, same order, nothing lost or doubled."""
 
+import contextlib
 import io
 import logging
 import os
@@ -91,3 +92,76 @@ def test_one_info_line_per_job_with_its_fields(broker, caplog):
     assert (record.job_class, record.job_id, record.queue, record.outcome, record.error) == (
         IncrJob.job_name, job.job_id, "default", "ok", None
     )
+
+
+@pytest.fixture
+def default_output(logger):
+    """runworker's own configuration, on the test's logger and its child."""
+    from django_async_jobs.worker.logs import DEFAULT_FORMAT
+
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=60)
+    handler.setFormatter(WorkerFormatter(DEFAULT_FORMAT))
+    logger.addHandler(handler)
+    return logging.getLogger(f"{logger.name}.job"), handler, stream
+
+
+@contextlib.contextmanager
+def no_capture(logger):
+    """pytest adds its capture handlers to loggers that do not propagate, during each test
+    phase; set them aside, as a worker has none."""
+    others = [h for h in logger.handlers if type(h).__module__.startswith("_pytest")]
+    for handler in others:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in others:
+            logger.addHandler(handler)
+
+
+def test_a_line_rendered_without_a_record_reads_as_the_record_would(default_output):
+    from django_async_jobs.worker.logs import plain_output
+
+    child, handler, stream = default_output
+    with no_capture(child.parent):
+        assert plain_output(child, logging.INFO) is handler
+    child.info("finish %s elapsed_ms=%.1f", "x", 1.25)
+    before = time.time()
+    handler.append(handler.formatter.line(before, logging.INFO, child.name, "finish x elapsed_ms=1.2"))
+    handler.flush()
+    by_record, by_line = stream.getvalue().splitlines()
+    assert by_record.split(" ", 2)[2] == by_line.split(" ", 2)[2]  # pid, level, name, message
+    assert by_line.split(" ")[1].startswith(time.strftime("%H:%M", time.localtime(before)))
+    record = child.makeRecord(child.name, logging.INFO, __file__, 1, "m %s", ("x",), None)
+    record.created, record.msecs = 1_700_000_000.25, 250.0
+    assert handler.formatter.format(record) == handler.formatter.line(record.created, logging.INFO, child.name, "m x")
+
+
+@pytest.mark.parametrize("change", ["logger filter", "handler filter", "second handler", "formatter", "factory"])
+def test_anything_that_could_see_or_change_the_record_keeps_the_record(default_output, change, monkeypatch):
+    from django_async_jobs.worker.logs import DEFAULT_FORMAT, plain_output
+
+    child, handler, _ = default_output
+    if change == "logger filter":
+        child.addFilter(lambda record: True)
+    elif change == "handler filter":
+        handler.addFilter(lambda record: True)
+    elif change == "second handler":
+        child.addHandler(logging.NullHandler())
+    elif change == "formatter":
+        handler.setFormatter(WorkerFormatter("%(message)s"))
+    else:
+        monkeypatch.setattr(logging, "_logRecordFactory", lambda *args, **kwargs: logging.LogRecord(*args, **kwargs))
+    try:
+        with no_capture(child.parent):
+            assert plain_output(child, logging.INFO) is None
+            child.handlers.clear()
+            child.filters.clear()
+            handler.filters.clear()
+            handler.setFormatter(WorkerFormatter(DEFAULT_FORMAT))
+            monkeypatch.undo()
+            assert plain_output(child, logging.INFO) is handler  # and back once the change is gone
+    finally:
+        child.filters.clear()
+        child.handlers.clear()

@@ -8,6 +8,10 @@ and written by one flusher thread, at most ``interval`` after they were logged; 
 worse is written at once, after what is waiting, so the order of lines holds. Levels, filters
 and formatters apply as for any handler. ``flush()`` and ``close()``, which
 ``logging.shutdown()`` calls at exit, write what is left.
+
+Making and formatting a ``LogRecord`` is most of a line's cost. Where a record would reach only
+this handler, with the default format and nothing to filter or enrich it on the way
+(``plain_output``), the caller may render the line itself and hand it over: same text, no record.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from typing import TextIO
 
 FLUSH_INTERVAL = 0.1  # seconds: how late an INFO line may appear
+DEFAULT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
 
 
 class BatchedStreamHandler(logging.StreamHandler):
@@ -36,10 +41,19 @@ class BatchedStreamHandler(logging.StreamHandler):
         except Exception:
             self.handleError(record)
             return
+        self._add(line, record.levelno >= logging.WARNING)
+
+    def append(self, line: str) -> None:
+        """Queue a line rendered by the caller (see ``plain_output``), as ``emit`` would at INFO."""
+        with self.lock:
+            self._add(line + self.terminator, False)
+
+    def _add(self, line: str, now: bool) -> None:
+        """Queue a line, and write at once when ``now``; the caller holds self.lock."""
         if self._pid != os.getpid():
             self._start_flusher()
         self._pending.append(line)
-        if record.levelno >= logging.WARNING:
+        if now:
             self._write()
         elif not self._due.is_set():
             self._due.set()
@@ -87,9 +101,48 @@ class WorkerFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt or not self.default_msec_format:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self._asctime(record.created, record.msecs)
+
+    def _asctime(self, created: float, msecs: float) -> str:
+        second = int(created)
         cached = self._second
         if cached[0] != second:
             cached = self._second = (second, time.strftime(self.default_time_format, self.converter(second)))
-        return self.default_msec_format % (cached[1], record.msecs)
+        return self.default_msec_format % (cached[1], msecs)
+
+    def line(self, created: float, level: int, name: str, message: str) -> str:
+        """What ``format`` gives, for ``DEFAULT_FORMAT``, to a record of these (logged at
+        ``created``, an epoch time) with no exception or stack attached."""
+        asctime = self._asctime(created, int((created - int(created)) * 1000))
+        return f"{asctime} {os.getpid()} {logging.getLevelName(level)} {name} {message}"
+
+
+def plain_output(logger: logging.Logger, level: int) -> BatchedStreamHandler | None:
+    """The handler a record of ``logger`` at ``level`` would reach, when it is the only one, a
+    ``BatchedStreamHandler`` with a ``WorkerFormatter`` of ``DEFAULT_FORMAT``, and no filter,
+    record factory or other handler could change or see the record on the way; else None.
+
+    Checked on every call, so a handler or filter added while the worker runs takes effect at
+    once. The caller has checked ``logger.isEnabledFor(level)``.
+    """
+    if logging.getLogRecordFactory() is not logging.LogRecord or not logging.logProcesses:
+        return None
+    found = None
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters or node.disabled:
+            return None
+        for handler in node.handlers:
+            formatter = handler.formatter
+            if (
+                found is not None or type(handler) is not BatchedStreamHandler or handler.filters
+                or level < handler.level or type(formatter) is not WorkerFormatter
+                or formatter._fmt != DEFAULT_FORMAT or formatter.datefmt
+            ):
+                return None
+            found = handler
+        if not node.propagate:
+            break
+        node = node.parent
+    return found
 

@@ -26,8 +26,10 @@ from django_async_jobs.serialization import (
     encode_payload,
     new_job_id,
 )
+from django_async_jobs.worker.logs import plain_output
 
 logger = logging.getLogger("django_async_jobs.job")
+FINISH = "finish %s %s queue=%s elapsed_ms=%.1f outcome=%s%s"
 
 
 @cache
@@ -172,11 +174,12 @@ def finish(started: Started, exc: Exception | None) -> Settlement:
         _close_connections()
     if started.log:
         elapsed = (time.perf_counter() - started.began) * 1000
-        _info(
-            "finish %s %s queue=%s elapsed_ms=%.1f outcome=%s%s",
-            (job.job_name, job.job_id, job.queue_name, elapsed, outcome, f" error={error}" if error else ""),
-            {**started.extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome, "error": error},
-        )
+        args = (job.job_name, job.job_id, job.queue_name, elapsed, outcome, f" error={error}" if error else "")
+        output = plain_output(logger, logging.INFO)
+        if output is None:
+            _info(FINISH, args, {**started.extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome, "error": error})
+        else:  # runworker's own handler and nothing else: the same line without a LogRecord
+            output.append(output.formatter.line(time.time(), logging.INFO, logger.name, FINISH % args))
     return settlement
 
 

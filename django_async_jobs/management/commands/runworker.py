@@ -59,9 +59,9 @@ def _configure_logging(verbosity: int) -> None:
     root = logging.getLogger("django_async_jobs")
     if root.handlers or logging.getLogger().handlers:
         return
-    from django_async_jobs.worker.logs import BatchedStreamHandler, WorkerFormatter
+    from django_async_jobs.worker.logs import DEFAULT_FORMAT, BatchedStreamHandler, WorkerFormatter
 
     handler = BatchedStreamHandler()
-    handler.setFormatter(WorkerFormatter("%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(WorkerFormatter(DEFAULT_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity == 1 else logging.WARNING)
