@@ -27,6 +27,11 @@ DEFAULT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
 
 
 class BatchedStreamHandler(logging.StreamHandler):
+    """A ``StreamHandler`` that writes INFO and DEBUG lines in batches (see the module's doc).
+
+    Usable in LOGGING too: ``"class": "django_async_jobs.worker.logs.BatchedStreamHandler"``.
+    """
+
     def __init__(self, stream: TextIO | None = None, interval: float = FLUSH_INTERVAL) -> None:
         super().__init__(stream)
         self.interval = interval
