@@ -33,11 +33,14 @@ RATE = 250  # samples per second
 # frames. (file fragment, function name or "" for any function in that file, category)
 RULES: tuple[tuple[str, str, str], ...] = (
     ("bench/jobbody.py", "", "job body: INCR (redis-py round trip)"),
-    ("logging/", "", "logging: per-job start/finish lines"),
+    ("logging/", "", "logging: per-job line"),
+    ("django_async_jobs/worker/logs.py", "", "logging: per-job line"),
+    ("django_async_jobs/worker/processor.py", "_info", "logging: per-job line"),
     ("django_async_jobs/serialization.py", "decode_payload", "JSON decode + payload checks"),
     ("json/", "", "JSON decode + payload checks"),
-    ("django/db/", "", "close_old_connections (twice per job)"),
-    ("django/utils/connection.py", "", "close_old_connections (twice per job)"),
+    ("django/db/", "", "close_old_connections"),
+    ("django/utils/connection.py", "", "close_old_connections"),
+    ("django_async_jobs/worker/processor.py", "_close_connections", "close_old_connections"),
     ("django/dispatch/", "", "job_started/job_succeeded signals"),
     ("django_async_jobs/signals.py", "", "job_started/job_succeeded signals"),
     ("django_async_jobs/job.py", "_check_arguments", "signature check (Signature.bind)"),
