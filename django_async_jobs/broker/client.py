@@ -165,9 +165,9 @@ class Broker:
 
     # -- client side -------------------------------------------------------------------------
 
-    def push(self, payloads: list[str], client: Any = None) -> int:
+    def push(self, payloads: list[str]) -> int:
         """Make jobs ready now; one round trip for the whole list. Returns how many went."""
-        return self.push_routed(route(payloads), client)
+        return self.push_routed(route(payloads))
 
     def push_routed(self, entries: list[Any], client: Any = None) -> int:
         """``push`` for jobs routed by the caller: queue, priority, payload for each job."""
