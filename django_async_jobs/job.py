@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from asgiref.sync import async_to_sync, sync_to_async
 from django.utils import timezone
 
-from django_async_jobs import callbacks, idempotency, locks, registry, retries, signals
+from django_async_jobs import callbacks, dispatch, idempotency, locks, registry, retries, signals
 from django_async_jobs.conf import get_settings
 from django_async_jobs.serialization import (
     dump_arguments,
@@ -221,16 +221,12 @@ class ApplicationJob:
     def perform_all_later(jobs: Any, *, using: str | None = None) -> int:
         """Enqueue many job instances (any classes) in one Redis call per 1,000; no enqueue
         callbacks run, as ActiveJob's. Returns how many were enqueued (or deferred to commit)."""
-        from django_async_jobs import dispatch
-
         return dispatch.enqueue_all(jobs, using=using)
 
     @classmethod
     def perform_bulk(cls, items: Any, **options: Any) -> int:
         """``perform_all_later`` for one class: each item is an args list/tuple, a kwargs dict, or
         an ``(args, kwargs)`` pair; ``options`` are ``set()``'s (wait, queue, priority, ...)."""
-        from django_async_jobs import dispatch
-
         return dispatch.enqueue_bulk(cls, items, **options)
 
     def enqueue(
@@ -253,8 +249,6 @@ class ApplicationJob:
         self.scheduled_at = _run_at(wait, wait_until)
 
         def push() -> ApplicationJob:
-            from django_async_jobs import dispatch
-
             if self.queue_name is None:
                 self.queue_name = self._resolve_queue()
             if type(self).lock is None or get_settings().mode != "redis":  # no locks in test modes
@@ -269,8 +263,6 @@ class ApplicationJob:
         def run() -> None:
             if callbacks.run(self, "enqueue", push) is callbacks.HALTED:
                 self.successfully_enqueued = False
-
-        from django_async_jobs import dispatch
 
         dispatch.now_or_on_commit([self], run, using)
         return self

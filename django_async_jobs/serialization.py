@@ -176,11 +176,26 @@ def dump_arguments(
     tagged: bool,
     names: Callable[[int], str],
 ) -> tuple[list[Any], dict[str, Any]]:
-    """JSON-ready ``(args, kwargs)``; ``names(i)`` gives positional argument i's parameter name."""
+    """JSON-ready ``(args, kwargs)``; ``names(i)`` gives positional argument i's parameter name.
+
+    Plain scalars, most arguments, pass as they are: no error path is built for them.
+    """
     return (
-        [dump_value(value, tagged, f"argument {names(i)!r}") for i, value in enumerate(args)],
-        {key: dump_value(value, tagged, f"argument {key!r}") for key, value in kwargs.items()},
+        [
+            value if _plain(value) else dump_value(value, tagged, f"argument {names(i)!r}")
+            for i, value in enumerate(args)
+        ],
+        {
+            key: value if _plain(value) else dump_value(value, tagged, f"argument {key!r}")
+            for key, value in kwargs.items()
+        },
     )
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    # value - value is 0.0 for a finite float; NaN and the infinities go on to dump_value's error.
+    return kind is str or kind is int or kind is bool or value is None or (kind is float and value - value == 0.0)
 
 
 def load_arguments(args: list[Any], kwargs: dict[str, Any], tagged: bool) -> tuple[list[Any], dict[str, Any]]:
