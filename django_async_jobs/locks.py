@@ -12,6 +12,10 @@ Two kinds of lock, both plain Redis strings with a TTL, so none can stay stuck f
   before ``perform`` and released just after. Its value is the in-flight field, unique per
   fetch, so the recovery and release steps can drop the lock of a job whose worker died.
 
+While a job runs, the locks it holds (its run lock, and ``until_executed``'s enqueue lock) get
+their full ``lock_ttl`` again at every heartbeat of its process, so a job that runs longer than
+``lock_ttl`` keeps them; a process that dies stops renewing and the TTL ends them.
+
 The payload carries ``"lock": {"mode", "key", "run"}`` so the Lua steps can release without
 Python. A retried job keeps its enqueue lock (it is still pending); a dead one releases it.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +47,31 @@ CONFLICTS = ("log", "raise", "reschedule")
 DEFAULT_TTL = 3600.0
 # A job that finds its run lock taken and has on_conflict = "reschedule" tries again this much later.
 RESCHEDULE_DELAY = 1.0
+
+
+# Locks held by the jobs running in this process: lock key -> (holder, TTL in ms).
+_held: dict[str, tuple[str, int]] = {}
+_held_guard = threading.Lock()
+
+
+def renew_held() -> int:
+    """Renew every lock a running job of this process holds (the heartbeat calls this)."""
+    with _held_guard:
+        held = [(key, holder, ttl) for key, (holder, ttl) in _held.items()]
+    return get_broker().renew_locks(held) if held else 0
+
+
+def _hold(locks: list[tuple[str, str]], ttl_ms: int) -> None:
+    with _held_guard:
+        for key, holder in locks:
+            _held[key] = (holder, ttl_ms)
+
+
+def _let_go(locks: list[tuple[str, str]]) -> None:
+    with _held_guard:
+        for key, holder in locks:
+            if _held.get(key, (None,))[0] == holder:
+                del _held[key]
 
 
 class LockConflict(Exception):
@@ -150,20 +180,24 @@ def perform(job: ApplicationJob, field: str) -> None:
         job.perform_now()
         return
     broker = get_broker()
+    ttl_ms = type(job)._lock_ttl_ms
+    held = [(lock["key"], job.job_id)] if lock.get("mode") == "until_executed" and lock.get("key") else []
     if lock.get("mode") in RELEASED_AT_START and lock.get("key"):
         broker.unlock(lock["key"], job.job_id)
     run_key = lock.get("run")
-    if not run_key:
-        job.perform_now()
-        return
-    taken, holder = broker.take_lock(run_key, field, type(job)._lock_ttl_ms)
-    if not taken:
-        _run_conflict(job, run_key, holder)
-        return
+    if run_key:
+        taken, holder = broker.take_lock(run_key, field, ttl_ms)
+        if not taken:
+            _run_conflict(job, run_key, holder)
+            return
+        held.append((run_key, field))
+    _hold(held, ttl_ms)
     try:
         job.perform_now()
     finally:
-        broker.unlock(run_key, field)
+        _let_go(held)
+        if run_key:
+            broker.unlock(run_key, field)
 
 
 def _run_conflict(job: ApplicationJob, key: str, holder: str | None) -> None:

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from tests.testapp.unique_jobs import (
     ExpiringJob,
     FailingUniqueJob,
     RaisingUniqueJob,
+    ShortTtlUntilExecutedJob,
+    ShortTtlWhileExecutingJob,
     UntilAndWhileExecutingJob,
     UntilExecutedJob,
     UntilExecutingJob,
@@ -142,6 +145,27 @@ def test_while_executing_never_runs_two_at_once_and_reschedules(broker, worker, 
     run_lock = _lock_keys(WhileExecutingJob(key, "x"))["run"]
     # Released right after perform returns, a moment after the job's own "done" line.
     wait_for(lambda: broker.redis.get(run_lock) is None, timeout=5)
+
+
+def test_a_job_running_longer_than_lock_ttl_keeps_its_locks(broker, worker, key):
+    """Heartbeats (every 0.5 s here) renew a running job's locks: twice the 1.5 s TTL later
+    both are still held by their jobs, and the duplicates are still kept out."""
+    executed = ShortTtlUntilExecutedJob.perform_later(key, "a", f"{key}:gate-a")
+    ShortTtlWhileExecutingJob.perform_later(f"{key}:w", "w", f"{key}:gate-w")
+    enqueue_lock = _lock_keys(executed)["key"]
+    run_lock = _lock_keys(ShortTtlWhileExecutingJob(f"{key}:w", "x"))["run"]
+    wait_for(lambda: events(broker, key) == ["start:a"] and events(broker, f"{key}:w") == ["start:w"])
+    time.sleep(3)
+    assert broker.redis.get(enqueue_lock) == executed.job_id.encode()
+    assert broker.redis.get(run_lock) is not None
+    assert not ShortTtlUntilExecutedJob.perform_later(key, "b")
+    ShortTtlWhileExecutingJob.perform_later(f"{key}:w", "w2")
+    wait_for(lambda: broker.stat("processed") == 1)  # "w2" found the run lock held and was dropped
+    open_gate(broker, f"{key}:gate-a")
+    open_gate(broker, f"{key}:gate-w")
+    wait_for(lambda: broker.redis.get(enqueue_lock) is None and broker.redis.get(run_lock) is None)
+    assert events(broker, key) == ["start:a", "done:a"]
+    assert events(broker, f"{key}:w") == ["start:w", "done:w"]
 
 
 def test_while_executing_with_log_drops_the_duplicate(broker, worker, key):

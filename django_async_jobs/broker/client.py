@@ -111,7 +111,7 @@ class Broker:
             name: self.redis.register_script(_script_source(name))
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
-                "cron_push",
+                "renew_locks", "cron_push",
                 "pick",
             )
         }
@@ -233,6 +233,12 @@ class Broker:
     def unlock(self, key: str, holder: str) -> None:
         """Release a lock only if ``holder`` still holds it."""
         self._run("unlock", [key], [holder])
+
+    def renew_locks(self, held: list[tuple[str, str, int]]) -> int:
+        """Give each (lock, holder, TTL in ms) its TTL again where the holder still holds it."""
+        if not held:
+            return 0
+        return self._run("renew_locks", [key for key, _, _ in held], [v for _, *pair in held for v in pair])
 
     def cron_push(self, entry: str, tick: int, job_id: str, payload: str) -> bool:
         """Enqueue a recurring entry's job for ``tick`` unless that tick (or a later one) was."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from django_async_jobs import locks
+
 logger = logging.getLogger("django_async_jobs.worker")
 
 
@@ -40,6 +42,7 @@ class Heart(threading.Thread):
 
     def beat(self) -> None:
         self.broker.heartbeat(self.process_id, self.info(), ttl=self.timeout * 2)
+        locks.renew_held()  # a unique job running longer than its lock_ttl keeps its locks
         # The dashboard's quiet/stop reaches the process here, on any host, within one beat.
         signal = self.broker.take_signal(self.process_id) if self.on_signal else None
         if signal:

@@ -47,6 +47,18 @@ class WhileExecutingDropJob(GatedJob):
     lock = "while_executing"
 
 
+class ShortTtlUntilExecutedJob(GatedJob):
+    """Its lock_ttl is shorter than the runs the tests give it: the heartbeat must renew it."""
+
+    lock = "until_executed"
+    lock_ttl = 1.5
+
+
+class ShortTtlWhileExecutingJob(GatedJob):
+    lock = "while_executing"
+    lock_ttl = 1.5
+
+
 class RaisingUniqueJob(GatedJob):
     lock = "until_executed"
     on_conflict = "raise"
