@@ -21,7 +21,7 @@ from croniter import croniter
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
-from django_async_jobs import registry, signals
+from django_async_jobs import callbacks, locks, registry, signals
 from django_async_jobs.serialization import encode_payload
 
 logger = logging.getLogger("django_async_jobs.worker")
@@ -155,24 +155,35 @@ def entries(raw: Any = None) -> list[Entry]:
 def enqueue_tick(entry: Entry, tick: float, broker: Any) -> str | None:
     """Enqueue ``entry``'s job for ``tick`` unless any process already did; the job id or None.
 
-    The job goes straight to its queue in the Lua step (enqueue callbacks and unique locks do
-    not apply); the payload's ``cron`` field names the entry and the tick.
+    As ``perform_later`` does, the job's enqueue callbacks run around the push (a halting
+    ``before_enqueue`` skips this process's tick) and a unique job's enqueue lock is taken in the
+    same Lua step: a tick whose lock is held counts as handled, as ``on_conflict`` says. The
+    payload's ``cron`` field names the entry and the tick.
     """
     job_class = registry.lookup(entry.job)
     if job_class is None:
         raise ImproperlyConfigured(f"RECURRING[{entry.name!r}]: no registered job is named {entry.job!r}.")
     job = job_class(*entry.args, **entry.kwargs)
     job._check_arguments()
-    job.queue_name = entry.queue or job._resolve_queue()
     if entry.priority is not None:
         job.priority = entry.priority
-    data = job.serialize()
-    data["cron"] = {"name": entry.name, "tick": int(tick)}
-    if not broker.cron_push(entry.name, int(tick), job.job_id, encode_payload(data)):
-        return None
-    job.successfully_enqueued = True
-    signals.send(signals.job_enqueued, job_class, job=job)
-    return job.job_id
+
+    def push() -> None:
+        job.queue_name = entry.queue or job._resolve_queue()
+        data = job.serialize()
+        data["cron"] = {"name": entry.name, "tick": int(tick)}
+        key = data.get("lock", {}).get("key")
+        done, holder = broker.cron_push(
+            entry.name, int(tick), job.job_id, encode_payload(data), key, job_class._lock_ttl_ms or 0
+        )
+        if done == -1:
+            locks.conflict(job, key, holder, "enqueued")
+        job.successfully_enqueued = done == 1
+        if job.successfully_enqueued:
+            signals.send(signals.job_enqueued, job_class, job=job)
+
+    callbacks.run(job, "enqueue", push)
+    return job.job_id if job.successfully_enqueued else None
 
 
 def last_run(entry_name: str, broker: Any) -> dict[str, Any] | None:
@@ -183,7 +194,7 @@ def last_run(entry_name: str, broker: Any) -> dict[str, Any] | None:
     data = {k.decode(): v.decode() for k, v in raw.items()}
     return {
         "tick": datetime.fromtimestamp(float(data["tick"]), UTC),
-        "job_id": data.get("job_id"),
+        "job_id": data.get("job_id") or None,  # none when a unique job's lock kept the tick out
         "enqueued_at": datetime.fromtimestamp(float(data["enqueued_at"]), UTC) if "enqueued_at" in data else None,
     }
 
@@ -216,6 +227,10 @@ def describe(count: int = 3, now: float | None = None, broker: Any = None) -> li
     return rows
 
 
+def _last_outcome(last: dict[str, Any]) -> str:
+    return f"job {last['job_id']}" if last["job_id"] else "skipped: its unique job was still pending"
+
+
 def format_table(rows: list[dict[str, Any]]) -> list[str]:
     """Plain-text lines for a terminal: one block per entry."""
     if not rows:
@@ -226,7 +241,7 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"{row['name']}: {row['class']} on {row['queue'] or '?'}  cron '{row['cron']}' ({row['timezone']})")
         lines.append("  next: " + ", ".join(moment.isoformat() for moment in row["next_runs"]))
         lines.append(
-            "  last: " + (f"{last['tick'].isoformat()} (job {last['job_id']})" if last else "never")
+            "  last: " + (f"{last['tick'].isoformat()} ({_last_outcome(last)})" if last else "never")
             + ("  catch_up=last" if row["catch_up"] else "")
         )
     return lines

@@ -160,11 +160,12 @@ def enqueue(job: ApplicationJob) -> bool:
     )
     if pushed:
         return True
-    _conflict(job, lock["key"], holder, "enqueued")
+    conflict(job, lock["key"], holder, "enqueued")
     return False
 
 
-def _conflict(job: ApplicationJob, key: str, holder: str | None, when: str) -> None:
+def conflict(job: ApplicationJob, key: str, holder: str | None, when: str) -> None:
+    """What ``on_conflict`` says to do when a lock is held: raise ``LockConflict``, or log."""
     if type(job).on_conflict == "raise":
         raise LockConflict(job, key, holder, when)
     logger.info(
@@ -205,5 +206,5 @@ def _run_conflict(job: ApplicationJob, key: str, holder: str | None) -> None:
         logger.info("%s %s waits %.1fs: lock %s is held by %s", job.job_name, job.job_id, RESCHEDULE_DELAY, key, holder)
         job.retry_job(wait=RESCHEDULE_DELAY)
         return
-    _conflict(job, key, holder, "running")
+    conflict(job, key, holder, "running")
 

@@ -13,8 +13,10 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs import checks, cron
+from django_async_jobs.locks import payload_lock
 from django_async_jobs.worker.cron import CronScheduler
 from tests.helpers import wait_for
+from tests.testapp.recurring_jobs import UniqueCronJob
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = "tests.testapp.recurring_jobs.CronTickJob"
@@ -118,6 +120,36 @@ def test_catch_up_last_runs_the_latest_missed_tick_once(settings, broker, key):
         CronScheduler(broker, cron.entries(), clock).run_due()
     assert queued_ticks(broker) == [T0 - 30]  # 08:00, not the 05:00..07:00 ticks
     assert not cron.enqueue_tick(entry, T0 - 3600 - 30, broker)  # older than the last run
+
+
+def test_a_unique_recurring_job_skips_ticks_while_its_last_one_is_pending(settings, broker, key):
+    recurring(settings, {"minutely": {"cron": "* * * * *", "class": "tests.testapp.recurring_jobs.UniqueCronJob",
+                                      "args": [key]}})
+    [entry] = cron.entries()
+    first = cron.enqueue_tick(entry, T0 - 30, broker)
+    lock = payload_lock(UniqueCronJob(key))["key"]
+    assert first and broker.redis.get(lock) == first.encode()
+    assert cron.enqueue_tick(entry, T0 + 30, broker) is None  # the first is still pending
+    assert queued_ticks(broker) == [T0 - 30]
+    last = cron.last_run("minutely", broker)
+    assert last["tick"].timestamp() == T0 + 30 and last["job_id"] is None  # handled: no retry elsewhere
+    assert cron.enqueue_tick(entry, T0 + 30, broker) is None
+    broker.redis.delete(lock)  # as the settle step does when the first job finishes
+    assert cron.enqueue_tick(entry, T0 + 90, broker)
+    assert queued_ticks(broker) == [T0 - 30, T0 + 90]
+
+
+def test_recurring_enqueues_run_the_jobs_enqueue_callbacks(settings, broker, key):
+    recurring(settings, {"minutely": {"cron": "* * * * *", "class": "tests.testapp.recurring_jobs.GuardedCronJob",
+                                      "args": [key]}})
+    [entry] = cron.entries()
+    job_id = cron.enqueue_tick(entry, T0 - 30, broker)
+    assert job_id and broker.redis.lrange(f"{key}:enqueued", 0, -1) == [job_id.encode()]
+    broker.redis.set(f"{key}:closed", 1)
+    assert cron.enqueue_tick(entry, T0 + 30, broker) is None  # before_enqueue halted it
+    assert queued_ticks(broker) == [T0 - 30]
+    assert cron.last_run("minutely", broker)["tick"].timestamp() == T0 - 30
+    assert broker.redis.lrange(f"{key}:enqueued", 0, -1) == [job_id.encode()]
 
 
 def test_timezone_and_listing(settings, broker, key):

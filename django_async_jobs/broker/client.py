@@ -240,9 +240,16 @@ class Broker:
             return 0
         return self._run("renew_locks", [key for key, _, _ in held], [v for _, *pair in held for v in pair])
 
-    def cron_push(self, entry: str, tick: int, job_id: str, payload: str) -> bool:
-        """Enqueue a recurring entry's job for ``tick`` unless that tick (or a later one) was."""
-        return self._run("cron_push", [self.keys.cron(entry)], [tick, job_id, payload]) == 1
+    def cron_push(
+        self, entry: str, tick: int, job_id: str, payload: str, lock: str | None = None, lock_ttl_ms: int = 0
+    ) -> tuple[int, str | None]:
+        """Enqueue a recurring entry's job for ``tick`` unless that tick (or a later one) was,
+        taking a unique job's enqueue ``lock`` in the same step. Returns (1, None) when pushed,
+        (0, None) when the tick was handled already, (-1, holder) when the lock is taken."""
+        keys = [self.keys.cron(entry), *([lock] if lock else [])]
+        reply = self._run("cron_push", keys, [tick, job_id, payload, lock_ttl_ms])
+        holder = reply[1] if len(reply) > 1 else None
+        return int(reply[0]), holder.decode() if isinstance(holder, bytes) else holder
 
     # -- worker side -------------------------------------------------------------------------
 

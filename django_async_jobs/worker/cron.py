@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from django_async_jobs import cron
+from django_async_jobs import cron, locks
 
 logger = logging.getLogger("django_async_jobs.worker")
 
@@ -58,6 +58,9 @@ class CronScheduler:
             job_id = cron.enqueue_tick(entry, tick, self.broker)
         except redis.RedisError:
             raise
+        except locks.LockConflict as exc:  # on_conflict = "raise": worth a line, not a traceback
+            logger.warning("recurring %s: tick %s not enqueued: %s", entry.name, tick, exc)
+            return
         except Exception:  # a broken entry must not stop the poller or the other entries
             logger.exception("recurring %s: enqueueing the tick %s failed", entry.name, tick)
             return
