@@ -22,6 +22,7 @@ raised at once (the default 25-retry policy is not replayed in tests).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,23 @@ from django_async_jobs.serialization import decode_payload, encode_payload, load
 
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy, and return that.
+
+    For end-to-end tests with a real worker, which runs jobs in its own threads: wait for a
+    job's effect instead of sleeping a guessed time. Raises ``AssertionError`` naming ``what``
+    after ``timeout`` seconds, so a stuck worker fails the test instead of hanging it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(interval)
+
 
 # A flush that performs more jobs than this is a job enqueueing itself forever.
 MAX_PERFORMS = 10_000

@@ -8,26 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from django_async_jobs.testing import wait_for  # noqa: F401  (the suite imports it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy; a deadline keeps a hung worker from hanging the suite."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.02)
 
 
 def free_port() -> int:

@@ -1,5 +1,4 @@
 import secrets
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -7,6 +6,7 @@ import pytest
 
 from deliveries.fake_carrier import CarrierControl, FakeCarrier
 from deliveries.models import Payment, Recipient, Task
+from django_async_jobs import testing
 from django_async_jobs.broker.client import get_broker
 
 
@@ -45,21 +45,9 @@ def worker(broker, transactional_db):
     w.stop(timeout=5)
 
 
-def _wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy; the deadline keeps a stuck worker from hanging the run."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def wait_for() -> Callable[..., Any]:
-    return _wait_for
+    return testing.wait_for
 
 
 @pytest.fixture
