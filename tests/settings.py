@@ -4,6 +4,7 @@ import json
 import os
 
 import dj_database_url
+import django
 
 SECRET_KEY = "tests-only"
 DEBUG = False
@@ -66,3 +67,7 @@ ASYNC_JOBS = {
 # Worker subprocesses started by the reliability tests get per-test settings (a shorter timeout,
 # fewer recoveries) as JSON, merged over the defaults above.
 ASYNC_JOBS.update(json.loads(os.environ.get("ASYNC_JOBS_OVERRIDES", "{}")))
+
+# Django 6.1 sends mail through MAILERS (and warns when none is set); the tests read mail.outbox.
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
