@@ -32,15 +32,11 @@ class DeadWriter(threading.Thread):
         self.token = f"{id(self)}:{time.time()}"
 
     def _lease(self, chore: str, seconds: float) -> bool:
-        key = self.broker.keys.lease(chore)
-        return bool(self.broker.redis.set(key, self.token, nx=True, px=int(seconds * 1000)))
+        taken, _ = self.broker.take_lock(self.broker.keys.lease(chore), self.token, int(seconds * 1000))
+        return taken
 
     def _release(self, chore: str) -> None:
-        # Only our own lease: compare and delete in one step.
-        self.broker.redis.eval(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-            1, self.broker.keys.lease(chore), self.token,
-        )
+        self.broker.unlock(self.broker.keys.lease(chore), self.token)  # only our own lease
 
     def run(self) -> None:
         from django_async_jobs.deadjobs import flush_staged, prune
