@@ -2,8 +2,12 @@
 
 import asyncio
 import json
+import threading
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+from django.db.backends.signals import connection_created
 
 from django_async_jobs import ApplicationJob, around_perform, before_perform
 from django_async_jobs.broker.client import get_broker
@@ -31,6 +35,14 @@ class AroundAsyncJob(ApplicationJob):
 
     async def perform(self, key):
         get_broker().redis.rpush(key, "perform")
+
+
+class CountUsersAsyncJob(ApplicationJob):
+    """Queries through the async ORM; notes the thread where its query ran."""
+
+    async def perform(self, key):
+        await User.objects.acount()
+        get_broker().redis.rpush(key, await sync_to_async(threading.get_ident)())
 
 
 @pytest.fixture
@@ -122,3 +134,24 @@ def test_async_concurrency_is_checked(settings):
     assert [(e.id, e.msg) for e in check_settings() if "ASYNC_CONCURRENCY" in e.msg] == [
         ("async_jobs.E004", "ASYNC_JOBS['ASYNC_CONCURRENCY'] must be an integer of at least 1, got 0."),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_connections_an_async_job_opened_are_closed_after_it(broker, prefix, one_thread_worker):
+    """With CONN_MAX_AGE = 0 each job gets a fresh connection: one left open by the async ORM
+    would be reused by the next job forever, broken or not (and keep its session open)."""
+    opened = []
+
+    def note(sender, connection, **kwargs):
+        opened.append(threading.get_ident())
+
+    connection_created.connect(note)
+    try:
+        for n in range(2):
+            CountUsersAsyncJob.perform_later(f"{prefix}:orm")
+            wait_for(lambda n=n: broker.stat("processed") == n + 1, what=f"async job {n + 1} settled")
+    finally:
+        connection_created.disconnect(note)
+    orm_threads = {int(ident) for ident in broker.redis.lrange(f"{prefix}:orm", 0, -1)}
+    assert len(orm_threads) == 1  # asgiref's one thread for sync code
+    assert opened.count(orm_threads.pop()) == 2  # closed after the first job, opened again

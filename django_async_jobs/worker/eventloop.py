@@ -6,7 +6,8 @@ no thread. ``ASYNC_CONCURRENCY`` bounds how many run at once; past it, the handi
 waits for a free place (back-pressure instead of an unbounded pile of coroutines).
 
 Settling (retry rules, handlers, signals) is synchronous code that may touch the database, so
-it runs in the loop's thread pool, never on the loop itself.
+it runs in the loop's thread pool, never on the loop itself. The database connections a job's
+async ORM calls opened are closed after it as after a synchronous job.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
 
 if TYPE_CHECKING:
     from django_async_jobs.worker.processor import Settlement, Started
@@ -70,6 +74,12 @@ class EventLoop:
             await started.job._aperform_now()
         except Exception as exc:
             error = exc
+        try:
+            # The async ORM runs in asgiref's thread for sync code, not in this one: close what
+            # the job opened there (CONN_MAX_AGE), as Django does after an async request.
+            await sync_to_async(close_old_connections)()
+        except Exception:
+            logger.exception("closing database connections after async job %s failed", started.field)
         loop = asyncio.get_running_loop()
         try:
             settlement = await loop.run_in_executor(None, finish, started, error)
