@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 
 from deliveries.fake_carrier import CarrierControl, FakeCarrier
 from deliveries.jobs import (
@@ -82,6 +83,9 @@ def page(monkeypatch):
         page.on("dialog", lambda dialog: dialog.accept())  # the dashboard's confirmations
         yield page
         browser.close()
+        # While Playwright runs, Django sees an event loop and keeps this thread's database
+        # connections in storage of their own, which the test database teardown never sees.
+        connections.close_all()
 
 
 def shot(page, name: str) -> None:
