@@ -58,7 +58,7 @@ def renew_held() -> int:
     """Renew every lock a running job of this process holds (the heartbeat calls this)."""
     with _held_guard:
         held = [(key, holder, ttl) for key, (holder, ttl) in _held.items()]
-    return get_broker().renew_locks(held) if held else 0
+    return get_broker().renew_locks(held)
 
 
 def _hold(locks: list[tuple[str, str]], ttl_ms: int) -> None:
