@@ -50,8 +50,9 @@ def _routed(jobs: Sequence[ApplicationJob]) -> list[Any]:
 def _push(jobs: Sequence[ApplicationJob]) -> None:
     """Push ready jobs and schedule delayed ones, CHUNK jobs per Redis call."""
     broker = get_broker()
-    if len(jobs) == 1 and jobs[0].scheduled_at is None:  # one perform_later: no stream to set up
-        broker.push_routed(_routed(jobs))
+    if len(jobs) == 1 and jobs[0].scheduled_at is None:  # one perform_later
+        job = jobs[0]
+        broker.push_one(job.queue_name, job.priority, encode_payload(job.serialize()))
         return
     if all(job.scheduled_at is None for job in jobs):  # the usual case: stream the chunks
         broker.push_stream(_routed(jobs[start : start + CHUNK]) for start in range(0, len(jobs), CHUNK))

@@ -57,3 +57,12 @@ def redis_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def private_redis(redis_server, settings, prefix):
+    """The broker on a server of this test's own, so its command statistics count only this test."""
+    original = settings.ASYNC_JOBS
+    settings.ASYNC_JOBS = {**original, "REDIS_URL": redis_server.url}
+    yield get_broker()
+    settings.ASYNC_JOBS = original

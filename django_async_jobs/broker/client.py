@@ -82,6 +82,23 @@ def route(payloads: Iterable[str]) -> list[Any]:
     return entries
 
 
+# Queue scores, as lib.lua's band() and TAIL compute them for the jobs a script moves: higher
+# priority sorts first, and a job joining the back of its band is scored band + TAIL (equal
+# scores keep enqueue order through the job ids; see redis-data-model.md).
+BAND = 2**45
+TAIL = 2**44
+
+
+def score(priority: float) -> int:
+    """The score of a ready job of this priority (clamped to -100..100, as the scripts do)."""
+    return int((100 - max(-100, min(100, priority))) * BAND + TAIL)
+
+
+def _resp(*parts: str | int) -> bytes:
+    """RESP bulk strings, for the push packet built ahead of time (see Broker.push_one)."""
+    return b"".join(b"$%d\r\n%s\r\n" % (len(b), b) for b in (str(p).encode() for p in parts))
+
+
 _today: tuple[int, str] = (0, "")
 
 
@@ -107,6 +124,8 @@ class Broker:
         self._local = threading.local()
         k = self.keys
         self._prelude = ((k.queues, k.seq, k.dead), (k.queue_base, k.notify))  # see _frame
+        self._push_heads: dict[tuple[str, Any], bytes] = {}  # see push_one
+        self._push_tail = b"*3\r\n" + _resp("PUBLISH", k.notify, "ready")
         self._scripts = {
             name: self.redis.register_script(_script_source(name))
             for name in (
@@ -137,24 +156,38 @@ class Broker:
         """One command on this thread's own connection, outside redis-py's pool.
 
         On the hot path (enqueue, fetch, settle) the pool's and the Script wrapper's
-        bookkeeping cost as much Python as the round trip itself. A dropped connection is
-        retried once on a fresh one, as redis-py does.
+        bookkeeping cost as much Python as the round trip itself.
         """
         if not self._direct:
             return self.redis.execute_command(*args)
         conn = self._connection()
+        return self._exchange(conn, conn.pack_command(*args), 1)
+
+    def _exchange(self, conn: Any, packed: list[bytes], replies: int) -> Any:
+        """Send packed commands, read their replies; the last reply is returned, the first error
+        raised once all are read. A dropped connection is retried once on a fresh one, as
+        redis-py does."""
         try:
-            conn.send_command(*args)
-            return conn.read_response()
+            return self._replies(conn, packed, replies)
         except (redis.ConnectionError, redis.TimeoutError):
             conn.disconnect()
-            conn.send_command(*args)
-            return conn.read_response()
-        except redis.ResponseError:
-            raise  # the reply was read whole: the connection is fine
+            return self._replies(conn, packed, replies)
         except BaseException:
             conn.disconnect()  # interrupted mid-reply: never reuse a half-read connection
             raise
+
+    @staticmethod
+    def _replies(conn: Any, packed: list[bytes], replies: int) -> Any:
+        conn.send_packed_command(packed)
+        error = reply = None
+        for _ in range(replies):
+            try:
+                reply = conn.read_response()
+            except redis.ResponseError as exc:  # read whole: the connection stays usable
+                error = error or exc
+        if error is not None:
+            raise error
+        return reply
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "connection", None)
@@ -172,6 +205,32 @@ class Broker:
     def push_routed(self, entries: list[Any], client: Any = None) -> int:
         """``push`` for jobs routed by the caller: queue, priority, payload for each job."""
         return self._run("push", [], entries, client)
+
+    def push_one(self, queue: str, priority: int, payload: str) -> None:
+        """Make one job ready now: ``perform_later``'s push, the hot path of every enqueue.
+
+        Three plain commands in one round trip, no script: record the queue's name, add the
+        job at the back of its band, wake idle workers. Nothing here needs the steps to be one:
+        the name alone is harmless and the wake-up only shortens a wait. The commands are packed
+        ahead of time per queue and priority; only the payload is added per job.
+        """
+        if not self._direct:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(self.keys.queues, queue)
+                pipe.zadd(self.keys.queue(queue), {payload: score(priority)})
+                pipe.publish(self.keys.notify, "ready")
+                pipe.execute()
+            return
+        head = self._push_heads.get((queue, priority))
+        if head is None:
+            if len(self._push_heads) > 1000:  # queue names made per call (queue_as callables)
+                self._push_heads.clear()
+            head = self._push_heads[(queue, priority)] = (
+                b"*3\r\n" + _resp("SADD", self.keys.queues, queue)
+                + b"*4\r\n" + _resp("ZADD", self.keys.queue(queue), score(priority))
+            )
+        data = payload.encode()
+        self._exchange(self._connection(), [b"%s$%d\r\n%s\r\n%s" % (head, len(data), data, self._push_tail)], 3)
 
     def push_stream(self, chunks: Iterable[list[Any]]) -> int:
         """Push chunk after chunk of routed entries, the next built while Redis runs the previous.

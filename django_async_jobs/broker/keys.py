@@ -5,9 +5,9 @@ Layout (``p`` is the prefix):
 =====================================  =========  ===============================================
 key                                    type       holds
 =====================================  =========  ===============================================
-``p:queue:<name>``                     zset       ready jobs; score = priority band + sequence
+``p:queue:<name>``                     zset       ready jobs; score = priority band, then job id order
 ``p:queues``                           set        names of every queue ever pushed to
-``p:seq``                              string     the FIFO sequence inside a priority band
+``p:seq``                              string     fetch numbers (the in-flight fields' suffix)
 ``p:schedule``                         zset       delayed jobs; score = run-at epoch seconds
 ``p:retry``                            zset       jobs waiting for a retry; score = run-at
 ``p:processes``                        zset       worker process id -> last heartbeat (Redis TIME)

@@ -3,9 +3,12 @@
 -- ARGV[1] = queue key base, ARGV[2] = notify channel. A script's own keys and args follow.
 local QUEUES, SEQ, DEAD = KEYS[1], KEYS[2], KEYS[3]
 local QUEUE_BASE, CHANNEL = ARGV[1], ARGV[2]
--- Higher priority sorts first; inside a band, the sequence keeps FIFO order. 2^45 leaves room
--- for 3.5e13 jobs per band while 201 bands stay below 2^53, where doubles are exact.
+-- Higher priority sorts first. A job that joins the back of its queue is scored band + TAIL;
+-- equal scores sort by member, which starts with the job id, and ids sort in enqueue order
+-- (serialization.new_job_id), so a band stays first in, first out. client.score() computes the
+-- same for the pushes made from Python. 201 bands of 2^45 stay below 2^53, where doubles are exact.
 local BAND = 35184372088832
+local TAIL = 17592186044416
 
 -- In-flight fields are "<job id>:<fetch number>": unique per fetch, so a job that re-enqueued
 -- itself (retry_job) and is fetched again never shares a field with the running copy.
@@ -33,10 +36,10 @@ local function decode(payload)
   return nil
 end
 
--- A job is added behind its band; with head_rank (its fetch number) it goes before every job
--- of its band that was never fetched, and among jobs handed back, in the order they were
--- fetched: a job handed back keeps its turn. 2^44 below the band stays above the band after
--- it unless that band has seen over 1.7e13 jobs.
+-- A job is added at the back of its band; with head_rank (its fetch number) it goes before
+-- every job of its band that was never fetched, and among jobs handed back, in the order they
+-- were fetched: a job handed back keeps its turn. The head's 2^44 below the band stays above
+-- the band before it unless 1.7e13 jobs were fetched.
 local HEAD = 17592186044416
 
 -- ZADD score/payload pairs to a queue, a slice at a time (unpack has a stack limit), and record
@@ -51,7 +54,7 @@ end
 
 local function enqueue(payload, job, head_rank)
   local offset
-  if head_rank then offset = head_rank - HEAD else offset = redis.call('INCR', SEQ) end
+  if head_rank then offset = head_rank - HEAD else offset = TAIL end
   add(job.queue, {band(job.priority) + offset, payload})
 end
 

@@ -1,10 +1,8 @@
--- Add ready jobs to their queues. ARGV[3..] = three entries per job: queue name, priority,
--- payload. The caller routes each job, so the script never decodes a payload; one call serves a
--- single enqueue and a bulk of thousands alike: one INCRBY for the batch's sequence numbers and
--- one ZADD per queue (and slice).
+-- Add ready jobs to the back of their queues. ARGV[3..] = three entries per job: queue name,
+-- priority, payload. The caller routes each job, so the script never decodes a payload; one call
+-- serves a bulk of thousands: one ZADD per queue (and slice).
 local count = (#ARGV - 2) / 3
 if count < 1 then return 0 end
-local seq = redis.call('INCRBY', SEQ, count) - count
 local batches, order = {}, {}
 for i = 3, #ARGV, 3 do
   local queue = ARGV[i]
@@ -14,8 +12,7 @@ for i = 3, #ARGV, 3 do
     batches[queue] = batch
     order[#order + 1] = queue
   end
-  seq = seq + 1
-  batch[#batch + 1] = band(ARGV[i + 1]) + seq
+  batch[#batch + 1] = band(ARGV[i + 1]) + TAIL
   batch[#batch + 1] = ARGV[i + 2]
 end
 for _, queue in ipairs(order) do add(queue, batches[queue]) end

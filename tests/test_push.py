@@ -1,0 +1,106 @@
+"""One ``perform_later``: three plain commands in one round trip, ordered by time-sorted job ids."""
+
+import os
+import threading
+import time
+
+import pytest
+import redis
+
+from django_async_jobs.broker.client import score
+from django_async_jobs.serialization import decode_payload, new_job_id
+from tests.testapp.jobs import IncrJob
+
+
+def queued_ids(broker, queue="default"):
+    return [decode_payload(raw)["jid"] for raw in broker.redis.zrange(broker.keys.queue(queue), 0, -1)]
+
+
+def test_one_perform_later_is_one_round_trip_without_a_script(private_redis):
+    broker = private_redis
+    IncrJob.perform_later("warm-up")  # the connection's handshake is not the push's
+    broker.redis.config_resetstat()
+    job = IncrJob.perform_later("k")
+    calls = {name: value["calls"] for name, value in broker.redis.info("commandstats").items()}
+    calls.pop("cmdstat_config|resetstat")
+    assert calls == {"cmdstat_sadd": 1, "cmdstat_zadd": 1, "cmdstat_publish": 1}
+    assert queued_ids(broker)[-1] == job.job_id
+    assert broker.redis.sismember(broker.keys.queues, "default")
+
+
+def test_job_ids_sort_in_the_order_they_were_made_and_never_repeat():
+    ids = [new_job_id() for _ in range(20_000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+
+    made: list[list[str]] = [[] for _ in range(4)]
+
+    def make(out):
+        out.extend(new_job_id() for _ in range(5_000))
+
+    threads = [threading.Thread(target=make, args=(out,)) for out in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [i for out in made for i in out]
+    assert len(set(every)) == len(every)
+    assert all(out == sorted(out) for out in made)
+
+
+def test_job_ids_keep_their_order_when_the_clock_steps_back(monkeypatch):
+    first = new_job_id()
+    monkeypatch.setattr(time, "time_ns", lambda: 1_000_000_000_000_000)  # 2001
+    assert new_job_id() > first
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_makes_ids_of_its_own():
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: ids only, then out without running any cleanup
+        os.write(writer, "".join(new_job_id() for _ in range(1000)).encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(pid, 0)
+    with os.fdopen(reader) as pipe:
+        raw = pipe.read()
+    theirs = [raw[i : i + 24] for i in range(0, len(raw), 24)]
+    ours = [new_job_id() for _ in range(1000)]
+    assert len(theirs) == 1000
+    # Without a reseed, the child would go on from the parent's counter and repeat its ids.
+    assert {i[12:] for i in theirs}.isdisjoint(i[12:] for i in ours)
+
+
+def test_single_and_bulk_pushes_share_one_first_in_first_out_order(broker):
+    first = IncrJob.perform_later("a")
+    bulk = [IncrJob(f"b{i}") for i in range(3)]
+    IncrJob.perform_all_later(bulk)
+    last = IncrJob.perform_later("c")
+    assert queued_ids(broker) == [first.job_id, *(j.job_id for j in bulk), last.job_id]
+    fetched = [f.decode().split(":")[0] for f, _ in broker.fetch("tester", ["default"], 5)]
+    assert fetched == [first.job_id, *(j.job_id for j in bulk), last.job_id]
+
+
+@pytest.mark.parametrize("priority", [-100, -3, 0, 7, 100])
+def test_a_job_pushed_from_python_is_scored_as_the_scripts_score_it(broker, priority):
+    single = IncrJob.set(priority=priority).perform_later("one")
+    pair = [_with_priority(IncrJob("x"), priority), _with_priority(IncrJob("y"), priority)]
+    IncrJob.perform_all_later(pair)  # two jobs: the push script's score
+    scores = dict(broker.redis.zrange(broker.keys.queue("default"), 0, -1, withscores=True))
+    by_id = {decode_payload(raw)["jid"]: value for raw, value in scores.items()}
+    assert by_id[single.job_id] == by_id[pair[0].job_id] == by_id[pair[1].job_id] == score(priority)
+
+
+def _with_priority(job, priority):
+    job.priority = priority
+    return job
+
+
+def test_an_error_reply_reaches_the_caller_and_the_connection_stays_usable(broker):
+    broker.redis.set(broker.keys.queue("broken"), "not a sorted set")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        IncrJob.set(queue="broken").perform_later("k")
+    # The replies after the error were read: the next push reads its own.
+    job = IncrJob.perform_later("k")
+    assert queued_ids(broker) == [job.job_id]
