@@ -37,19 +37,26 @@ after_perform = _marker("after_perform")
 
 
 def collect(cls: type) -> dict[str, tuple[str, ...]]:
-    """Callback method names per kind for ``cls``: inherited first, then its own."""
+    """Callback method names per kind for ``cls``: inherited first, then its own. Each stage
+    (``enqueue``, ``perform``) also lists all of its kinds' names, so a job without callbacks
+    for it skips the stage's machinery."""
     found: dict[str, list[str]] = {kind: [] for kind in KINDS}
     for klass in reversed(cls.__mro__):
         for name, value in vars(klass).items():
             kind = getattr(value, ATTR, None)
             if kind and name not in found[kind]:
                 found[kind].append(name)
-    return {kind: tuple(names) for kind, names in found.items()}
+    names = {kind: tuple(names) for kind, names in found.items()}
+    for stage in ("enqueue", "perform"):
+        names[stage] = tuple(n for kind in KINDS if kind.endswith(f"_{stage}") for n in names[kind])
+    return names
 
 
 def run(job: Any, stage: str, body: Callable[[], Any]) -> Any:
     """Run ``body`` inside ``job``'s callbacks for ``stage``; ``HALTED`` if one stopped it."""
     names = job._callbacks
+    if not names[stage]:
+        return body()
     for name in names[f"before_{stage}"]:
         if getattr(job, name)() is False:
             return HALTED

@@ -247,24 +247,23 @@ class ApplicationJob:
             self.priority = priority
         self.priority = _validate_priority(self.priority)
         self.scheduled_at = _run_at(wait, wait_until)
+        dispatch.now_or_on_commit([self], self._enqueue_with_callbacks, using)
+        return self
 
-        def push() -> ApplicationJob:
-            if self.queue_name is None:
-                self.queue_name = self._resolve_queue()
-            if type(self).lock is None or get_settings().mode != "redis":  # no locks in test modes
-                dispatch.enqueue([self])
-            elif not locks.enqueue(self):
-                self.successfully_enqueued = False  # a unique job's lock is taken
-                return self
-            self.successfully_enqueued = True
-            signals.send(signals.job_enqueued, type(self), job=self)
+    def _enqueue_with_callbacks(self) -> None:
+        if callbacks.run(self, "enqueue", self._push) is callbacks.HALTED:
+            self.successfully_enqueued = False
+
+    def _push(self) -> ApplicationJob:
+        if self.queue_name is None:
+            self.queue_name = self._resolve_queue()
+        if type(self).lock is None or get_settings().mode != "redis":  # no locks in test modes
+            dispatch.enqueue([self])
+        elif not locks.enqueue(self):
+            self.successfully_enqueued = False  # a unique job's lock is taken
             return self
-
-        def run() -> None:
-            if callbacks.run(self, "enqueue", push) is callbacks.HALTED:
-                self.successfully_enqueued = False
-
-        dispatch.now_or_on_commit([self], run, using)
+        self.successfully_enqueued = True
+        signals.send(signals.job_enqueued, type(self), job=self)
         return self
 
     def _resolve_queue(self) -> str:
