@@ -105,6 +105,27 @@ class HaltAround(ApplicationJob):
         return "value"
 
 
+class Swallowing(ApplicationJob):
+    """The guide's error wrapper, reduced: it catches what perform raises."""
+
+    @around_perform
+    def rescue(self, proceed):
+        try:
+            return proceed()
+        except LookupError:
+            LOG.append("rescued")
+            return "the wrapper's value"
+
+    @after_perform
+    def after(self):
+        LOG.append("after_perform ran")
+
+    def perform(self, fail):
+        if fail:
+            raise LookupError("missing row")
+        return "perform's value"
+
+
 class HaltPerform(ApplicationJob):
     @before_perform
     def stop(self):
@@ -191,6 +212,14 @@ def test_halted_perform_returns_none_and_skips_after(broker):
     LOG.clear()
     assert HaltPerform.perform_now("k") is None
     assert LOG == []
+
+
+def test_an_around_perform_that_catches_ends_the_job_with_none(broker):
+    assert Swallowing.perform_now(True) is None  # perform never returned; the wrapper's value is not used
+    assert LOG == ["rescued"]  # the stage ended early: no after_perform
+    LOG.clear()
+    assert Swallowing.perform_now(False) == "perform's value"
+    assert LOG == ["after_perform ran"]
 
 
 def test_only_false_halts(broker):
