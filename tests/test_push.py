@@ -104,3 +104,19 @@ def test_an_error_reply_reaches_the_caller_and_the_connection_stays_usable(broke
     # The replies after the error were read: the next push reads its own.
     job = IncrJob.perform_later("k")
     assert queued_ids(broker) == [job.job_id]
+
+
+def test_a_payload_beyond_ascii_arrives_whole(broker):
+    # The packet gives each part's length in bytes, not characters.
+    text = "Zoë's café, 日本, ✓ " * 50
+    job = IncrJob.set(priority=3).perform_later(text)
+    (field, raw), = broker.fetch("tester", ["default"], 1)
+    assert decode_payload(raw)["args"] == [text] and field.decode().startswith(job.job_id)
+
+
+def test_a_lost_connection_is_retried_once_on_a_fresh_one(broker):
+    IncrJob.perform_later("warm-up")
+    own = broker._command("CLIENT", "ID")  # the push's connection
+    assert broker.redis.client_kill_filter(_id=own) == 1  # as a Redis restart or a proxy would
+    job = IncrJob.perform_later("after")
+    assert queued_ids(broker)[-1] == job.job_id
