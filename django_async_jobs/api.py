@@ -459,7 +459,8 @@ def recurring(count: int = 3, broker: Broker | None = None) -> list[dict[str, An
 def run_recurring_now(name: str) -> str:
     """Enqueue a recurring entry's job now, outside its schedule; returns the job id.
 
-    Its ticks are left alone: the next scheduled run still happens.
+    Its ticks are left alone: the next scheduled run still happens. The payload's ``cron`` field
+    is ``{"name": name, "manual": True}``, with no tick: the job can tell it was started by hand.
     """
     from django_async_jobs import cron, registry
 
@@ -468,7 +469,9 @@ def run_recurring_now(name: str) -> str:
             job_class = registry.lookup(entry.job)
             if job_class is None:
                 raise LookupError(f"no registered job is named {entry.job!r}")
-            job = job_class.set(queue=entry.queue, priority=entry.priority).perform_later(*entry.args, **entry.kwargs)
+            job = job_class(*entry.args, **entry.kwargs)
+            job.payload["cron"] = {"name": entry.name, "manual": True}
+            job.enqueue(queue=entry.queue, priority=entry.priority)
             if not job:
                 raise RuntimeError(f"{entry.job} was not enqueued: a before_enqueue callback halted it")
             return job.job_id

@@ -170,8 +170,8 @@ def enqueue_tick(entry: Entry, tick: float, broker: Any) -> str | None:
 
     def push() -> None:
         job.queue_name = entry.queue or job._resolve_queue()
+        job.payload["cron"] = {"name": entry.name, "tick": int(tick)}
         data = job.serialize()
-        data["cron"] = {"name": entry.name, "tick": int(tick)}
         key = data.get("lock", {}).get("key")
         done, holder = broker.cron_push(
             entry.name, int(tick), job.job_id, encode_payload(data), key, job_class._lock_ttl_ms or 0

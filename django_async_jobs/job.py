@@ -21,8 +21,9 @@ from django_async_jobs.serialization import (
 )
 
 PRIORITY_RANGE = (-100, 100)
-# Payload fields that travel with a job when it enqueues itself again (retry counters).
-CARRIED = ("retries", "retry_count")
+# Payload fields that travel with a job when it enqueues itself again (``retry_job``): retry
+# counters, and the recurring entry and tick it runs for.
+CARRIED = ("retries", "retry_count", "cron")
 
 
 class _ClassOrInstance:

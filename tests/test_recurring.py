@@ -232,3 +232,28 @@ def test_the_jobs_cron_command_lists_entries(settings, broker, key):
     call_command("jobs", "cron", "--json", stdout=out)
     [row] = json.loads(out.getvalue())
     assert row["name"] == "nightly" and len(row["next_runs"]) == 3 and row["last_run"]["job_id"]
+
+
+def test_a_run_by_hand_is_marked_manual_and_leaves_the_ticks_alone(settings, broker, key):
+    from django_async_jobs import api
+
+    recurring(settings, {"nightly": {"cron": "0 2 * * *", "class": JOB, "queue": "low", "args": [key], "priority": 5}})
+    job_id = api.run_recurring_now("nightly")
+    [raw] = broker.redis.zrange(broker.keys.queue("low"), 0, -1)
+    payload = json.loads(raw)
+    assert payload["jid"] == job_id and payload["priority"] == 5
+    assert payload["cron"] == {"name": "nightly", "manual": True}
+    assert cron.last_run("nightly", broker) is None  # no tick was recorded
+
+
+def test_the_cron_field_stays_with_a_job_that_enqueues_itself_again(settings, broker, key):
+    from tests.testapp.recurring_jobs import CronTickJob
+
+    recurring(settings, {"minutely": {"cron": "* * * * *", "class": JOB, "args": [key]}})
+    [entry] = cron.entries()
+    cron.enqueue_tick(entry, T0 - 30, broker)
+    [(field, raw)] = broker.fetch("tester", ["default"], 1)
+    job = CronTickJob.deserialize(json.loads(raw))
+    job.retry_job(wait=60)
+    [again] = broker.redis.zrange(broker.keys.schedule, 0, -1)
+    assert json.loads(again)["cron"] == {"name": "minutely", "tick": int(T0 - 30)}

@@ -455,8 +455,8 @@ class WeeklyReportJob(DeliveryJob):
     report_to = "ops@example.com"
 
     def perform(self) -> str:
-        cron = self.payload.get("cron")  # set when the schedule enqueued it: the tick it runs for
-        now = datetime.fromtimestamp(cron["tick"], UTC) if cron else timezone.now()
+        tick = self.payload.get("cron", {}).get("tick")  # the schedule's tick; none when run by hand
+        now = datetime.fromtimestamp(tick, UTC) if tick else timezone.now()
         year, week, _ = now.isocalendar()
         label = f"{year}-W{week:02d}"
         with self.once("weekly_report", label) as first:
