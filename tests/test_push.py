@@ -99,9 +99,12 @@ def _with_priority(job, priority):
 
 def test_an_error_reply_reaches_the_caller_and_the_connection_stays_usable(broker):
     broker.redis.set(broker.keys.queue("broken"), "not a sorted set")
+    own = broker._command("CLIENT", "ID")
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         IncrJob.set(queue="broken").perform_later("k")
-    # The replies after the error were read: the next push reads its own.
+    # The replies after the error were read, so the same connection goes on: the next push
+    # reads its own reply, not one left over.
+    assert broker._command("CLIENT", "ID") == own
     job = IncrJob.perform_later("k")
     assert queued_ids(broker) == [job.job_id]
 

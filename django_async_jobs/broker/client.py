@@ -172,12 +172,15 @@ class Broker:
         except (redis.ConnectionError, redis.TimeoutError):
             conn.disconnect()
             return self._replies(conn, packed, replies)
+        except redis.ResponseError:
+            raise  # every reply was read: the connection is fine
         except BaseException:
             conn.disconnect()  # interrupted mid-reply: never reuse a half-read connection
             raise
 
     @staticmethod
     def _replies(conn: Any, packed: list[bytes], replies: int) -> Any:
+        """One attempt of ``_exchange``: every reply is read even after an error reply."""
         conn.send_packed_command(packed)
         error = reply = None
         for _ in range(replies):
