@@ -89,9 +89,9 @@ BAND = 2**45
 TAIL = 2**44
 
 
-def score(priority: float) -> int:
+def score(priority: int) -> int:
     """The score of a ready job of this priority (clamped to -100..100, as the scripts do)."""
-    return int((100 - max(-100, min(100, priority))) * BAND + TAIL)
+    return (100 - max(-100, min(100, priority))) * BAND + TAIL
 
 
 def _resp(*parts: str | int) -> bytes:
