@@ -46,12 +46,11 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("django_async_jobs/job.py", "_check_arguments", "signature check (Signature.bind)"),
     ("inspect.py", "", "signature check (Signature.bind)"),
     ("django_async_jobs/job.py", "deserialize", "deserialize job"),
-    ("django_async_jobs/broker/client.py", "fetch", "fetch: Lua call (fetcher thread)"),
+    ("django_async_jobs/broker/client.py", "fetch", "fetch: Lua call (the leading processor thread)"),
     ("django_async_jobs/broker/client.py", "settle", "settle: Lua call (acker thread)"),
     ("django_async_jobs/worker/acker.py", "add", "hand-off: processor -> acker queue"),
     ("django_async_jobs/worker/acker.py", "", "acker loop"),
-    ("django_async_jobs/worker/launcher.py", "_deliver", "hand-off: fetcher -> work queue"),
-    ("django_async_jobs/worker/fetcher.py", "", "fetcher loop, slot semaphore, notify listener"),
+    ("django_async_jobs/worker/fetcher.py", "", "fetcher: take/lead, slots, buffer, notify listener"),
     ("django_async_jobs/worker/recovery.py", "", "heartbeat, recovery, poller"),
     ("django_async_jobs/worker/poller.py", "", "heartbeat, recovery, poller"),
     ("django_async_jobs/locks.py", "", "perform wrappers (locks, idempotency, callbacks)"),
@@ -62,7 +61,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     (
         "django_async_jobs/worker/launcher.py",
         "_process_loop",
-        "processor loop (queue get, busy lock)",
+        "processor loop (busy lock)",
     ),
     ("redis/", "", "redis-py (other)"),
 )
@@ -205,7 +204,7 @@ def profile(n: int) -> dict[str, Any]:
     group = procs.start("profile", SYSTEM.worker_commands(MODE_A), SYSTEM.env())
     spy = None
     try:
-        time.sleep(2.0)  # Django set up, threads started, fetcher idle
+        time.sleep(2.0)  # Django set up, threads started, a thread waiting for "ready"
         worker_pid = group.procs[0].pid
         spy = subprocess.Popen(
             [

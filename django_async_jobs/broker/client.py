@@ -141,26 +141,28 @@ class Broker:
         shared_keys, shared_args = self._prelude
         return [*shared_keys, *keys], [*shared_args, *args]
 
-    def _run(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+    def _run(
+        self, name: str, keys: list[str], args: list[Any], client: Any = None, connection: Any = None
+    ) -> Any:
         script = self._scripts[name]
         all_keys, all_args = self._frame(keys, args)
         if client is not None:  # a pipeline: redis-py loads its scripts before it executes
             return script(keys=all_keys, args=all_args, client=client)
         # A Redis that lost its script cache (restart, SCRIPT FLUSH) gets the script again.
         try:
-            return self._command("EVALSHA", script.sha, len(all_keys), *all_keys, *all_args)
+            return self._command("EVALSHA", script.sha, len(all_keys), *all_keys, *all_args, connection=connection)
         except NoScriptError:
             return script(keys=all_keys, args=all_args)
 
-    def _command(self, *args: Any) -> Any:
-        """One command on this thread's own connection, outside redis-py's pool.
+    def _command(self, *args: Any, connection: Any = None) -> Any:
+        """One command on this thread's own connection (or the caller's), outside redis-py's pool.
 
         On the hot path (enqueue, fetch, settle) the pool's and the Script wrapper's
         bookkeeping cost as much Python as the round trip itself.
         """
         if not self._direct:
             return self.redis.execute_command(*args)
-        conn = self._connection()
+        conn = connection or self._connection()
         return self._exchange(conn, conn.pack_command(*args), 1)
 
     def _exchange(self, conn: Any, packed: list[bytes], replies: int) -> Any:
@@ -195,9 +197,16 @@ class Broker:
     def _connection(self) -> Any:
         conn = getattr(self._local, "connection", None)
         if conn is None or conn.pid != os.getpid():
-            pool = self.redis.connection_pool
-            conn = self._local.connection = pool.connection_class(**pool.connection_kwargs)
+            conn = self._local.connection = self.own_connection()
         return conn
+
+    def own_connection(self) -> Any:
+        """A connection outside the pool, for a role that moves between threads (a worker's
+        fetch) and so cannot use the calling thread's; None where calls go through the client."""
+        if not self._direct:
+            return None
+        pool = self.redis.connection_pool
+        return pool.connection_class(**pool.connection_kwargs)
 
     # -- client side -------------------------------------------------------------------------
 
@@ -315,8 +324,12 @@ class Broker:
 
     # -- worker side -------------------------------------------------------------------------
 
-    def fetch(self, process_id: str, queues: list[str], count: int) -> list[tuple[str, bytes]]:
-        flat = self._run("fetch", [self.keys.inflight(process_id)], [count, *queues])
+    def fetch(
+        self, process_id: str, queues: list[str], count: int, connection: Any = None
+    ) -> list[tuple[str, bytes]]:
+        """Move up to ``count`` jobs into the process's in-flight hash; ``connection`` is the
+        caller's own (``own_connection``), else the calling thread's."""
+        flat = self._run("fetch", [self.keys.inflight(process_id)], [count, *queues], connection=connection)
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def settle(self, process_id: str, ops: list[tuple[str, str, Any, Any, int]]) -> None:

@@ -17,7 +17,7 @@ key                                    type       holds
 ``p:recoveries``                       hash       job id -> times recovered from a dead process
 ``p:dead``                             hash       dead jobs staged for the database
 ``p:stat:<name>`` / ``:<YYYY-MM-DD>``  string     processed / failed counters, total and daily
-``p:notify``                           channel    "work is ready" wake-ups for idle fetchers
+``p:notify``                           channel    "work is ready" wake-ups for idle workers
 ``p:lock:<job>:<digest>``              string     a unique job's enqueue lock; value = job id
 ``p:runlock:<job>:<digest>``           string     a unique job's run lock; value = in-flight field
 ``p:cron:<name>``                      hash       a recurring entry's last tick, job id, time

@@ -1,17 +1,18 @@
-"""Which queue to take from next, and the thread that moves jobs from Redis to idle threads.
+"""Which queue to take from next, and how a worker's threads get jobs from Redis.
 
-A fetch moves as many jobs as there are idle threads in one Lua call (batch fetch), so a busy
-worker pays one round trip for many jobs. An idle fetcher sleeps until a push publishes
-"ready", which keeps enqueue-to-start latency at a round trip or two instead of a poll beat.
+A fetch moves as many jobs as there are free slots in one Lua call (batch fetch), so a busy
+worker pays one round trip for many jobs. An idle worker's fetching thread sleeps until a push
+publishes "ready", which keeps enqueue-to-start latency at a round trip instead of a poll beat.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -21,7 +22,7 @@ from django_async_jobs.conf import QueueSpec
 logger = logging.getLogger("django_async_jobs.worker")
 
 IDLE_RECHECK = 1.0  # seconds: a missed "ready" message costs at most this much
-WAKE_CHECK = 0.2  # seconds: how soon an idle fetcher notices a stop or quiet
+WAKE_CHECK = 0.2  # seconds: how soon a waiting fetch notices a stop or quiet
 
 
 class QueueOrder:
@@ -66,102 +67,127 @@ def select_queues(spec: QueueSpec, requested: Sequence[str]) -> QueueSpec:
     return QueueSpec(tuple(names), tuple(weights), strict=strict)
 
 
-class Fetcher(threading.Thread):
+LEAD = object()  # the fetching role, passed between threads through the buffer
+
+
+class Fetcher:
+    """The jobs a process holds, and the fetching role its processor threads take in turn.
+
+    Leader/follower: the role is a token in the buffer of fetched jobs, behind any jobs in it.
+    The thread that takes it fetches; when the queues are dry it waits for "ready" itself, so
+    the job its fetch brings runs on the same thread: between a push and the job's start there
+    are the message and the fetch's reply, and no hand-off to another thread. The rest of a
+    batch goes into the buffer for the other threads, then the token for the next idle one.
+    """
+
     def __init__(
         self,
         broker: Any,
         process_id: str,
         order: QueueOrder,
         concurrency: int,
-        deliver: Callable[[list[tuple[str, bytes]]], None],
         stopping: threading.Event,
-        buffered: Callable[[], int] = lambda: 0,
         prefetch: int | None = None,
     ) -> None:
-        super().__init__(name="async-jobs-fetcher", daemon=True)
         self.broker = broker
         self.process_id = process_id
         self.order = order
-        # A slot is a job held by this process, running or waiting in the local buffer. Up to
+        # A slot is a job held by this process, running or waiting in the buffer. Up to
         # ``prefetch`` jobs (default: ``concurrency``) wait there, so a thread that frees up
         # finds its next job at once instead of a round trip later; they are in the in-flight
         # hash like running ones, and handed back first when the process stops.
         self.capacity = concurrency + (concurrency if prefetch is None else prefetch)
-        self._free = self.capacity
-        self._slots = threading.Condition(threading.Lock())
-        self.concurrency = concurrency
-        self.buffered = buffered
-        self.deliver = deliver
         self.stopping = stopping
-        self.wake = threading.Event()
+        self._held = 0
+        self._held_lock = threading.Lock()
+        self._buffer: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._buffer.put(LEAD)
+        self._fetching = threading.Lock()  # held by the leader while it fetches
+        self._connection = broker.own_connection()  # the role's, whichever thread leads
+        self._dry = False  # the last fetch came back short: wait for "ready" before the next
+        self._backoff = 0.1
+        self._pubsub: Any = None
 
-    def release_slot(self, count: int = 1) -> None:
-        with self._slots:
-            self._free += count
-            if self._worth_a_fetch():
-                self._slots.notify()  # only then: a wake-up per finished job costs real CPU
+    def take(self) -> tuple[str, bytes] | None:
+        """The calling thread's next job, fetched by itself if it takes the role; None once
+        ``stop()`` has run and the buffer is empty."""
+        while True:
+            item = self._buffer.get()
+            if item is not LEAD:
+                return item
+            if self.stopping.is_set():
+                continue  # the role ends with the process: nobody fetches any more
+            items: list[tuple[str, bytes]] = []
+            try:
+                with self._fetching:
+                    items = self._lead()
+            finally:
+                for extra in items[1:]:
+                    self._buffer.put(extra)
+                self._buffer.put(LEAD)  # never lost, or nobody would fetch again
+            if items:
+                return items[0]
 
-    def _worth_a_fetch(self) -> bool:
-        # While threads still have buffered jobs there is no hurry: wait until a batch's worth
-        # of slots is free, so one fetch moves many jobs instead of one fetch per job.
-        return self._free >= self.concurrency or (self._free > 0 and self.buffered() == 0)
+    def release_slot(self) -> None:
+        """A thread is done with its job: settled, handed back or passed to the event loop."""
+        with self._held_lock:
+            self._held -= 1
 
-    def _take_slots(self) -> int:
-        """Wait until a fetch is worth it; take every free slot (0 when stopping)."""
-        with self._slots:
-            while not self._worth_a_fetch():
-                if self.stopping.is_set():
-                    return 0
-                self._slots.wait(0.5)
-            taken, self._free = self._free, 0
-            return taken
+    def stop(self, threads: int, timeout: float) -> None:
+        """Wait up to ``timeout`` for a fetch in progress to land, drop the subscription, and
+        make ``take()`` return None to each of ``threads`` threads once the buffer is empty."""
+        if self._fetching.acquire(timeout=timeout):
+            self._unsubscribe()
+            if self._connection is not None:
+                self._connection.disconnect()
+            self._fetching.release()
+        for _ in range(threads):
+            self._buffer.put(None)
 
-    def run(self) -> None:
-        backoff = 0.1
-        waited = False  # the last pass ended in _wait_for_work, which drained the messages
+    def _lead(self) -> list[tuple[str, bytes]]:
+        """Fetch until at least one job comes; nothing once the process is stopping."""
         while not self.stopping.is_set():
-            free = self._take_slots()
-            if not free:
-                break
-            self.wake.clear()
-            if self._pubsub is not None and not waited:
+            if self._dry:
+                # The queues ran dry: wait for the "ready" that every step adding jobs
+                # publishes, rather than a fetch that would find nothing.
+                self._wait_for_work()
+                if self.stopping.is_set():
+                    break
+            elif self._pubsub is not None:
                 try:
-                    self._drain_messages()  # a busy fetcher must not let messages pile up
+                    self._drain_messages()  # a busy process must not let messages pile up
                 except (redis.RedisError, OSError):
                     self._unsubscribe()
-            waited = False
-            if self.stopping.is_set():
-                self._give_back(free)
-                break
-            try:
-                items = self.broker.fetch(self.process_id, self.order.next(), free)
-                backoff = 0.1
-            except redis.RedisError as exc:
-                self._give_back(free)
-                logger.warning("fetch failed, retrying in %.1fs: %s", backoff, exc)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            self._give_back(free - len(items))
+            items = self._fetch()
             if items:
-                self.deliver(items)
-            if len(items) < free:
-                # The queues ran dry: wait for the "ready" that every step adding jobs publishes,
-                # rather than a fetch that would find nothing while a processor starts its job.
-                self._wait_for_work()
-                waited = True
-        self._unsubscribe()
+                return items
+        return []
+
+    def _fetch(self) -> list[tuple[str, bytes]]:
+        with self._held_lock:
+            free = self.capacity - self._held
+            self._held = self.capacity
+        items: list[tuple[bytes, bytes]] = []
+        try:
+            items = self.broker.fetch(self.process_id, self.order.next(), free, self._connection)
+            self._dry = len(items) < free
+            self._backoff = 0.1
+        except redis.RedisError as exc:
+            logger.warning("fetch failed, retrying in %.1fs: %s", self._backoff, exc)
+            self.stopping.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, 5.0)
+            self._dry = False
+        finally:
+            with self._held_lock:
+                self._held -= free - len(items)
+        return [(field.decode(), raw) for field, raw in items]
 
     # -- the notify channel --------------------------------------------------------------------
-    # The fetcher reads "ready" messages itself: an idle worker's next job is one message and
-    # one fetch away, with no thread in between.
-
-    _pubsub: Any = None
 
     def _wait_for_work(self) -> None:
-        """Sleep until a push publishes "ready", a stop or wake, or the periodic recheck."""
+        """Sleep until a push publishes "ready", a stop, or the periodic recheck."""
         deadline = time.monotonic() + IDLE_RECHECK
-        while not self.wake.is_set() and not self.stopping.is_set():
+        while not self.stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -188,7 +214,3 @@ class Fetcher(threading.Thread):
             except (redis.RedisError, OSError):
                 pass
             self._pubsub = None
-
-    def _give_back(self, count: int) -> None:
-        if count:
-            self.release_slot(count)

@@ -1,8 +1,8 @@
 """One worker process: its threads, its signals, and how it stops.
 
-Threads: a fetcher (Redis -> local work queue; it also listens for "ready"), ``concurrency``
-processors, an acker (batched settlements), a poller (scheduled/retry), a heart (heartbeat +
-recovery) and a dead writer (staged dead jobs -> database). Signals: TERM/INT stop gracefully,
+Threads: ``concurrency`` processors, which take turns fetching (see ``Fetcher``), an acker
+(batched settlements), a poller (scheduled/retry), a heart (heartbeat + recovery) and a dead
+writer (staged dead jobs -> database). Signals: TERM/INT stop gracefully,
 a second INT exits at once, TSTP quiets.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import secrets
 import signal
 import socket
@@ -62,7 +61,6 @@ class Worker:
         self.stopping = threading.Event()  # no more fetching
         self.stopped = threading.Event()  # run() has returned
         self.quiet = False
-        self._work: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._running: dict[str, float] = {}  # in-flight field -> start time, for the dashboard
@@ -73,8 +71,8 @@ class Worker:
         self.acker = Acker(self.broker, self.process_id)
         self.event_loop = EventLoop(self.settings.async_concurrency, self.acker.add)
         self.fetcher = Fetcher(
-            self.broker, self.process_id, QueueOrder(self.queues), self.concurrency,
-            self._deliver, self.stopping, buffered=self._work.qsize, prefetch=self.settings.prefetch,
+            self.broker, self.process_id, QueueOrder(self.queues), self.concurrency, self.stopping,
+            prefetch=self.settings.prefetch,
         )
         self.processors = [
             threading.Thread(target=self._process_loop, name=f"async-jobs-processor-{i}", daemon=True)
@@ -111,14 +109,10 @@ class Worker:
 
     # -- threads -----------------------------------------------------------------------------
 
-    def _deliver(self, items: list[tuple[str, bytes]]) -> None:
-        for field, raw in items:
-            self._work.put((field.decode() if isinstance(field, bytes) else field, raw))
-
     def _process_loop(self) -> None:
         log_jobs = self.settings.log_jobs
         while True:
-            item = self._work.get()
+            item = self.fetcher.take()
             if item is None:
                 return
             field, raw = item
@@ -158,7 +152,7 @@ class Worker:
                 logger.warning("cannot reach Redis, retrying in %.1fs: %s", backoff, exc)
                 self._pause(backoff)  # a TERM while Redis is away still stops us
                 backoff = min(backoff * 2, 5.0)
-        for thread in (self.acker, *self.processors, self.heart, self.poller, self.dead_writer, self.fetcher):
+        for thread in (self.acker, *self.processors, self.heart, self.poller, self.dead_writer):
             thread.start()
         logger.info(
             "worker %s started: queues=%s (%s) concurrency=%d",
@@ -171,7 +165,6 @@ class Worker:
         """Stop fetching; running jobs finish (SIGTSTP, or the dashboard's Quiet)."""
         self.quiet = True
         self.stopping.set()
-        self.fetcher.wake.set()
         logger.info("worker %s is quiet: no new jobs will be fetched", self.process_id)
 
     def _on_signal(self, name: str) -> None:
@@ -182,7 +175,6 @@ class Worker:
         elif name == "stop":
             self._stop_requested.set()
             self.stopping.set()
-            self.fetcher.wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
         """Graceful stop: wait up to ``timeout`` for running jobs, hand back the rest."""
@@ -190,12 +182,9 @@ class Worker:
             return
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         self.stopping.set()
-        self.fetcher.wake.set()
-        self.fetcher.join(2)
+        self.fetcher.stop(len(self.processors), 2)  # a fetch in progress lands before the release
         began = time.monotonic()
         deadline = began + timeout
-        for _ in self.processors:
-            self._work.put(None)
         for thread in self.processors:
             thread.join(max(0.0, deadline - time.monotonic()))
         unfinished = sum(1 for t in self.processors if t.is_alive())
