@@ -50,3 +50,13 @@ def test_the_notify_channel_waits_longer_than_the_read_timeout(broker, monkeypat
         assert message is not None and message["data"] == b"ready"
     finally:
         pubsub.close()
+
+
+def test_a_push_to_a_redis_that_stops_answering_times_out(redis_server):
+    broker = Broker(build({"REDIS_URL": f"{redis_server.url}?socket_timeout=0.2", "KEY_PREFIX": "paused"}))
+    broker.push_one("default", 0, '{"jid":"a"}')  # connected and answered
+    broker.redis.client_pause(3000, all=True)
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        broker.push_one("default", 0, '{"jid":"b"}')
+    assert time.monotonic() - started < 2

@@ -165,15 +165,16 @@ class Broker:
         conn = connection or self._connection()
         return self._exchange(conn, conn.pack_command(*args), 1)
 
-    def _exchange(self, conn: Any, packed: list[bytes], replies: int) -> Any:
+    def _exchange(self, conn: Any, packed: list[bytes], replies: int, attempt: Any = None) -> Any:
         """Send packed commands, read their replies; the last reply is returned, the first error
         raised once all are read. A dropped connection is retried once on a fresh one, as
-        redis-py does."""
+        redis-py does. ``attempt`` is how one try reads (default ``_replies``)."""
+        attempt = attempt or self._replies
         try:
-            return self._replies(conn, packed, replies)
+            return attempt(conn, packed, replies)
         except (redis.ConnectionError, redis.TimeoutError):
             conn.disconnect()
-            return self._replies(conn, packed, replies)
+            return attempt(conn, packed, replies)
         except redis.ResponseError:
             raise  # every reply was read: the connection is fine
         except BaseException:
@@ -193,6 +194,30 @@ class Broker:
         if error is not None:
             raise error
         return reply
+
+    @staticmethod
+    def _line_replies(conn: Any, packed: list[bytes], replies: int) -> None:
+        """``_replies`` for commands whose replies are one line each (integers, or an error):
+        read straight off the socket, without redis-py's layers per reply, which cost a single
+        enqueue as much as Redis's own work for it."""
+        if conn._sock is None:
+            conn.connect()
+        sock = conn._sock
+        got = b""
+        try:
+            sock.sendall(b"".join(packed))
+            while got.count(b"\r\n") < replies:
+                more = sock.recv(4096)
+                if not more:
+                    raise redis.ConnectionError("Connection closed by server.")
+                got += more
+        except TimeoutError as exc:
+            raise redis.TimeoutError("Timeout reading from Redis") from exc
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error while talking to Redis: {exc}") from exc
+        if b"-" in got:  # these commands never answer a negative number: an error reply
+            line = next(line for line in got.split(b"\r\n") if line.startswith(b"-"))
+            raise conn._parser.parse_error(line[1:].decode(errors="replace"))
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "connection", None)
@@ -242,7 +267,8 @@ class Broker:
                 + b"*4\r\n" + _resp("ZADD", self.keys.queue(queue), score(priority))
             )
         data = payload.encode()
-        self._exchange(self._connection(), [b"%s$%d\r\n%s\r\n%s" % (head, len(data), data, self._push_tail)], 3)
+        packed = [b"%s$%d\r\n%s\r\n%s" % (head, len(data), data, self._push_tail)]
+        self._exchange(self._connection(), packed, 3, self._line_replies)
 
     def push_stream(self, chunks: Iterable[list[Any]]) -> int:
         """Push chunk after chunk of routed entries, the next built while Redis runs the previous.
