@@ -174,7 +174,7 @@ def run_cell(
 
     name = f"{system.name}-{mode.name}"
     spawned = time.time()
-    group = procs.start(name, system.worker_commands(mode), system.env())
+    group = procs.start(name, system.worker_commands(mode), system.env(), system.cwd)
     try:
         result.update(drain(system, group, backlog, spawned, budget.drain + STARTUP_ALLOWANCE))
         memory = procs.memory(group)
@@ -187,7 +187,7 @@ def run_cell(
                 # Time-boxed drain: restart the workers on an empty queue for the latency test.
                 group.stop()
                 system.flush()
-                group = procs.start(name, system.worker_commands(mode), system.env())
+                group = procs.start(name, system.worker_commands(mode), system.env(), system.cwd)
                 if not _warm_up(system, group):
                     raise RuntimeError(f"{name}: restarted workers did not run a job")
             result.update(idle_latency(system, group, latency_jobs, latency_rate))

@@ -48,6 +48,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--drain-limit", type=float, default=12.0, help="seconds before a drain counts as partial"
     )
     parser.add_argument(
+        "--against",
+        metavar="REF",
+        help="also run our worker from commit REF (a git worktree) in every cell, for A/B figures",
+    )
+    parser.add_argument(
         "--scaling", action="store_true", help="our drain over processes x threads, and the plot"
     )
     parser.add_argument(
@@ -106,6 +111,11 @@ def run_comparison(args: argparse.Namespace) -> dict[str, Any]:
     from bench.systems.base import MODES
 
     systems = [load(name) for name in args.system_list]
+    if args.against:
+        from bench.systems.ours import OursAt
+
+        systems.insert(1, OursAt(args.against, _worktree(args.against)))
+        args.system_list.insert(1, systems[1].name)
     for system in systems:
         system.prepare()
     cells: list[dict[str, Any]] = []
@@ -134,6 +144,24 @@ def run_comparison(args: argparse.Namespace) -> dict[str, Any]:
             for s in systems
         },
     }
+
+
+def _worktree(ref: str) -> Path:
+    """A checkout of ``ref`` under bench/results/trees (made once, reused by later runs)."""
+    import subprocess
+
+    from bench.config import RESULTS_DIR
+
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        cwd=_REPO, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    tree = RESULTS_DIR / "trees" / sha[:12]
+    if not tree.exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), sha], cwd=_REPO, check=True
+        )
+    return tree
 
 
 def _one_line(cell: dict[str, Any]) -> str:

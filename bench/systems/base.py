@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
-from bench.config import REDIS_DB, REDIS_HOST, REDIS_PORT
+from bench.config import REDIS_DB, REDIS_HOST, REDIS_PORT, REPO_DIR
 from bench.procs import bench_env
 
 
@@ -30,6 +31,7 @@ class System(ABC):
 
     name: str
     version: str = ""
+    cwd: Path = REPO_DIR  # where the worker commands run
 
     @property
     def db(self) -> int:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import sys
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
+from bench.config import REDIS_DB
 from bench.procs import bench_env
 from bench.systems.base import Mode, System
 
@@ -55,6 +57,23 @@ def worker_command(processes: int, threads: int) -> list[str]:
     if processes > 1:
         cmd += ["--processes", str(processes)]
     return cmd
+
+
+class OursAt(Ours):
+    """Our worker from a checkout of another commit, in the same cells as the current code
+    (``--against REF``): A/B figures for the worker side (drain, idle latency, RSS) finer than
+    the noise between runs. Enqueue rows time the current client code in both columns."""
+
+    def __init__(self, ref: str, tree: Path) -> None:
+        self.name = f"ours@{ref}"
+        self.cwd = tree
+
+    @property
+    def db(self) -> int:
+        return REDIS_DB["ours"]
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "PYTHONPATH": str(self.cwd)}
 
 
 class OursNoJobLog(Ours):
