@@ -40,6 +40,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 hint="Use redis://host:6379/0, rediss://... for TLS, or unix:///path/to/socket.",
                 id="async_jobs.E003",
             ))
+    prefix = merged["KEY_PREFIX"]
+    if not conf.valid_queue_name(prefix):
+        # "app*" would make the prefix's SCAN pattern match another application's keys.
+        errors.append(Error(
+            f"ASYNC_JOBS['KEY_PREFIX'] = {prefix!r} is not a valid key prefix.",
+            hint=f"Use {conf.QUEUE_NAME_RULE} (the queue names' rule): no ':', no glob characters *?[]\\.",
+            id="async_jobs.E011",
+        ))
     for key in ("CONCURRENCY", "MAX_RECOVERIES", "ASYNC_CONCURRENCY", "PROGRESS_EVERY"):
         value = merged[key]
         least = 0 if key == "MAX_RECOVERIES" else 1

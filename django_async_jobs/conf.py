@@ -7,6 +7,7 @@ changes the setting (``setting_changed``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -38,6 +39,28 @@ DEFAULTS: dict[str, Any] = {
     "PROGRESS_EVERY": 100,
     "PROGRESS_SECONDS": 2.0,
 }
+
+
+# Queue names go into Redis keys, URLs, log lines and shell commands: a small alphabet keeps
+# every one of them unambiguous (no ':' splitting a key, no '/' breaking a URL, no glob).
+QUEUE_NAME_RULE = "1 to 100 characters, each an ASCII letter, a digit, '_', '-' or '.'"
+_QUEUE_NAME = re.compile(r"[\w.-]{1,100}", re.ASCII)
+
+
+def valid_queue_name(name: Any) -> bool:
+    return isinstance(name, str) and _QUEUE_NAME.fullmatch(name) is not None
+
+
+def validate_queue_name(name: Any, what: str) -> str:
+    """``name`` if it follows the rule; else ``TypeError`` (not a str) or ``ValueError``, naming
+    ``what`` (the argument or setting it came from) and the rule."""
+    if valid_queue_name(name):
+        return name
+    shown = repr(name)
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
+    error = ValueError if isinstance(name, str) else TypeError
+    raise error(f"{what} = {shown} is not a valid queue name: use {QUEUE_NAME_RULE}.")
 
 
 # Keys read by features with their own pages (retries, dead jobs, recurring jobs, ...): known to
@@ -106,8 +129,7 @@ def parse_queues(value: Any) -> QueueSpec:
             name, weight = item
         else:
             raise ValueError(f"QUEUES entry {item!r} is neither a name nor a (name, weight) pair.")
-        if not isinstance(name, str) or not name or ":" in name:
-            raise ValueError(f"QUEUES name {name!r} must be a non-empty string without ':'.")
+        validate_queue_name(name, "QUEUES name")
         if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
             raise ValueError(f"QUEUES weight for {name!r} must be a positive integer, got {weight!r}.")
         if name in names:

@@ -22,6 +22,7 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs import callbacks, locks, registry, signals
+from django_async_jobs.conf import QUEUE_NAME_RULE, valid_queue_name
 from django_async_jobs.serialization import encode_payload
 
 logger = logging.getLogger("django_async_jobs.worker")
@@ -105,7 +106,10 @@ def problems(raw: Any, queue_names: tuple[str, ...] | None) -> list[str]:
                 "'<app>.jobs.<ClassName>', of a class defined in an installed app's jobs.py."
             )
         queue = spec.get("queue")
-        if queue is None and job_class is not None and isinstance(job_class.queue_as, str):
+        if queue is not None and not valid_queue_name(queue):
+            found.append(f"{where}['queue'] = {queue!r} is not a valid queue name: use {QUEUE_NAME_RULE}.")
+            queue = None
+        elif queue is None and job_class is not None and isinstance(job_class.queue_as, str):
             queue = job_class.queue_as
         if queue is not None and queue_names is not None and queue not in queue_names:
             found.append(

@@ -19,7 +19,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 
 from django_async_jobs import signals
 from django_async_jobs.broker.client import get_broker
-from django_async_jobs.conf import get_settings
+from django_async_jobs.conf import get_settings, validate_queue_name
 from django_async_jobs.serialization import encode_payload
 
 if TYPE_CHECKING:
@@ -182,8 +182,8 @@ def enqueue_bulk(job_class: type[ApplicationJob], items: Iterable[Any], **option
     if isinstance(items, (str, bytes, dict)):
         raise TypeError("perform_bulk() takes a list of argument lists, e.g. [(1,), (2,)].")
     queue = options.get("queue")
-    if queue is not None and (not isinstance(queue, str) or not queue):
-        raise TypeError(f"queue must be a non-empty string, got {queue!r}.")
+    if queue is not None:
+        validate_queue_name(queue, "perform_bulk(queue=)")
     run_at = _run_at(options.get("wait"), options.get("wait_until"))
     jobs = []
     for index, item in enumerate(items):

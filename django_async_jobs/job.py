@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from asgiref.sync import async_to_sync, sync_to_async
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from django_async_jobs import callbacks, dispatch, idempotency, locks, registry, retries, signals
-from django_async_jobs.conf import get_settings
+from django_async_jobs.conf import get_settings, validate_queue_name
 from django_async_jobs.serialization import (
     dump_arguments,
     load_arguments,
@@ -107,8 +108,8 @@ class ApplicationJob:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls._prepare()  # first: a class refused here is never registered
         cls.job_name = registry.register(cls)
-        cls._prepare()
 
     @classmethod
     def _prepare(cls) -> None:
@@ -121,6 +122,11 @@ class ApplicationJob:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         )
         cls._is_async = inspect.iscoroutinefunction(cls.perform)
+        if not callable(cls.queue_as):  # a method's names are checked at each enqueue
+            try:
+                validate_queue_name(cls.queue_as, f"{cls.__qualname__}.queue_as")
+            except (TypeError, ValueError) as exc:
+                raise ImproperlyConfigured(str(exc)) from None
         cls._rules = retries.compile_rules(cls)
         cls._lock_ttl_ms = locks.compile_lock(cls)
         idempotency.validate(cls)
@@ -211,6 +217,8 @@ class ApplicationJob:
 
         ``using`` names the database alias whose transaction commit the push waits for.
         """
+        if queue is not None:
+            validate_queue_name(queue, "queue")
         return ConfiguredJob(cls, wait=wait, wait_until=wait_until, queue=queue, priority=priority, using=using)
 
     @classmethod
@@ -241,9 +249,7 @@ class ApplicationJob:
     ) -> ApplicationJob:
         self._check_arguments()
         if queue is not None:
-            if not isinstance(queue, str) or not queue:
-                raise TypeError(f"queue must be a non-empty string, got {queue!r}.")
-            self.queue_name = queue
+            self.queue_name = validate_queue_name(queue, "queue")
         if priority is not None:
             self.priority = priority
         self.priority = _validate_priority(self.priority)
@@ -269,10 +275,9 @@ class ApplicationJob:
 
     def _resolve_queue(self) -> str:
         queue_as = type(self).queue_as
-        name = queue_as(self) if callable(queue_as) else queue_as
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"{type(self).__name__}.queue_as gave {name!r}; it must give a queue name.")
-        return name
+        if not callable(queue_as):
+            return queue_as  # checked when the class was defined
+        return validate_queue_name(queue_as(self), f"{type(self).__name__}.queue_as()")
 
     def _check_arguments(self) -> None:
         # Whether arguments bind depends only on how many positionals and which keywords there

@@ -31,6 +31,7 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from django_async_jobs import signals
+from django_async_jobs.conf import validate_queue_name
 from django_async_jobs.serialization import encode_payload
 
 if TYPE_CHECKING:
@@ -125,6 +126,8 @@ def retry(
         )
     if not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
         raise TypeError(f"retry(jitter=) must be a fraction from 0 to 1, got {jitter!r}.")
+    if queue is not None:
+        validate_queue_name(queue, "retry(queue=)")
     return RetryRule(exceptions, wait, attempts, queue, priority, float(jitter), on_exhausted)
 
 

@@ -46,7 +46,12 @@ from django.utils.module_loading import autodiscover_modules
 
 from django_async_jobs import ApplicationJob, before_enqueue, signals
 from django_async_jobs.broker.client import get_broker
-from django_async_jobs.conf import get_settings
+from django_async_jobs.conf import (
+    QUEUE_NAME_RULE,
+    get_settings,
+    valid_queue_name,
+    validate_queue_name,
+)
 
 try:
     from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
@@ -240,12 +245,16 @@ if AVAILABLE:
         supports_priority = True
 
         def validate_task(self, task: Any) -> None:
+            from django.tasks.exceptions import InvalidTask
+
             super().validate_task(task)
             max_retries = getattr(task, "max_retries", None)
             if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
-                from django.tasks.exceptions import InvalidTask
-
                 raise InvalidTask(f"max_retries must be an integer >= 0 or None, got {max_retries!r}.")
+            try:
+                validate_queue_name(task.queue_name, "queue_name")
+            except (TypeError, ValueError) as exc:
+                raise InvalidTask(str(exc)) from None
             _register(task)
 
         def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
@@ -274,8 +283,15 @@ if AVAILABLE:
         def check(self, **kwargs: Any) -> Any:
             """Every queue this backend accepts must be one a worker reads."""
             yield from super().check(**kwargs)
+            invalid = {name for name in self.queues if not valid_queue_name(name)}
+            for name in sorted(invalid, key=repr):
+                yield checks.Error(
+                    f"TASKS[{self.alias!r}] accepts queue {name!r}, which is not a valid queue name.",
+                    hint=f"Use {QUEUE_NAME_RULE}.",
+                    id="async_jobs.E022",
+                )
             read = set(get_settings().queues.names)
-            for name in sorted(self.queues - read):
+            for name in sorted(self.queues - read - invalid):
                 yield checks.Error(
                     f"TASKS[{self.alias!r}] accepts queue {name!r}, which no worker reads.",
                     hint=f"Add {name!r} to ASYNC_JOBS['QUEUES'] (now {sorted(read)}) or remove it from QUEUES.",

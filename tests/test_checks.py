@@ -48,7 +48,7 @@ def test_default_test_settings_pass():
         (["a", ("b", 2)], "QUEUES mixes plain names and (name, weight) pairs"),
         ([("a", 1, 2)], "QUEUES entry ('a', 1, 2) is neither a name nor a (name, weight) pair"),
         (["a", "a"], "QUEUES lists 'a' twice"),
-        (["a:b"], "QUEUES name 'a:b' must be a non-empty string without ':'"),
+        (["a:b"], "QUEUES name = 'a:b' is not a valid queue name: use 1 to 100 characters"),
         ([], "QUEUES must be a non-empty list"),
         ("default", "QUEUES must be a non-empty list"),
     ],

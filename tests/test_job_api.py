@@ -184,9 +184,9 @@ def test_arguments_that_do_not_fit_perform_raise(broker, args, kwargs):
     assert broker.queue_size("low") == 0
 
 
-@pytest.mark.parametrize("queue", ["", 5])
-def test_bad_queue_raises(broker, queue):
-    with pytest.raises(TypeError, match="queue must be a non-empty string"):
+@pytest.mark.parametrize("queue, error", [("", ValueError), (5, TypeError)])
+def test_bad_queue_raises(broker, queue, error):
+    with pytest.raises(error, match=f"queue = {queue!r} is not a valid queue name"):
         AddJob.set(queue=queue).perform_later(1)
 
 
@@ -198,7 +198,7 @@ def test_queue_as_giving_no_name_raises(broker):
         def perform(self):
             pass
 
-    with pytest.raises(TypeError, match=r"Nameless\.queue_as gave None"):
+    with pytest.raises(TypeError, match=r"Nameless\.queue_as\(\) = None is not a valid queue name"):
         Nameless.perform_later()
 
 

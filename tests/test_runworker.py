@@ -53,7 +53,7 @@ def test_queue_and_concurrency_options_through_a_supervisor(spawn, broker, prefi
     "args, message",
     [
         (["-q", "default,0"], "weight after the comma must be a positive integer"),
-        (["-q", ""], "a queue name must be non-empty"),
+        (["-q", ""], "'' is not a valid queue name"),
         (["-c", "0"], "--concurrency must be at least 1"),
         (["--processes", "0"], "--processes must be at least 1"),
     ],

@@ -28,7 +28,15 @@ key                                    type       holds
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def escape_glob(text: str) -> str:
+    """``text`` matched literally by a Redis glob (SCAN MATCH, KEYS): ``*?[]\\`` escaped."""
+    return _GLOB.sub(r"\\\1", text)
 
 
 @dataclass(frozen=True)
@@ -114,5 +122,6 @@ class Keys:
 
     @property
     def pattern(self) -> str:
-        """Matches every key of this prefix (for tooling and test clean-up)."""
-        return f"{self.prefix}:*"
+        """Matches every key of this prefix and no other (for tooling and test clean-up): the
+        system check refuses glob characters in a prefix, and they are escaped here anyway."""
+        return f"{escape_glob(self.prefix)}:*"

@@ -25,6 +25,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from django_async_jobs import api
+from django_async_jobs.conf import valid_queue_name
 from django_async_jobs.dashboard import our_models
 
 # Retrying, deleting and killing dead jobs already need this one in the DeadJob admin; the
@@ -196,13 +197,19 @@ def stats_json(request: HttpRequest, site: AdminSite) -> JsonResponse:
 
 
 def queues(request: HttpRequest, site: AdminSite) -> HttpResponse:
-    rows = [(q, _url(site, "async_jobs_queue", q.name), _url(site, "async_jobs_queue_clear", q.name)) for q in api.queues()]
+    """Every queue; one whose name breaks the rule (jobs pushed before it) is listed without
+    links, since no page may open it: ``jobs clear NAME`` deletes it."""
+    rows = [
+        (q, _url(site, "async_jobs_queue", q.name), _url(site, "async_jobs_queue_clear", q.name))
+        if valid_queue_name(q.name) else (q, None, None)
+        for q in api.queues()
+    ]
     return _render(request, site, "queues.html", "queues", _("Queues"), rows=rows)
 
 
 def _queue_name(name: str) -> str:
-    """Queue names never hold ':' (conf.parse_queues); refusing it keeps a URL to queue keys."""
-    if ":" in name:
+    """Only a valid queue name reaches a queue key (conf.validate_queue_name)."""
+    if not valid_queue_name(name):
         raise Http404
     return name
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from django_async_jobs.conf import QueueSpec
+from django_async_jobs.conf import QUEUE_NAME_RULE, QueueSpec, valid_queue_name
 
 logger = logging.getLogger("django_async_jobs.worker")
 
@@ -51,8 +51,8 @@ def select_queues(spec: QueueSpec, requested: Sequence[str]) -> QueueSpec:
     explicit = False
     for item in requested:
         name, comma, weight = item.partition(",")
-        if not name or ":" in name:
-            raise ValueError(f"-q {item!r}: a queue name must be non-empty and without ':'.")
+        if not valid_queue_name(name):
+            raise ValueError(f"-q {item!r}: {name!r} is not a valid queue name: use {QUEUE_NAME_RULE}.")
         if name in names:
             raise ValueError(f"-q {item!r}: the queue {name!r} is given twice.")
         if comma and not weight:

@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 from django.utils import timezone
 
+from django_async_jobs.conf import valid_queue_name, validate_queue_name
 from django_async_jobs.models import DeadJob, DeathReason
 
 Handler = Callable[[BaseCommand, dict[str, Any]], None]
@@ -230,6 +231,12 @@ def queue_clear(command: BaseCommand, options: dict[str, Any]) -> None:
     from django_async_jobs import api
 
     name = options["queue"]
+    if not valid_queue_name(name) and name not in api.queue_names():
+        # A name already in Redis (pushed before the rule) can still be cleared.
+        try:
+            validate_queue_name(name, "QUEUE")
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     if not options["yes"]:
         size = api.get_broker().queue_size(name)
         if not size:
