@@ -35,8 +35,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     if not merged["CACHE_ALIAS"]:
         parsed = urlparse(url) if isinstance(url, str) else None
         if parsed is None or parsed.scheme not in URL_SCHEMES or (parsed.scheme in ("redis", "rediss") and not parsed.hostname):
+            shown = repr(conf.redact_url(url)) if isinstance(url, str) else repr(url)
             errors.append(Error(
-                f"ASYNC_JOBS['REDIS_URL'] = {url!r} is not a Redis URL.",
+                f"ASYNC_JOBS['REDIS_URL'] = {shown} is not a Redis URL.",
                 hint="Use redis://host:6379/0, rediss://... for TLS, or unix:///path/to/socket.",
                 id="async_jobs.E003",
             ))

@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
     "TAGGED_ARGUMENTS": False,
     "MODE": "redis",
     "LOG_JOBS": True,
+    # Argument values (and what is built from them: lock args, idempotency keys) in exception
+    # messages and log lines; off, they show as <hidden>. A debugging aid: they may be personal data.
+    "LOG_ARGUMENTS": False,
     "ENQUEUE_AFTER_COMMIT": True,
     "RESULT_TTL": 86400,
     "ASYNC_CONCURRENCY": 100,
@@ -95,6 +98,7 @@ class Settings:
     tagged_arguments: bool
     mode: str
     log_jobs: bool
+    log_arguments: bool
     enqueue_after_commit: bool
     result_ttl: float
     async_concurrency: int
@@ -159,6 +163,7 @@ def build(raw: dict[str, Any]) -> Settings:
         tagged_arguments=bool(merged["TAGGED_ARGUMENTS"]),
         mode=merged["MODE"],
         log_jobs=bool(merged["LOG_JOBS"]),
+        log_arguments=bool(merged["LOG_ARGUMENTS"]),
         enqueue_after_commit=bool(merged["ENQUEUE_AFTER_COMMIT"]),
         result_ttl=_seconds(merged["RESULT_TTL"]),
         async_concurrency=int(merged["ASYNC_CONCURRENCY"]),
@@ -167,6 +172,35 @@ def build(raw: dict[str, Any]) -> Settings:
 
 
 _cached: Settings | None = None
+
+HIDDEN = "<hidden>"
+
+
+def argument_repr(value: Any) -> str:
+    """How a job argument, or a value built from arguments, appears in an exception message or
+    a log line: its ``repr`` only with ``LOG_ARGUMENTS``; arguments may be card numbers or
+    e-mail addresses, and messages end up in logs, error pages and error trackers."""
+    return repr(value) if get_settings().log_arguments else HIDDEN
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, and any ``password=`` in its query, replaced by ``***``: for
+    every URL the library prints. Plain string work, so malformed URLs (``redis://:pw@/0``, a
+    password with an unescaped ``/``, ``?`` or ``@``) are masked too: everything up to the last
+    ``@`` is credentials, of which only a plain user name is kept."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        # A single field (no ':') is sometimes a password: hidden too.
+        keep = colon and not any(c in user for c in "/?#")
+        rest = f"{user}:***@{rest}" if keep else f"***@{rest}"
+    return scheme + sep + _QUERY_PASSWORD.sub(r"\1***", rest)
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def get_settings() -> Settings:

@@ -19,7 +19,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 
 from django_async_jobs import signals
 from django_async_jobs.broker.client import get_broker
-from django_async_jobs.conf import get_settings, validate_queue_name
+from django_async_jobs.conf import argument_repr, get_settings, validate_queue_name
 from django_async_jobs.serialization import encode_payload
 
 if TYPE_CHECKING:
@@ -135,7 +135,8 @@ def enqueue_all(jobs: Iterable[ApplicationJob], *, using: str | None = None) -> 
     for index, job in enumerate(jobs):
         if not isinstance(job, ApplicationJob):
             raise TypeError(
-                f"perform_all_later() takes job instances, got {job!r} at index {index}; "
+                f"perform_all_later() takes job instances, got {argument_repr(job)} (a "
+                f"{type(job).__name__}) at index {index}; "
                 f"build them with MyJob(*args), or use MyJob.perform_bulk([args, ...])."
             )
         job._check_arguments()
@@ -164,7 +165,8 @@ def _call_arguments(item: Any, index: int) -> tuple[tuple[Any, ...], dict[str, A
     if isinstance(item, (list, tuple)):
         return tuple(item), {}
     raise TypeError(
-        f"perform_bulk() item {index} is {item!r}; give a list/tuple of arguments, a dict of "
+        f"perform_bulk() item {index} is {argument_repr(item)} (a {type(item).__name__}); give "
+        f"a list/tuple of arguments, a dict of "
         f"keyword arguments, or an (args, kwargs) pair, e.g. [(1,), (2,)] or [((1,), {{'x': 2}})]."
     )
 

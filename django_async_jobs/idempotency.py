@@ -27,6 +27,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
+from django_async_jobs.conf import argument_repr
+
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
 
@@ -89,7 +91,7 @@ def claim(job: ApplicationJob | None, key: str, expires: float | timedelta | Non
                 )
             fresh = True
         except IntegrityError:
-            logger.info("skipping %s: idempotency key %r is already done", job or "work", key)
+            logger.info("skipping %s: idempotency key %s is already done", job or "work", argument_repr(key))
             fresh = False
         yield fresh
 
@@ -100,7 +102,10 @@ def perform(job: ApplicationJob, body: Callable[..., Any]) -> Any:
     if key is None:
         return body(*job.arguments, **job.kwargs)
     if not isinstance(key, str):
-        raise TypeError(f"{type(job).__name__}.idempotency_key() must return a string or None, got {key!r}.")
+        raise TypeError(
+            f"{type(job).__name__}.idempotency_key() must return a string or None, got "
+            f"{argument_repr(key)} (a {type(key).__name__})."
+        )
     with claim(job, _key((key,)), type(job).idempotency_expires) as fresh:
         if not fresh:
             return None

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs.broker.client import get_broker
+from django_async_jobs.conf import argument_repr
 from django_async_jobs.serialization import encode_payload
 
 if TYPE_CHECKING:
@@ -82,8 +83,9 @@ class LockConflict(Exception):
         self.key = key
         self.holder = holder
         super().__init__(
-            f"{type(job).__name__} with lock args {lock_args(job)!r} is already {when} "
-            f"(lock {type(job).lock!r}, held by job {holder or 'unknown'}). "
+            f"{type(job).__name__} {job.job_id} (queue {job.queue_name!r}, lock args "
+            f"{argument_repr(lock_args(job))}) is already {when} (lock {type(job).lock!r}, "
+            f"held by job {holder or 'unknown'}). "
             f"Set on_conflict = 'log' to drop duplicates quietly, or change lock_args()."
         )
 
