@@ -115,6 +115,55 @@ def test_staff_without_permission_sees_pages_but_no_actions(client, broker, view
     assert broker.redis.zcard(broker.keys.retry) == 2 and broker.queue_size("default") == 1
 
 
+ARGUMENT_PAGES = ["queues/default/", "scheduled/", "retries/", "busy/"]
+
+
+def with_secret_arguments(broker):
+    """A job carrying "secret-arg" on every page that lists jobs: queue, schedule, retries, busy."""
+    IncrJob.perform_later("secret-arg")
+    IncrJob.perform_later("secret-arg")  # one stays queued, one is fetched below
+    for key in (broker.keys.schedule, broker.keys.retry):
+        broker.redis.zadd(key, {encode_payload({"jid": "sec1", "job": IncrJob.job_name, "queue": "default",
+                                                "args": ["secret-arg"]}): time.time() + 60})
+    broker.heartbeat("host-a:1:ab", {"host": "host-a", "pid": 1, "queues": "default", "concurrency": 1,
+                                     "started_at": time.time(), "busy": 1, "quiet": 0}, ttl=60)
+    broker.fetch("host-a:1:ab", ["default"], 1)
+
+
+@pytest.mark.parametrize("page", ARGUMENT_PAGES)
+def test_staff_without_the_read_permission_see_no_arguments_nor_dead_jobs(client, broker, viewer, page):
+    with_secret_arguments(broker)
+    response = client.get(BASE + page)
+    assert response.status_code == 200
+    assert b"secret-arg" not in response.content and b"IncrJob" in response.content
+    assert b">Arguments<" not in response.content and b"aj-hidden-arguments" in response.content
+    assert b"aj-dead-link" not in response.content
+
+
+def test_the_overview_hides_the_dead_card_without_the_read_permission(client, broker, viewer):
+    response = client.get(BASE)
+    assert response.status_code == 200
+    assert b'data-stat="dead"' not in response.content and b"aj-dead-link" not in response.content
+    reader = User.objects.create_user("reader", is_staff=True)
+    reader.user_permissions.add(Permission.objects.get(codename="view_deadjob"))
+    client.force_login(reader)
+    response = client.get(BASE)
+    assert b'data-stat="dead"' in response.content and b"aj-dead-link" in response.content
+
+
+@pytest.mark.parametrize("codename", ["view_deadjob", "change_deadjob"])
+@pytest.mark.parametrize("page", ARGUMENT_PAGES)
+def test_the_read_permission_shows_arguments(client, broker, codename, page):
+    user = User.objects.create_user("reader", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(user)
+    with_secret_arguments(broker)
+    response = client.get(BASE + page)
+    assert response.status_code == 200
+    assert b"secret-arg" in response.content and b">Arguments<" in response.content
+    assert b"aj-hidden-arguments" not in response.content and b"aj-dead-link" in response.content
+
+
 def test_mutations_need_the_csrf_token(broker, manager):
     from django.test import Client
 

@@ -1,8 +1,9 @@
 """The dashboard's pages: thin views over ``django_async_jobs.api``.
 
-Every view is wrapped by the admin site's ``admin_view`` (staff only, CSRF on POST); reading
-needs nothing more, every change needs ``MANAGE_PERMISSION``. A change is a POST that redirects
-back (post/redirect/get), with the outcome in a message.
+Every view is wrapped by the admin site's ``admin_view`` (staff only, CSRF on POST). Counts,
+queues, processes and job classes need nothing more; job arguments, which may hold personal
+data, need ``READ_PERMISSION``; every change needs ``MANAGE_PERMISSION``. A change is a POST
+that redirects back (post/redirect/get), with the outcome in a message.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from django_async_jobs.dashboard import our_models
 # Retrying, deleting and killing dead jobs already need this one in the DeadJob admin; the
 # dashboard's changes are the same kind of power, so one permission covers both.
 MANAGE_PERMISSION = "django_async_jobs.change_deadjob"
+# Arguments are what dead jobs show too: whoever may read those may read the live ones.
+READ_PERMISSION = "django_async_jobs.view_deadjob"
 DEFAULT_PER_PAGE = 25
 
 TABS = (
@@ -89,14 +92,15 @@ def _moment(value: datetime | None, now: float) -> tuple[str, str]:
     return f"{value:%Y-%m-%d %H:%M:%S} ({_relative(value.timestamp() - now)})", value.isoformat()
 
 
-def job_table(page: api.Page, kind: str | None) -> tuple[list[str], list[Row]]:
+def job_table(page: api.Page, kind: str | None, arguments: bool = True) -> tuple[list[str], list[Row]]:
     """Headers and rows for a page of jobs, built in Python: a template doing the same per cell
-    costs more than the Redis reads for the page."""
+    costs more than the Redis reads for the page. ``arguments``: show the Arguments column."""
     now = time.time()
     headers = [str(_("When")) if kind else str(_("Enqueued")), str(_("Job"))]
     if kind:
         headers.append(str(_("Queue")))
-    headers.append(str(_("Arguments")))
+    if arguments:
+        headers.append(str(_("Arguments")))
     if kind == "retries":
         headers += [str(_("Retries")), str(_("Error"))]
     headers.append(str(_("Job id")))
@@ -105,7 +109,8 @@ def job_table(page: api.Page, kind: str | None) -> tuple[list[str], list[Row]]:
         cells = [_moment(job.at if kind else job.enqueued_at, now), (job.job_class or str(_("(unreadable payload)")), "")]
         if kind:
             cells.append((job.queue, ""))
-        cells.append((job.arguments, job.raw))
+        if arguments:
+            cells.append((job.arguments, job.raw))
         if kind == "retries":
             cells += [(str(job.retry_count), ""), (Truncator(job.error).chars(100), job.error)]
         cells.append((job.job_id, ""))
@@ -115,6 +120,11 @@ def job_table(page: api.Page, kind: str | None) -> tuple[list[str], list[Row]]:
 
 def can_manage(request: HttpRequest) -> bool:
     return request.user.has_perm(MANAGE_PERMISSION)
+
+
+def can_read(request: HttpRequest) -> bool:
+    """May see job arguments (change includes view, as in the admin)."""
+    return request.user.has_perm(READ_PERMISSION) or can_manage(request)
 
 
 def _require_manage(request: HttpRequest) -> None:
@@ -139,12 +149,14 @@ def _render(
     request.current_app = site.name
     tabs = [(key, _url(site, name), label, key == tab) for key, name, label in TABS]
     base = site.each_context(request)
+    readable = can_read(request)
     return TemplateResponse(request, f"async_jobs/dashboard/{template}", {
         **base,
         "models": our_models(base["available_apps"]),
         "title": title,
         "tabs": tabs,
-        "dead_url": dead_url(site),
+        "dead_url": dead_url(site) if readable else None,
+        "can_read": readable,
         "can_manage": can_manage(request),
         "overview_url": _url(site, "async_jobs_overview"),
         **context,
@@ -163,7 +175,7 @@ def _page(request: HttpRequest, key: str, kind: str | None) -> dict[str, Any]:
     page = api.page_of(
         key, _int(request.GET.get("page"), 1), _int(request.GET.get("per_page"), DEFAULT_PER_PAGE)
     )
-    headers, rows = job_table(page, kind)
+    headers, rows = job_table(page, kind, arguments=can_read(request))
     return {"page": page, "headers": headers, "rows": rows}
 
 
