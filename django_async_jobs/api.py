@@ -24,6 +24,9 @@ from django_async_jobs.broker.client import Broker, get_broker
 
 SETS = ("scheduled", "retries")
 MAX_PER_PAGE = 200
+# Far past any set's last page, and small enough that the offset stays a 64-bit integer for
+# Redis: a larger page number (from a URL, say) is clamped to the last page, not an error.
+MAX_PAGE = 10**15
 HISTORY_DAYS = 30
 
 
@@ -193,7 +196,7 @@ def page_of(key: str, number: int = 1, per_page: int = 25, broker: Broker | None
     """One page of a sorted set in score order: ZCARD + ZRANGE, whatever the set's size."""
     broker = broker or get_broker()
     per_page = max(1, min(per_page, MAX_PER_PAGE))
-    number = max(1, number)
+    number = max(1, min(number, MAX_PAGE))
     start = (number - 1) * per_page
     with broker.redis.pipeline(transaction=False) as pipe:
         pipe.zcard(key)

@@ -73,6 +73,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 hint="Leave it unset: it defaults to a sixth of the timeout.",
                 id="async_jobs.E008",
             ))
+    limit = merged["MAX_PAYLOAD_BYTES"]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        errors.append(Error(
+            f"ASYNC_JOBS['MAX_PAYLOAD_BYTES'] must be None (no limit) or a positive integer of bytes, got {limit!r}.",
+            id="async_jobs.E012",
+        ))
     if merged["MODE"] not in MODES:
         errors.append(Error(f"ASYNC_JOBS['MODE'] = {merged['MODE']!r}; use one of {sorted(MODES)}.", id="async_jobs.E006"))
     prefetch = merged["PREFETCH"]

@@ -7,6 +7,7 @@ changes the setting (``setting_changed``).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "TAGGED_ARGUMENTS": False,
     "MODE": "redis",
     "LOG_JOBS": True,
+    # The largest payload an enqueue accepts, in bytes (None: no limit); every job sits in
+    # Redis's memory until it runs, and every process that reads it decodes all of it.
+    "MAX_PAYLOAD_BYTES": 1024 * 1024,
     # Argument values (and what is built from them: lock args, idempotency keys) in exception
     # messages and log lines; off, they show as <hidden>. A debugging aid: they may be personal data.
     "LOG_ARGUMENTS": False,
@@ -99,6 +103,7 @@ class Settings:
     mode: str
     log_jobs: bool
     log_arguments: bool
+    max_payload_bytes: int | None
     enqueue_after_commit: bool
     result_ttl: float
     async_concurrency: int
@@ -109,6 +114,30 @@ def _seconds(value: Any) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
     return float(value)
+
+
+# The longest wait: a job (or a retry) runs at most 100 years ahead. Longer is a unit mistake
+# (milliseconds for seconds, a year 9999), and Redis refuses a unique job's lock TTL that long.
+MAX_WAIT = 100 * 365.25 * 86400
+MAX_WAIT_TEXT = f"100 years ({MAX_WAIT:.0f} seconds)"
+
+
+def wait_seconds(value: Any, what: str, *, past: bool = False) -> float:
+    """A wait given as seconds or a timedelta, in seconds, at most ``MAX_WAIT`` and at least 0
+    (or, with ``past``, any finite number: a wait of 0 or less runs at once).
+
+    ``TypeError`` for another type, ``ValueError`` out of range, both naming ``what``.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value  # compared before float(): float(10**400) overflows
+    else:
+        raise TypeError(f"{what} must be a number of seconds or a timedelta, got {value!r}.")
+    if not (-math.inf < seconds <= MAX_WAIT if past else 0 <= seconds <= MAX_WAIT):
+        least = "a finite number of seconds" if past else "from 0 seconds"
+        raise ValueError(f"{what} must be {least} up to {MAX_WAIT_TEXT}, got {value!r}.")
+    return float(seconds)
 
 
 def parse_queues(value: Any) -> QueueSpec:
@@ -164,6 +193,7 @@ def build(raw: dict[str, Any]) -> Settings:
         mode=merged["MODE"],
         log_jobs=bool(merged["LOG_JOBS"]),
         log_arguments=bool(merged["LOG_ARGUMENTS"]),
+        max_payload_bytes=merged["MAX_PAYLOAD_BYTES"],
         enqueue_after_commit=bool(merged["ENQUEUE_AFTER_COMMIT"]),
         result_ttl=_seconds(merged["RESULT_TTL"]),
         async_concurrency=int(merged["ASYNC_CONCURRENCY"]),

@@ -23,7 +23,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs import callbacks, locks, registry, signals
 from django_async_jobs.conf import QUEUE_NAME_RULE, valid_queue_name
-from django_async_jobs.serialization import encode_payload
+from django_async_jobs.serialization import encode_job
 
 logger = logging.getLogger("django_async_jobs.worker")
 
@@ -178,7 +178,7 @@ def enqueue_tick(entry: Entry, tick: float, broker: Any) -> str | None:
         data = job.serialize()
         key = data.get("lock", {}).get("key")
         done, holder = broker.cron_push(
-            entry.name, int(tick), job.job_id, encode_payload(data), key, job_class._lock_ttl_ms or 0
+            entry.name, int(tick), job.job_id, encode_job(data), key, job_class._lock_ttl_ms or 0
         )
         if done == -1:
             locks.conflict(job, key, holder, "enqueued")

@@ -20,7 +20,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from django_async_jobs import signals
 from django_async_jobs.broker.client import get_broker
 from django_async_jobs.conf import argument_repr, get_settings, validate_queue_name
-from django_async_jobs.serialization import encode_payload
+from django_async_jobs.serialization import encode_job
 
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
@@ -43,7 +43,7 @@ def _routed(jobs: Sequence[ApplicationJob]) -> list[Any]:
     """The push script's entries for ready jobs: queue, priority, payload for each."""
     entries: list[Any] = []
     for job in jobs:
-        entries += (job.queue_name, job.priority, encode_payload(job.serialize()))
+        entries += (job.queue_name, job.priority, encode_job(job.serialize()))
     return entries
 
 
@@ -52,7 +52,7 @@ def _push(jobs: Sequence[ApplicationJob]) -> None:
     broker = get_broker()
     if len(jobs) == 1 and jobs[0].scheduled_at is None:  # one perform_later
         job = jobs[0]
-        broker.push_one(job.queue_name, job.priority, encode_payload(job.serialize()))
+        broker.push_one(job.queue_name, job.priority, encode_job(job.serialize()))
         return
     if all(job.scheduled_at is None for job in jobs):  # the usual case: stream the chunks
         broker.push_stream(_routed(jobs[start : start + CHUNK]) for start in range(0, len(jobs), CHUNK))
@@ -60,7 +60,7 @@ def _push(jobs: Sequence[ApplicationJob]) -> None:
     for start in range(0, len(jobs), CHUNK):
         chunk = jobs[start : start + CHUNK]
         ready = _routed([job for job in chunk if job.scheduled_at is None])
-        delayed = [(encode_payload(job.serialize()), job.scheduled_at) for job in chunk if job.scheduled_at is not None]
+        delayed = [(encode_job(job.serialize()), job.scheduled_at) for job in chunk if job.scheduled_at is not None]
         if ready and delayed:
             with broker.redis.pipeline(transaction=False) as pipe:
                 broker.push_routed(ready, client=pipe)
@@ -102,7 +102,7 @@ def now_or_on_commit(jobs: Sequence[ApplicationJob], action: Callable[[], Any], 
         action()
         return
     for job in jobs:
-        job.serialize()  # a bad argument fails here, in the caller, not later at commit time
+        encode_job(job.serialize())  # a bad argument fails here, in the caller, not at commit time
     # Not robust: if Redis is down at commit, the error reaches the code that committed.
     transaction.on_commit(action, using=alias)
 
@@ -152,7 +152,7 @@ def enqueue_all(jobs: Iterable[ApplicationJob], *, using: str | None = None) -> 
             _send(group)
         else:
             for job in group:
-                job.serialize()
+                encode_job(job.serialize())
             transaction.on_commit(lambda group=group: _send(group), using=alias)
     return sum(len(group) for group in groups.values())
 

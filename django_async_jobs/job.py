@@ -14,7 +14,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from django_async_jobs import callbacks, dispatch, idempotency, locks, registry, retries, signals
-from django_async_jobs.conf import get_settings, validate_queue_name
+from django_async_jobs.conf import (
+    MAX_WAIT,
+    MAX_WAIT_TEXT,
+    get_settings,
+    validate_queue_name,
+    wait_seconds,
+)
 from django_async_jobs.serialization import (
     dump_arguments,
     load_arguments,
@@ -40,14 +46,6 @@ class _ClassOrInstance:
         return self.for_instance.__get__(instance, owner)
 
 
-def _to_seconds(value: Any, name: str) -> float:
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    raise TypeError(f"{name} must be a number of seconds or a timedelta, got {value!r}.")
-
-
 def _validate_priority(priority: Any) -> int:
     low, high = PRIORITY_RANGE
     if isinstance(priority, bool) or not isinstance(priority, int) or not low <= priority <= high:
@@ -61,15 +59,19 @@ def _run_at(wait: Any, wait_until: Any) -> float | None:
     if wait is not None and wait_until is not None:
         raise TypeError("Pass either wait= or wait_until=, not both.")
     if wait is not None:
-        return time.time() + _to_seconds(wait, "wait")
+        return time.time() + wait_seconds(wait, "wait", past=True)
     if wait_until is not None:
         if isinstance(wait_until, datetime):
             if timezone.is_naive(wait_until):
                 wait_until = timezone.make_aware(wait_until)
-            return wait_until.timestamp()
-        if isinstance(wait_until, (int, float)) and not isinstance(wait_until, bool) and math.isfinite(wait_until):
-            return float(wait_until)
-        raise TypeError(f"wait_until must be a datetime or an epoch timestamp, got {wait_until!r}.")
+            at = wait_until.timestamp()
+        elif isinstance(wait_until, (int, float)) and not isinstance(wait_until, bool):
+            at = wait_until
+        else:
+            raise TypeError(f"wait_until must be a datetime or an epoch timestamp, got {wait_until!r}.")
+        if not -math.inf < at <= time.time() + MAX_WAIT:  # a time in the past is due at once
+            raise ValueError(f"wait_until must be a finite time at most {MAX_WAIT_TEXT} ahead, got {wait_until!r}.")
+        return float(at)
     return None
 
 

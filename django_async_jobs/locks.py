@@ -33,7 +33,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs.broker.client import get_broker
 from django_async_jobs.conf import argument_repr
-from django_async_jobs.serialization import encode_payload
+from django_async_jobs.serialization import encode_job
 
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
@@ -158,7 +158,7 @@ def enqueue(job: ApplicationJob) -> bool:
     if job.scheduled_at is not None:
         delay = max(0.0, job.scheduled_at - data["enqueued_at"])
     pushed, holder = get_broker().lock_push(
-        lock["key"], job.job_id, ttl_ms + int(delay * 1000), encode_payload(data), job.scheduled_at
+        lock["key"], job.job_id, ttl_ms + int(delay * 1000), encode_job(data), job.scheduled_at
     )
     if pushed:
         return True

@@ -31,7 +31,7 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from django_async_jobs import signals
-from django_async_jobs.conf import validate_queue_name
+from django_async_jobs.conf import validate_queue_name, wait_seconds
 from django_async_jobs.serialization import encode_payload
 
 if TYPE_CHECKING:
@@ -55,14 +55,6 @@ def polynomially_longer(executions: int) -> float:
 def default_backoff(count: int) -> float:
     """Sidekiq's: count**4 + 15 + rand(10 * (count + 1)) seconds."""
     return count**4 + 15 + random.randint(0, 10 * (count + 1))
-
-
-def _seconds(value: Any, what: str) -> float:
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    raise TypeError(f"{what} must give seconds (a number >= 0) or a timedelta, got {value!r}.")
 
 
 def _exceptions(values: tuple[Any, ...], where: str) -> tuple[type[BaseException], ...]:
@@ -97,7 +89,7 @@ class RetryRule:
         if wait is polynomially_longer:
             base = polynomially_longer(executions)
             return base + random.uniform(0, base * self.jitter) if self.jitter else base
-        base = _seconds(wait(executions) if callable(wait) else wait, f"retry wait for {self.key}")
+        base = wait_seconds(wait(executions) if callable(wait) else wait, f"retry wait for {self.key}")
         return base + random.uniform(0, base * self.jitter) if self.jitter else base
 
 
@@ -124,6 +116,8 @@ def retry(
         raise TypeError(
             f"retry(wait=) takes seconds, a timedelta, polynomially_longer or a callable of executions, got {wait!r}."
         )
+    if not callable(wait):
+        wait_seconds(wait, "retry(wait=)")
     if not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
         raise TypeError(f"retry(jitter=) must be a fraction from 0 to 1, got {jitter!r}.")
     if queue is not None:

@@ -19,7 +19,12 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django_async_jobs.conf import get_settings
+
 TAG = "__aj__"
+# Containers nested deeper than this in one argument are refused at enqueue: real data rarely
+# goes past a handful of levels, and every reader of a payload recurses once per level.
+MAX_DEPTH = 32
 
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -144,15 +149,23 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def dump_value(value: Any, tagged: bool, path: str) -> Any:
-    """``value`` as JSON-ready data, or ``SerializationError`` naming ``path``."""
+def dump_value(value: Any, tagged: bool, path: str, depth: int = 1) -> Any:
+    """``value`` as JSON-ready data, or ``SerializationError`` naming ``path``; ``depth`` counts
+    the containers ``value`` is in, the argument itself being 1."""
     kind = type(value)
     if kind in _SCALARS:
         if kind is float and (value != value or value in (float("inf"), float("-inf"))):
             raise SerializationError(f"{path} is {_hint(value, tagged)}.")
         return value
+    if (kind is list or kind is tuple or kind is dict) and depth > MAX_DEPTH:
+        # Before Python would hit its recursion limit (about 500 levels on 3.11), or a
+        # container that holds itself.
+        raise SerializationError(
+            f"{path} is nested more than {MAX_DEPTH} lists or dicts deep; flatten the argument, "
+            f"or store the data and pass its id."
+        )
     if kind is list or kind is tuple:
-        return [dump_value(item, tagged, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [dump_value(item, tagged, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
     if kind is dict:
         out = {}
         for key, item in value.items():
@@ -161,7 +174,7 @@ def dump_value(value: Any, tagged: bool, path: str) -> Any:
                     f"{path} has the key {key!r} ({type(key).__name__}); JSON object keys are "
                     f"strings, so it would come back as {str(key)!r}. Use string keys."
                 )
-            out[key] = dump_value(item, tagged, f"{path}[{key!r}]")
+            out[key] = dump_value(item, tagged, f"{path}[{key!r}]", depth + 1)
         if tagged and TAG in out:
             return {TAG: "dict", "v": out}
         return out
@@ -256,6 +269,24 @@ _encode = (
 
 def encode_payload(data: dict[str, Any]) -> str:
     return "".join(_encode(data, 0)) if _encode is not None else _dumps(data)
+
+
+def encode_job(data: dict[str, Any]) -> str:
+    """``encode_payload`` for an enqueue: a payload over ``MAX_PAYLOAD_BYTES`` is refused.
+
+    The size is checked on the string already made: a str of n characters is at most 4n bytes
+    in UTF-8, so only a payload longer than a quarter of the limit is encoded to count them.
+    """
+    text = encode_payload(data)
+    limit = get_settings().max_payload_bytes
+    if limit is not None and len(text) * 4 > limit:
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise SerializationError(
+                f"{data.get('job')}: the payload is {size:,} bytes, over ASYNC_JOBS['MAX_PAYLOAD_BYTES'] "
+                f"({limit:,}). Store large data (a file, a row) and pass its id or path; or raise the limit."
+            )
+    return text
 
 
 REQUIRED = {"jid": str, "job": str, "queue": str, "args": list}

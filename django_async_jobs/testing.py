@@ -33,7 +33,12 @@ from django.conf import settings as django_settings
 from django.test.utils import override_settings
 
 from django_async_jobs import registry, retries, signals
-from django_async_jobs.serialization import decode_payload, encode_payload, load_arguments
+from django_async_jobs.serialization import (
+    decode_payload,
+    encode_job,
+    encode_payload,
+    load_arguments,
+)
 
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
@@ -120,7 +125,7 @@ _store = _Store()
 def accept(jobs: Sequence[ApplicationJob], *, inline: bool) -> None:
     """The dispatcher's target in "test" and "inline" modes."""
     for job in jobs:
-        record = EnqueuedJob.from_payload(decode_payload(encode_payload(job.serialize())))
+        record = EnqueuedJob.from_payload(decode_payload(encode_job(job.serialize())))
         if inline:
             _perform_chain(record)
         else:

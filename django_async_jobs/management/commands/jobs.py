@@ -65,7 +65,9 @@ def dead_list(command: BaseCommand, options: dict[str, Any]) -> None:
     if options["reason"]:
         rows = rows.filter(reason=options["reason"])
     total = rows.count()
-    rows = list(rows[: options["limit"]]) if options["limit"] > 0 else list(rows)
+    limit = options["limit"]
+    # A limit past the total takes all: a huge one would overflow the database's LIMIT.
+    rows = list(rows[:limit]) if 0 < limit < total else list(rows)
     if options["json"]:
         command.stdout.write(json.dumps([_as_json(row) for row in rows], indent=2, ensure_ascii=False))
         return
@@ -328,10 +330,13 @@ def add_operations(groups: Any) -> None:
 # -- jobs cron ------------------------------------------------------------------------------------
 
 
+MAX_NEXT_RUNS = 100
+
+
 def cron_list(command: BaseCommand, options: dict[str, Any]) -> None:
     from django_async_jobs import cron
 
-    rows = cron.describe(count=options["next"])
+    rows = cron.describe(count=max(0, min(options["next"], MAX_NEXT_RUNS)))
     if options["json"]:
         _dump(command, rows)
         return
@@ -340,7 +345,7 @@ def cron_list(command: BaseCommand, options: dict[str, Any]) -> None:
 
 def add_cron(groups: Any) -> None:
     p = groups.add_parser("cron", help="Recurring jobs (ASYNC_JOBS['RECURRING']): next run times and last run.")
-    p.add_argument("--next", type=int, default=3, help="Next run times shown per entry (default 3).")
+    p.add_argument("--next", type=int, default=3, help=f"Next run times shown per entry (default 3, at most {MAX_NEXT_RUNS}).")
     p.add_argument("--json", action="store_true", help="Print JSON instead of text.")
     p.set_defaults(handler=cron_list)
 
