@@ -371,6 +371,11 @@ def retry_dead(
 # -- retention ----------------------------------------------------------------------------------
 
 
+def prunable(older_than: timedelta) -> QuerySet[DeadJob]:
+    """The rows ``prune(older_than)`` deletes."""
+    return DeadJob.objects.filter(died_at__lt=timezone.now() - older_than)
+
+
 def prune(
     older_than: timedelta | None = None,
     *,
@@ -385,8 +390,7 @@ def prune(
         older_than = retention()
         if older_than is None:
             return 0
-    cutoff = timezone.now() - older_than
-    old = DeadJob.objects.filter(died_at__lt=cutoff).order_by().values_list("pk", flat=True)
+    old = prunable(older_than).order_by().values_list("pk", flat=True)
     total = old.count() if progress else 0
     deleted = 0
     while True:

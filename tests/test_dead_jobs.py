@@ -372,6 +372,51 @@ def run(*args):
     return out.getvalue(), err.getvalue()
 
 
+class Terminal(StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.django_db
+def test_retry_all_asks_and_refuses_without_a_terminal(broker, monkeypatch):
+    make_rows(3)
+    monkeypatch.setattr("sys.stdin", StringIO("yes\n"))  # a pipe, not an operator
+    with pytest.raises(CommandError, match=r"Retry all 3 dead jobs .*No terminal to ask on: give --yes"):
+        run("dead", "retry", "--all")
+    monkeypatch.setattr("sys.stdin", Terminal("n\n"))
+    with pytest.raises(CommandError, match="Not confirmed; nothing done"):
+        run("dead", "retry", "--all")
+    assert DeadJob.objects.count() == 3 and broker.queue_size("default") == 0
+    monkeypatch.setattr("sys.stdin", Terminal("yes\n"))
+    out, _ = run("dead", "retry", "--all")
+    assert "Retried 3 dead jobs." in out and broker.queue_size("default") == 3
+    assert "No dead jobs." in run("dead", "retry", "--all")[0]  # nothing to ask about
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("older_than", [[], ["--older-than", "0"], ["--older-than", "100"]])
+def test_prune_of_any_age_asks(broker, monkeypatch, older_than):
+    make_rows(2)
+    DeadJob.objects.update(died_at=timezone.now() - timedelta(days=365))
+    monkeypatch.setattr("sys.stdin", StringIO("yes\n"))
+    with pytest.raises(CommandError, match=r"Delete 2 dead jobs older than .* for good\? No terminal"):
+        run("dead", "prune", *older_than)
+    assert DeadJob.objects.count() == 2
+    monkeypatch.setattr("sys.stdin", Terminal("yes\n"))
+    assert "Pruned 2 dead jobs" in run("dead", "prune", *older_than)[0]
+    assert DeadJob.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_retry_of_unknown_ids_fails_after_retrying_the_known_ones(broker):
+    make_rows(2)
+    out = StringIO()
+    with pytest.raises(CommandError, match="No dead job with id: zzz, yyy"):
+        call_command("jobs", "dead", "retry", "d0", "zzz", "j1", "yyy", stdout=out, stderr=StringIO())
+    assert "Retried 2 dead jobs." in out.getvalue()
+    assert broker.queue_size("default") == 2 and DeadJob.objects.count() == 0
+
+
 @pytest.mark.django_db
 def test_command_list_table_and_json(broker, settings):
     out, _ = run("dead", "list")
@@ -402,16 +447,16 @@ def test_command_retry_and_prune(broker):
     make_rows(4)
     DeadJob.objects.create(dead_id="bad", payload="nope", reason="malformed_payload",
                            died_at=timezone.now() - timedelta(days=400))
-    out, err = run("dead", "retry", "d0", "j1", "zzz")
-    assert "Retried 2 dead jobs." in out and "zzz" in err
-    out, err = run("dead", "retry", "--all")
+    out, err = run("dead", "retry", "d0", "j1")
+    assert "Retried 2 dead jobs." in out
+    out, err = run("dead", "retry", "--all", "--yes")
     assert "Retried 2 dead jobs." in out and "Skipped 1" in err and "bad" in err
     assert broker.queue_size("default") == 4
     with pytest.raises(CommandError):
         run("dead", "retry")
 
-    out, _ = run("dead", "prune", "--older-than", "500")
+    out, _ = run("dead", "prune", "--older-than", "500")  # nothing that old: nothing to ask
     assert "Pruned 0" in out
-    out, _ = run("dead", "prune")
+    out, _ = run("dead", "prune", "--yes")
     assert "Pruned 1 dead job older than 180 days." in out
     assert DeadJob.objects.count() == 0

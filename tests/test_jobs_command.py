@@ -41,19 +41,37 @@ def test_queues_lists_sizes(broker):
     assert any(line.split()[:2] == ["low", "3"] for line in lines)
 
 
-def test_clear_asks_unless_yes(broker, monkeypatch):
+class Terminal(StringIO):
+    """What an operator types, on a stdin that is a terminal."""
+
+    def isatty(self):
+        return True
+
+
+def test_clear_asks_on_a_terminal_unless_yes(broker, monkeypatch):
     for i in range(2):
         IncrJob.perform_later(f"k{i}")
-    monkeypatch.setattr("builtins.input", lambda prompt: "no")
-    with pytest.raises(CommandError, match="Not cleared"):
+    monkeypatch.setattr("sys.stdin", Terminal("no\n"))
+    with pytest.raises(CommandError, match="Not confirmed; nothing done"):
         run("clear", "default")
     assert broker.queue_size("default") == 2
-    monkeypatch.setattr("builtins.input", lambda prompt: "yes")
+    monkeypatch.setattr("sys.stdin", Terminal(""))  # end of input: no
+    with pytest.raises(CommandError, match="Not confirmed"):
+        run("clear", "default")
+    monkeypatch.setattr("sys.stdin", Terminal("yes\n"))
     assert "2 jobs deleted" in run("clear", "default")
     IncrJob.perform_later("again")
-    monkeypatch.setattr("builtins.input", lambda prompt: pytest.fail("asked despite --yes"))
+    monkeypatch.setattr("sys.stdin", Terminal(""))
     assert "1 job deleted" in run("clear", "default", "--yes")
     assert broker.queue_size("default") == 0
+
+
+def test_clear_refuses_without_a_terminal_even_a_piped_yes(broker, monkeypatch):
+    IncrJob.perform_later("k")
+    monkeypatch.setattr("sys.stdin", StringIO("yes\n"))
+    with pytest.raises(CommandError, match="No terminal to ask on: give --yes to confirm"):
+        run("clear", "default")
+    assert broker.queue_size("default") == 1
 
 
 def test_scheduled_and_retries_list_soonest_first(broker):

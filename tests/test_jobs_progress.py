@@ -36,7 +36,7 @@ def run(*args: str) -> tuple[str, str]:
 @pytest.mark.django_db
 def test_retry_draws_a_bar_per_chunk_when_asked(broker):
     make_dead(COUNT, datetime.now(UTC))
-    out, err = run("retry", "--all", "--progress")
+    out, err = run("retry", "--all", "--yes", "--progress")
     frames = err.split("\r")[1:]
     assert [f.split("] ")[1].strip() for f in frames] == ["1000/2500", "2000/2500", "2500/2500"]
     assert frames[-1].startswith("retrying [" + "#" * 30 + "]") and err.endswith("\n")
@@ -47,9 +47,9 @@ def test_retry_draws_a_bar_per_chunk_when_asked(broker):
 @pytest.mark.django_db
 def test_prune_draws_its_bar_and_a_pipe_gets_the_summary_alone(broker):
     make_dead(COUNT, datetime.now(UTC) - timedelta(days=400))
-    out, err = run("prune", "--older-than", "30")
+    out, err = run("prune", "--older-than", "30", "--yes")
     assert err == ""  # stderr is not a terminal and no --progress: no bar
     assert f"Pruned {COUNT} dead jobs" in out
     make_dead(10, datetime.now(UTC) - timedelta(days=400))
-    _, err = run("prune", "--older-than", "30", "--progress")
+    _, err = run("prune", "--older-than", "30", "--yes", "--progress")
     assert err == "\rpruning [" + "#" * 30 + "] 10/10\n"

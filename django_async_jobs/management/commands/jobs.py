@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -51,6 +52,27 @@ def _when(value: Any) -> str:
     if value is None:
         return ""
     return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S") if timezone.is_aware(value) else str(value)
+
+
+def confirm(options: dict[str, Any], question: str) -> None:
+    """Go on after the operator types "yes" on a terminal, or with ``--yes``; else CommandError.
+
+    Without a terminal there is nobody to ask: a script must say ``--yes``, so a piped ``yes``
+    or a stray stdin can never answer for it.
+    """
+    if options["yes"]:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(f"{question} No terminal to ask on: give --yes to confirm.")
+    try:
+        answer = input(f"{question} Type 'yes' to confirm: ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() != "yes":
+        raise CommandError("Not confirmed; nothing done (give --yes to skip the question).")
+
+
+YES_HELP = "Do not ask for confirmation (needed without a terminal)."
 
 
 # -- jobs dead ... ------------------------------------------------------------------------------
@@ -127,24 +149,30 @@ def dead_retry(command: BaseCommand, options: dict[str, Any]) -> None:
 
     if options["all"] == bool(options["ids"]):
         raise CommandError("Give dead ids (or job ids) to retry, or --all.")
+    missing: list[str] = []
     if options["all"]:
         rows = DeadJob.objects.all()
+        total = rows.count()
+        if not total:
+            command.stdout.write("No dead jobs.")
+            return
+        confirm(options, f"Retry all {total} dead job{'s' if total != 1 else ''} (enqueue them again, remove them from the list)?")
     else:
         ids = options["ids"]
         rows = DeadJob.objects.filter(Q(dead_id__in=ids) | Q(job_id__in=ids))
         found = set(rows.values_list("dead_id", flat=True)) | set(rows.values_list("job_id", flat=True))
         missing = [i for i in ids if i not in found]
-        if missing:
-            command.stderr.write(f"No dead job with id: {', '.join(missing)}")
     skipped: list[str] = []
     count = retry_dead(rows, skipped=skipped, progress=ProgressBar(command.stderr, "retrying", options["progress"]))
     command.stdout.write(f"Retried {count} dead job{'s' if count != 1 else ''}.")
     if skipped:
         command.stderr.write(f"Skipped {len(skipped)} with a malformed payload: {', '.join(skipped)}")
+    if missing:  # after retrying the others: a typo must not cost the rest, nor look like success
+        raise CommandError(f"No dead job with id: {', '.join(missing)}")
 
 
 def dead_prune(command: BaseCommand, options: dict[str, Any]) -> None:
-    from django_async_jobs.deadjobs import prune, retention
+    from django_async_jobs.deadjobs import prunable, prune, retention
 
     if options["older_than"] is not None:
         if options["older_than"] < 0:
@@ -155,8 +183,12 @@ def dead_prune(command: BaseCommand, options: dict[str, Any]) -> None:
         if older_than is None:
             command.stdout.write("DEAD_JOB_RETENTION is None: dead jobs are kept forever; nothing pruned.")
             return
-    count = prune(older_than, progress=ProgressBar(command.stderr, "pruning", options["progress"]))
-    command.stdout.write(f"Pruned {count} dead job{'s' if count != 1 else ''} older than {older_than.total_seconds() / 86400:g} days.")
+    days = f"{older_than.total_seconds() / 86400:g} days"
+    due = prunable(older_than).count()
+    if due:
+        confirm(options, f"Delete {due} dead job{'s' if due != 1 else ''} older than {days} for good?")
+    count = prune(older_than, progress=ProgressBar(command.stderr, "pruning", options["progress"])) if due else 0
+    command.stdout.write(f"Pruned {count} dead job{'s' if count != 1 else ''} older than {days}.")
 
 
 def dead_flush(command: BaseCommand, options: dict[str, Any]) -> None:
@@ -185,15 +217,17 @@ def add_dead(groups: Any) -> None:
 
     p = actions.add_parser("retry", help="Enqueue dead jobs again and remove them from the list.")
     p.add_argument("ids", nargs="*", metavar="ID", help="Dead ids or job ids.")
-    p.add_argument("--all", action="store_true", help="Retry every dead job.")
+    p.add_argument("--all", action="store_true", help="Retry every dead job (asks first).")
+    p.add_argument("--yes", action="store_true", help=YES_HELP)
     p.add_argument("--progress", action="store_true", default=None, help=PROGRESS_HELP)
     p.set_defaults(handler=dead_retry)
 
-    p = actions.add_parser("prune", help="Delete old dead jobs.")
+    p = actions.add_parser("prune", help="Delete old dead jobs (asks first).")
     p.add_argument(
         "--older-than", dest="older_than", type=float, default=None, metavar="DAYS",
         help="Age in days (default: ASYNC_JOBS['DEAD_JOB_RETENTION'], 180 days).",
     )
+    p.add_argument("--yes", action="store_true", help=YES_HELP)
     p.add_argument("--progress", action="store_true", default=None, help=PROGRESS_HELP)
     p.set_defaults(handler=dead_prune)
 
@@ -244,12 +278,7 @@ def queue_clear(command: BaseCommand, options: dict[str, Any]) -> None:
         if not size:
             command.stdout.write(f"Queue {name!r} is empty.")
             return
-        try:
-            answer = input(f"Delete all {size} job(s) of queue {name!r} for good? Type 'yes' to confirm: ")
-        except EOFError:  # no terminal to ask on
-            answer = ""
-        if answer.strip().lower() != "yes":
-            raise CommandError("Not cleared (give --yes to skip the question).")
+        confirm(options, f"Delete all {size} job{'s' if size != 1 else ''} of queue {name!r} for good?")
     count = api.clear_queue(name)
     command.stdout.write(f"Cleared queue {name!r}: {count} job{'s' if count != 1 else ''} deleted.")
 
@@ -309,7 +338,7 @@ def add_operations(groups: Any) -> None:
 
     p = groups.add_parser("clear", help="Delete every job of a queue (asks first).")
     p.add_argument("queue", help="The queue's name.")
-    p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+    p.add_argument("--yes", action="store_true", help=YES_HELP)
     p.set_defaults(handler=queue_clear)
 
     for kind, text in (("scheduled", "Jobs waiting for their time"), ("retries", "Jobs waiting for a retry")):
