@@ -88,7 +88,9 @@ class ApplicationJob:
     retry_on: ClassVar[list[retries.RetryRule] | tuple[retries.RetryRule, ...]] = ()
     discard_on: ClassVar[list[Any] | tuple[Any, ...]] = ()
     max_retries: ClassVar[int | None] = None
-    retry: ClassVar[bool] = True
+    # False: a failure no retry_on rule matches is not retried (max_retries = 0). Not named
+    # ``retry``, which would hide the imported retry() in a class body that also sets retry_on.
+    retry_by_default: ClassVar[bool] = True
     # Unique jobs (locks.py): a lock mode, its TTL, and what a conflict does.
     lock: ClassVar[str | None] = None
     lock_ttl: ClassVar[float | timedelta] = locks.DEFAULT_TTL

@@ -9,7 +9,8 @@ Order of decisions for an exception:
    drops the job: logged, ``after_discard`` called, nothing recorded as dead.
 2. No rule matches: the default policy, Sidekiq's: up to ``MAX_RETRIES`` (25) retries with
    ``count**4 + 15 + rand(10 * (count + 1))`` seconds of backoff, then dead. A class can
-   set ``max_retries = N`` (0: die at the first failure) or ``retry = False`` (same as 0).
+   set ``max_retries = N`` (0: die at the first failure) or ``retry_by_default = False`` (same
+   as 0).
 
 Retries wait in the Redis retry set and are moved to their queue by the scheduled-job poller.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -157,6 +159,19 @@ def compile_rules(job_class: type) -> tuple[Rule, ...]:
     both = [e.__name__ for r in rules if isinstance(r, DiscardRule) for e in r.exceptions if e in retried]
     if both:
         raise ImproperlyConfigured(f"{name} both retries and discards {', '.join(both)}; keep one.")
+    legacy = job_class.__dict__.get("retry")
+    if isinstance(legacy, bool):
+        # Before retry_by_default: kept working, but in a class body it hides retry(), so
+        # ``retry = False`` then ``retry_on = [retry(...)]`` fails with "'bool' is not callable".
+        warnings.warn(
+            f"{name}.retry = {legacy} is deprecated: write retry_by_default = {legacy}.",
+            DeprecationWarning,
+            stacklevel=4,  # the class statement: compile_rules < _prepare < __init_subclass__
+        )
+        if "retry_by_default" not in job_class.__dict__:
+            job_class.retry_by_default = legacy
+    if not isinstance(job_class.retry_by_default, bool):
+        raise ImproperlyConfigured(f"{name}.retry_by_default must be True or False, got {job_class.retry_by_default!r}.")
     max_retries = job_class.max_retries
     if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
         raise ImproperlyConfigured(f"{name}.max_retries must be an integer >= 0 or None, got {max_retries!r}.")
@@ -202,7 +217,7 @@ def call_handlers(setting: str, payload: dict[str, Any], exc: BaseException) -> 
 
 
 def _max_retries(job: ApplicationJob) -> int:
-    if job.retry is False:
+    if not job.retry_by_default:
         return 0
     if job.max_retries is not None:
         return job.max_retries

@@ -7,6 +7,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs import ApplicationJob, discard, retry, signals
+from django_async_jobs.broker.client import get_broker
 from django_async_jobs.retries import default_backoff, match, polynomially_longer
 from django_async_jobs.worker.launcher import Worker
 from tests.helpers import wait_for
@@ -170,6 +171,53 @@ def test_no_retries_means_dead_at_the_first_failure(broker, worker, key, job_cla
     [dead] = wait_for(lambda: staged_dead(broker))
     assert dead["reason"] == "retries_exhausted"
     assert count(broker, key) == 1
+
+
+class OnlyTimeoutsJob(ApplicationJob):
+    """The clash the old name had: a class body that turns the default policy off and then
+    calls retry()."""
+
+    retry_by_default = False
+    retry_on = [retry(TimeoutError, wait=60, attempts=3, jitter=0)]
+
+    def perform(self, key, error):
+        get_broker().redis.incr(key)
+        raise TimeoutError("slow") if error == "timeout" else ValueError("bad")
+
+
+def test_retry_by_default_false_next_to_retry_on(broker, worker, key):
+    OnlyTimeoutsJob.perform_later(key, "timeout")
+    [(payload, _)] = wait_for(lambda: retry_entries(broker))
+    assert list(payload["retries"].values()) == [1]
+    OnlyTimeoutsJob.perform_later(key, "value")
+    [dead] = wait_for(lambda: staged_dead(broker))
+    assert dead["reason"] == "retries_exhausted" and dead["error_class"].endswith("ValueError")
+    assert count(broker, key) == 2
+
+
+def test_retry_false_still_works_with_a_deprecation_warning(broker, worker, key):
+    with pytest.warns(DeprecationWarning, match=r"LegacyJob\.retry = False is deprecated: write retry_by_default = False") as seen:
+        class LegacyJob(ApplicationJob):
+            retry = False
+
+            def perform(self, key):
+                get_broker().redis.incr(key)
+                raise ValueError("die at once")
+
+    assert seen[0].filename == __file__  # points at the class statement
+    assert LegacyJob.retry_by_default is False
+    LegacyJob.perform_later(key)
+    [dead] = wait_for(lambda: staged_dead(broker))
+    assert dead["reason"] == "retries_exhausted" and count(broker, key) == 1
+
+
+def test_retry_by_default_must_be_a_bool():
+    with pytest.raises(ImproperlyConfigured, match=r"Sloppy\.retry_by_default must be True or False, got 0"):
+        class Sloppy(ApplicationJob):
+            retry_by_default = 0
+
+            def perform(self):
+                pass
 
 
 def test_max_retries_setting_applies_to_unmatched_errors(broker, settings, key):

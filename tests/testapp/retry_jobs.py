@@ -91,7 +91,7 @@ class NoRetryJob(ApplicationJob):
 
 
 class RetryFalseJob(ApplicationJob):
-    retry = False
+    retry_by_default = False
 
     def perform(self, key):
         _count(key)
