@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from django_async_jobs import ApplicationJob, ConfiguredJob
+from django_async_jobs import ApplicationJob, ConfiguredJob, around_perform
 from django_async_jobs.serialization import decode_payload
 
 
@@ -278,3 +278,26 @@ def test_two_classes_with_one_job_name_are_refused(broker):
         assert registry.lookup("shared.name") is First
     finally:
         registry._jobs.pop("shared.name", None)
+
+
+def test_proceed_returns_what_the_next_around_perform_returns(broker):
+    """job-structure.md: an inner around_perform's value is what proceed() gives the outer one;
+    perform_now returns perform's value whatever the callbacks return."""
+    seen = []
+
+    class Wrapped(ApplicationJob):
+        @around_perform
+        def outer(self, proceed):
+            seen.append(("outer got", proceed()))
+            return "outer's own"
+
+        @around_perform
+        def inner(self, proceed):
+            seen.append(("inner got", proceed()))
+            return "inner's own"
+
+        def perform(self):
+            return "performed"
+
+    assert Wrapped.perform_now() == "performed"
+    assert seen == [("inner got", "performed"), ("outer got", "inner's own")]

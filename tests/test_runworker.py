@@ -1,12 +1,14 @@
 """``runworker`` options as a real process sees them: -q, -c, --processes, and TSTP through a supervisor."""
 
 import json
+import logging
 import signal
 import time
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from django_async_jobs.management.commands.runworker import _configure_logging
 from tests.helpers import registered, wait_for
 from tests.testapp.jobs import IncrJob, SlowOnceJob, TraceJob
 
@@ -98,3 +100,28 @@ def test_second_sigint_to_the_supervisor_stops_the_children_at_once(spawn, broke
     assert time.monotonic() - second < 2
     # Left in flight for recovery, as a single worker's second INT leaves it.
     assert [json.loads(p)["jid"] for p in broker.inflight(holder).values()] == [job.job_id]
+
+
+def test_verbosity_2_logs_job_starts_when_the_project_gives_no_handler(spawn, broker, prefix):
+    key = f"{prefix}:n"
+    worker = spawn("-v", "2")
+    wait_for(lambda: registered(broker), START_TIMEOUT, "the worker")
+    job = IncrJob.perform_later(key)
+    wait_for(lambda: broker.redis.get(key) == b"1", 10, "the job")
+    worker.send(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert f"start {IncrJob.job_name} {job.job_id} queue=default" in worker.output()
+
+
+def test_verbosity_leaves_a_project_logging_handler_alone():
+    """What configuration.md says: with a handler from LOGGING, -v does not set levels."""
+    ours, root = logging.getLogger("django_async_jobs"), logging.getLogger()
+    handler = logging.NullHandler()
+    root.addHandler(handler)
+    level, handlers = ours.level, list(ours.handlers)
+    try:
+        _configure_logging(2)
+        assert ours.level == level and ours.handlers == handlers
+        assert not logging.getLogger("django_async_jobs.job").isEnabledFor(logging.DEBUG)
+    finally:
+        root.removeHandler(handler)
