@@ -20,6 +20,7 @@ from django.test import override_settings
 
 from django_async_jobs import checks, conf, registry
 from django_async_jobs.broker.client import get_broker
+from django_async_jobs.broker.keys import escape_glob
 from django_async_jobs.worker.launcher import Worker
 from tests import docs_blocks
 from tests.docs_blocks import ROOT
@@ -161,7 +162,7 @@ def _drained() -> bool:
     redis = get_broker().redis
     keys = get_broker().keys
     queued = any(redis.zcard(keys.queue(name)) for name, _ in GUIDE_QUEUES)
-    inflight = any(redis.hlen(key) for key in redis.scan_iter(f"{keys.prefix}:inflight:*"))
+    inflight = any(redis.hlen(key) for key in redis.scan_iter(f"{escape_glob(keys.inflight_base)}*"))
     return not queued and not inflight
 
 

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.test import override_settings
 
 from django_async_jobs import ApplicationJob, SerializationError, retry
+from django_async_jobs.broker.keys import escape_glob
 from django_async_jobs.checks import check_settings
 from django_async_jobs.conf import MAX_WAIT
 from django_async_jobs.serialization import MAX_DEPTH, encode_payload
@@ -79,7 +80,7 @@ def test_every_enqueue_path_is_limited(broker, limit, how, db):
             with transaction.atomic():
                 AnyArgsJob.perform_later(big)  # refused here, not when the transaction commits
     assert nothing_queued(broker)
-    assert not broker.redis.keys(f"{broker.keys.prefix}:lock:*")
+    assert not broker.redis.keys(escape_glob(broker.keys.lock(UntilExecutedJob.job_name, "")) + "*")
 
 
 def test_test_mode_applies_the_limit_too(limit):
