@@ -153,12 +153,15 @@ BASE = "/admin/django_async_jobs/dashboard/"
 def test_queues_page_lists_a_legacy_name_escaped_without_links(client, broker, staff):
     legacy_queue(broker, "tenant/1")
     legacy_queue(broker, "<b>x</b>:y", 1)
+    broker.redis.sadd(broker.keys.queues, b"\xff\xfe")  # not even UTF-8
     response = client.get(BASE + "queues/")
     assert response.status_code == 200
     html = response.content.decode()
     assert "tenant/1" in html and "&lt;b&gt;x&lt;/b&gt;:y" in html and "<b>x</b>" not in html
     assert f'href="{BASE}queues/default/"' in html
     assert "queues/tenant" not in html
+    for page in ("", "stats.json", "busy/"):
+        assert client.get(BASE + page).status_code == 200
 
 
 @pytest.mark.parametrize("path", ["a:b/", "a%20b/", "a:b/clear/", "caf%C3%A9/", "a*/"])
@@ -185,6 +188,7 @@ def test_jobs_clear_refuses_an_invalid_name(broker):
 
 def test_jobs_clear_deletes_a_legacy_queue(broker):
     legacy_queue(broker, "tenant/1", 3)
+    assert any(line.split()[:2] == ["tenant/1", "3"] for line in run_jobs("queues").splitlines())
     assert "3 jobs deleted" in run_jobs("clear", "tenant/1", "--yes")
     assert broker.queue_size("tenant/1") == 0
     assert b"tenant/1" not in broker.redis.smembers(broker.keys.queues)
