@@ -124,7 +124,7 @@ MAX_WAIT_TEXT = f"100 years ({MAX_WAIT:.0f} seconds)"
 
 def wait_seconds(value: Any, what: str, *, past: bool = False) -> float:
     """A wait given as seconds or a timedelta, in seconds, at most ``MAX_WAIT`` and at least 0
-    (or, with ``past``, any finite number: a wait of 0 or less runs at once).
+    (or, with ``past``, any finite number: a wait of 0 or less is due at once).
 
     ``TypeError`` for another type, ``ValueError`` out of range, both naming ``what``.
     """
@@ -201,8 +201,6 @@ def build(raw: dict[str, Any]) -> Settings:
     )
 
 
-_cached: Settings | None = None
-
 HIDDEN = "<hidden>"
 
 
@@ -211,6 +209,9 @@ def argument_repr(value: Any) -> str:
     a log line: its ``repr`` only with ``LOG_ARGUMENTS``; arguments may be card numbers or
     e-mail addresses, and messages end up in logs, error pages and error trackers."""
     return repr(value) if get_settings().log_arguments else HIDDEN
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
@@ -230,7 +231,7 @@ def redact_url(url: str) -> str:
     return scheme + sep + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_cached: Settings | None = None
 
 
 def get_settings() -> Settings:
