@@ -20,6 +20,7 @@ class DeathReason(models.TextChoices):
     MALFORMED_PAYLOAD = "malformed_payload", _("Malformed payload")
     ARGUMENTS_MISMATCH = "arguments_mismatch", _("Arguments do not fit perform()")
     KILLED = "killed", _("Killed")
+    WORKER_ERROR = "worker_error", _("Worker error (retry rules or settling failed)")
 
 
 class DeadJob(models.Model):

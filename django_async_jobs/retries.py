@@ -34,7 +34,7 @@ from django.utils.module_loading import import_string
 
 from django_async_jobs import signals
 from django_async_jobs.conf import validate_queue_name, wait_seconds
-from django_async_jobs.serialization import encode_payload
+from django_async_jobs.serialization import payload_bytes
 
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
@@ -227,7 +227,7 @@ def _max_retries(job: ApplicationJob) -> int:
 # -- the decision --------------------------------------------------------------------------------
 
 
-def handle_failure(job: ApplicationJob, field: str, raw: bytes, exc: Exception) -> Settlement:
+def handle_failure(job: ApplicationJob, field: str, raw: bytes, exc: BaseException) -> Settlement:
     from django_async_jobs.worker.processor import Settlement, dead_record
 
     payload = job.payload
@@ -283,7 +283,7 @@ def _retry(
     run_at = time.time() + wait
     data["at"] = round(run_at, 3)
     signals.send(signals.job_retried, type(job), job=job, exception=exc, wait=wait)
-    return Settlement("retry", field, run_at, encode_payload(data), failed=True)
+    return Settlement("retry", field, run_at, payload_bytes(data), failed=True)
 
 
 def _call_quietly(callback: Callable[..., Any], *args: Any) -> None:

@@ -113,7 +113,7 @@ def _unclock(decoded: Any, value: dict[str, Any]) -> Any:
     if tz is not None:
         try:
             decoded = decoded.replace(tzinfo=ZoneInfo(tz))
-        except (ZoneInfoNotFoundError, TypeError, ValueError) as exc:
+        except (ZoneInfoNotFoundError, TypeError, ValueError, OSError) as exc:  # OSError: a name too long
             raise ValueError(f"unknown time zone {tz!r}") from exc
     off = value.get("off")
     if off is not None:
@@ -200,14 +200,19 @@ def load_value(value: Any) -> Any:
         tag = value.get(TAG)
         if tag is not None:
             if tag == "dict":
-                return {k: load_value(v) for k, v in value["v"].items()}
+                inner = value.get("v")
+                if type(inner) is not dict:
+                    raise MalformedPayload(f"bad tagged value: a tagged dict holds {type(inner).__name__}, not an object")
+                return {k: load_value(v) for k, v in inner.items()}
             try:
                 decoded = _DECODERS[tag](value["v"])
                 if tag in ("datetime", "time"):
                     decoded = _unclock(decoded, value)
                 return decoded
-            except (KeyError, TypeError, ValueError) as exc:
-                raise MalformedPayload(f"bad tagged value {value!r}: {exc}") from exc
+            # Decimal("x") raises InvalidOperation and timedelta(days=10**10) OverflowError: both
+            # ArithmeticError. The message names the tag only: the value can be huge.
+            except (KeyError, TypeError, ValueError, ArithmeticError, IndexError) as exc:
+                raise MalformedPayload(f"bad tagged value of type {tag!r}: {exc}") from exc
         return {k: load_value(v) for k, v in value.items()}
     return value
 
@@ -287,6 +292,19 @@ def encode_job(data: dict[str, Any]) -> str:
                 f"({limit:,}). Store large data (a file, a row) and pass its id or path; or raise the limit."
             )
     return text
+def payload_bytes(data: dict[str, Any]) -> bytes:
+    """``encode_payload`` as the UTF-8 Redis keeps, for what a worker writes back (a retry, a
+    dead record): redis-py sends bytes as they are, so this costs no more than a str would.
+
+    A string read from a payload can hold a lone surrogate (a ``"\\ud800"`` escape), which UTF-8
+    cannot carry; such a payload is written with its non-ASCII characters escaped, so it reads
+    back the same instead of failing in the middle of a batch of settlements.
+    """
+    text = encode_payload(data)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
 
 REQUIRED = {"jid": str, "job": str, "queue": str, "args": list}
@@ -296,7 +314,7 @@ def decode_payload(raw: bytes | str) -> dict[str, Any]:
     try:
         # From str: json.loads on bytes first sniffs the encoding, on every job.
         data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # invalid UTF-8 is a ValueError; deep nesting is not
         raise MalformedPayload(f"not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise MalformedPayload("not a JSON object")

@@ -67,12 +67,14 @@ class EventLoop:
         future.add_done_callback(self._done)
 
     async def _run(self, started: Started) -> None:
-        from django_async_jobs.worker.processor import finish
+        from django_async_jobs.worker.processor import dead_record, finish
 
-        error: Exception | None = None
+        error: BaseException | None = None
         try:
             await started.job._aperform_now()
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise  # the worker is stopping: the job stays in flight and is handed back
+        except BaseException as exc:  # SystemExit too: asyncio would re-raise it and end the loop
             error = exc
         try:
             # The async ORM runs in asgiref's thread for sync code, not in this one: close what
@@ -83,9 +85,9 @@ class EventLoop:
         loop = asyncio.get_running_loop()
         try:
             settlement = await loop.run_in_executor(None, finish, started, error)
-        except Exception:  # never lose a job to a bug of ours: it stays in flight
-            logger.exception("settling async job %s failed; it will be recovered", started.field)
-            return
+        except Exception as exc:  # the thread pool is gone (interpreter exit): never strand the job
+            logger.exception("settling async job %s failed; it is set aside as a dead job", started.field)
+            settlement = dead_record(started.field, started.raw, "worker_error", exc, started.job.payload)
         self.on_settled(settlement)
 
     def _done(self, future: object) -> None:

@@ -27,7 +27,7 @@ from django_async_jobs.worker.dead_writer import DeadWriter
 from django_async_jobs.worker.eventloop import EventLoop
 from django_async_jobs.worker.fetcher import Fetcher, QueueOrder
 from django_async_jobs.worker.poller import Poller
-from django_async_jobs.worker.processor import Settlement, process
+from django_async_jobs.worker.processor import Settlement, dead_record, process
 from django_async_jobs.worker.recovery import Heart
 
 logger = logging.getLogger("django_async_jobs.worker")
@@ -126,9 +126,12 @@ class Worker:
                 self._running[field] = time.time()
             try:
                 settlement = process(field, raw, log_jobs, self.event_loop)
-            except BaseException:  # never lose a job to a bug of ours: it stays in flight
-                logger.exception("processor crashed on job %s; it will be recovered", field)
-                settlement = None
+            except BaseException as exc:
+                # process() settles every Exception; this is a SystemExit or the like from a
+                # signal receiver or handler around the job. Handing the job back would run it
+                # into the same again, and leaving it in flight would strand it: set it aside.
+                logger.exception("processor crashed on job %s; it is set aside as a dead job", field)
+                settlement = dead_record(field, raw, "worker_error", exc, None)
             finally:
                 with self._busy_lock:
                     self._busy -= 1

@@ -1,11 +1,17 @@
 """Runs one fetched job and says how to settle it: ack, retry, dead, or hand back.
 
-Nothing a payload says can crash this: a payload that is not JSON, names an unknown class or no
-longer fits ``perform``'s signature becomes a dead job with that reason.
+Whatever bytes a payload holds, the job ends here: it runs, or it becomes a dead job with the
+reason and the raw payload. A payload that is not JSON is ``malformed_payload``; one naming no
+registered class, ``unknown_class``; arguments that cannot be read back or no longer fit
+``perform``, ``arguments_mismatch``. An exception in the worker's own steps around the job (the
+retry rules reading a ``retry_count`` that is not a number, a retry payload JSON cannot carry)
+is ``worker_error``. Nothing but a ``BaseException`` raised outside ``perform`` leaves
+``process``, and the launcher sets that job aside too: no job stays in flight on a live worker.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -20,12 +26,7 @@ from django.db import close_old_connections
 from django.db.backends.signals import connection_created
 
 from django_async_jobs import locks, registry, retries, signals
-from django_async_jobs.serialization import (
-    MalformedPayload,
-    decode_payload,
-    encode_payload,
-    new_job_id,
-)
+from django_async_jobs.serialization import decode_payload, new_job_id, payload_bytes
 from django_async_jobs.worker.logs import plain_output
 
 logger = logging.getLogger("django_async_jobs.job")
@@ -59,7 +60,10 @@ def _close_connections() -> None:
     """
     if _keeps_connections() or getattr(_opened, "connection", False):
         _opened.connection = False
-        close_old_connections()
+        try:
+            close_old_connections()
+        except Exception:  # a broken connection must not keep the job it follows from settling
+            logger.exception("closing database connections after a job failed")
 
 
 class UnknownJobClass(LookupError):
@@ -81,29 +85,63 @@ class Settlement:
 
 
 def dead_record(field: str, raw: bytes | str, reason: str, exc: BaseException | None, data: dict | None) -> Settlement:
-    """The settle entry that stages a job as dead (the database row is written from there)."""
+    """The settle entry that stages a job as dead (the database row is written from there).
+
+    Never raises: a record JSON or UTF-8 cannot carry as it is (a NaN or a huge structure in
+    ``executions``, a lone surrogate, an exception whose ``str()`` raises) is staged with the
+    raw payload as text and the error's class and message only.
+    """
     dead_id = new_job_id()
-    record: dict[str, Any] = {
-        "dead_id": dead_id,
-        "job_id": (data or {}).get("jid", field),
-        "payload": raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw,
-        "reason": reason,
-        "died_at": time.time(),
-    }
-    if data and data.get("executions"):
-        record["executions"] = data["executions"]
-    if exc is not None:
-        record["error_class"] = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        record["error_message"] = str(exc)
-        record["traceback"] = "".join(traceback.format_exception(exc))
-    return Settlement("dead", field, dead_id, encode_payload(record), failed=exc is not None)
+    payload = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    died_at = time.time()
+    try:
+        record: dict[str, Any] = {
+            "dead_id": dead_id,
+            "job_id": (data or {}).get("jid", field),
+            "payload": payload,
+            "reason": reason,
+            "died_at": died_at,
+        }
+        if data and data.get("executions"):
+            record["executions"] = data["executions"]
+        if exc is not None:
+            record["error_class"] = _class_name(exc)
+            record["error_message"] = str(exc)
+            record["traceback"] = "".join(traceback.format_exception(exc))
+        value = payload_bytes(record)
+    except Exception:
+        jid = (data or {}).get("jid")
+        bare = {
+            "dead_id": dead_id,
+            "job_id": jid if isinstance(jid, str) else field,
+            "payload": payload,
+            "reason": reason,
+            "died_at": died_at,
+        }
+        if exc is not None:
+            bare["error_class"] = _class_name(exc)
+            bare["error_message"] = _message(exc)
+        value = json.dumps(bare).encode()  # ASCII escapes: any str fits
+    return Settlement("dead", field, dead_id, value, failed=exc is not None)
+
+
+def _class_name(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose message cannot be read>"
 
 
 def _bury(field: str, raw: bytes, reason: str, exc: BaseException, data: dict[str, Any] | None) -> Settlement:
-    """A job that cannot even start: dead at once, with death handlers and the signal."""
-    logger.error("job %s is dead (%s): %s", field, reason, exc)
+    """A job set aside: dead at once, with death handlers and the signal."""
+    logger.error("job %s is dead (%s): %s", field, reason, _message(exc))
+    job_class = registry.lookup(data["job"]) if data and isinstance(data.get("job"), str) else None
     retries.call_handlers("DEATH_HANDLERS", data or {}, exc)
-    signals.send(signals.job_died, registry.lookup(data["job"]) if data else None, job=None, exception=exc, reason=reason)
+    signals.send(signals.job_died, job_class, job=None, exception=exc, reason=reason)
     return dead_record(field, raw, reason, exc, data)
 
 
@@ -130,16 +168,16 @@ def start(field: str, raw: bytes, log_jobs: bool = True) -> Settlement | Started
     """Decode and check a fetched job; a ``Settlement`` if it cannot even start."""
     try:
         data = decode_payload(raw)
-    except MalformedPayload as exc:
+    except Exception as exc:
         return _bury(field, raw, "malformed_payload", exc, None)
     job_class = registry.lookup(data["job"])
     if job_class is None:
-        exc = UnknownJobClass(f"no registered job is named {data['job']!r}")
+        exc = UnknownJobClass(f"no registered job is named {data['job'][:200]!r}")
         return _bury(field, raw, "unknown_class", exc, data)
     try:
         job = job_class.deserialize(data)
         job._check_arguments()
-    except (MalformedPayload, TypeError) as exc:
+    except Exception as exc:  # MalformedPayload, TypeError, or whatever a tagged value raises
         return _bury(field, raw, "arguments_mismatch", exc, data)
 
     # One INFO line per job, when it finishes (with its elapsed time); the start line is DEBUG.
@@ -157,9 +195,15 @@ def start(field: str, raw: bytes, log_jobs: bool = True) -> Settlement | Started
     return Started(job, field, raw, log, extra, began)
 
 
-def finish(started: Started, exc: Exception | None) -> Settlement:
-    """How to settle a job that ran: ack, or what the retry rules say about ``exc``."""
+def finish(started: Started, exc: BaseException | None) -> Settlement:
+    """How to settle a job that ran: ack, or what the retry rules say about ``exc``.
+
+    Never raises an ``Exception``: when the retry rules themselves fail (a ``retry_count`` that
+    is not a number, a retry payload JSON cannot carry), the job is set aside as dead
+    (``worker_error``) with that error, the job's own exception chained to it.
+    """
     job, field = started.job, started.field
+    settlement: Settlement | None = None
     try:
         if exc is not None:
             settlement = retries.handle_failure(job, field, started.raw, exc)
@@ -170,16 +214,23 @@ def finish(started: Started, exc: Exception | None) -> Settlement:
             outcome = "ok"
             error = None
             signals.send(signals.job_succeeded, type(job), job=job)
+        if started.log:
+            elapsed = (time.perf_counter() - started.began) * 1000
+            args = (job.job_name, job.job_id, job.queue_name, elapsed, outcome, f" error={error}" if error else "")
+            output = plain_output(logger, logging.INFO)
+            if output is None:
+                _info(FINISH, args, {**started.extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome, "error": error})
+            else:  # runworker's own handler and nothing else: the same line without a LogRecord
+                output.append(output.formatter.line(time.time(), logging.INFO, logger.name, FINISH % args))
+    except Exception as failure:
+        if settlement is None:
+            if exc is not None and failure.__context__ is None:
+                failure.__context__ = exc  # the dead record's traceback shows both
+            settlement = _bury(field, started.raw, "worker_error", failure, {**job.payload, "executions": job.executions})
+        else:  # the job is settled; only its log line failed (a raising filter or handler)
+            traceback.print_exc()
     finally:
         _close_connections()
-    if started.log:
-        elapsed = (time.perf_counter() - started.began) * 1000
-        args = (job.job_name, job.job_id, job.queue_name, elapsed, outcome, f" error={error}" if error else "")
-        output = plain_output(logger, logging.INFO)
-        if output is None:
-            _info(FINISH, args, {**started.extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome, "error": error})
-        else:  # runworker's own handler and nothing else: the same line without a LogRecord
-            output.append(output.formatter.line(time.time(), logging.INFO, logger.name, FINISH % args))
     return settlement
 
 
@@ -194,18 +245,21 @@ def _info(msg: str, args: tuple[Any, ...], extra: dict[str, Any]) -> None:
 
 
 def process(field: str, raw: bytes, log_jobs: bool = True, event_loop: Any = None) -> Settlement | None:
-    """Run one fetched job. ``None``: an async job handed to ``event_loop``, settled when it ends."""
-    started = start(field, raw, log_jobs)
-    if isinstance(started, Settlement):
-        return started
-    if event_loop is not None and started.on_event_loop:
-        event_loop.submit(started)
-        return None
+    """Run one fetched job. ``None``: an async job handed to ``event_loop``, settled when it ends.
+
+    Whatever ``perform`` raises, ``SystemExit`` included, goes to the retry rules.
+    """
+    try:
+        started = start(field, raw, log_jobs)
+        if isinstance(started, Settlement):
+            return started
+        if event_loop is not None and started.on_event_loop:
+            event_loop.submit(started)
+            return None
+    except Exception as exc:  # the worker's own steps around the checks (signals, logging, hand-over)
+        return _bury(field, raw, "worker_error", exc, None)
     try:
         locks.perform(started.job, field)
-    except Exception as exc:
+    except BaseException as exc:
         return finish(started, exc)
-    except BaseException:
-        _close_connections()
-        raise
     return finish(started, None)
