@@ -2,6 +2,7 @@
 reason and its raw payload), none stays in flight, and the worker's threads live on."""
 
 import json
+import time
 
 import pytest
 
@@ -105,3 +106,47 @@ def test_a_base_exception_around_the_job_sets_it_aside(worker, broker):
     PoisonExitJob.perform_later()  # the thread that hit it still works
     wait_for(lambda: broker.redis.zcard(broker.keys.retry), 10, "a later job")
 
+
+# -- the Lua steps --------------------------------------------------------------------------------
+
+
+def test_nan_and_huge_priorities_are_moved_by_the_poller_not_lost(broker):
+    due = time.time() - 1
+    payloads = [job(f"x-p{i}", "PoisonOkJob", extra=b',"priority":' + p) for i, p in enumerate([b"NaN", b"1e999", b'"x"', b"-Infinity"])]
+    broker.redis.zadd(broker.keys.schedule, {p: due for p in payloads})
+    broker.redis.zadd(broker.keys.retry, {b'{"jid":"x-r","queue":"default","priority":NaN}': due})
+    assert broker.poll()[0] == 5
+    assert broker.queue_size("default") == 5 and broker.redis.hlen(broker.keys.dead) == 0
+
+
+def test_release_and_recovery_hand_back_a_nan_priority(broker):
+    """A script error halfway would leave the rest in flight, and block recovery for everyone."""
+    for process_id in ("stopping", "gone"):
+        nan = job(f"{process_id}-nan", "PoisonOkJob", extra=b',"priority":NaN')
+        broker.redis.hset(broker.keys.inflight(process_id), mapping={
+            f"{process_id}-nan:1": nan, f"{process_id}-plain:2": job(f"{process_id}-plain", "PoisonOkJob"),
+        })
+    broker.redis.zadd(broker.keys.processes, {"gone": 1})
+    assert broker.release("stopping") == 2
+    assert broker.recover(3, 3) == (1, 2, 0)
+    assert broker.queue_size("default") == 4
+    assert not broker.redis.exists(broker.keys.inflight("stopping"), broker.keys.inflight("gone"))
+
+
+def test_killing_a_retry_with_nan_executions_stages_it(broker):
+    from django_async_jobs import api
+
+    broker.redis.zadd(broker.keys.retry, {job("x-kill", "PoisonOkJob", extra=b',"executions":NaN'): 100})
+    [entry] = api.page_of(broker.keys.retry, broker=broker).entries
+    assert api.act(broker.keys.retry, "kill", [entry.ref], broker) == 1
+    [record] = staged(broker)
+    assert record["reason"] == "killed" and "executions" not in record
+    assert broker.redis.zcard(broker.keys.retry) == 0
+
+
+def test_a_nan_run_at_does_not_fail_the_settle_batch(broker):
+    for field in ("a:1", "b:2"):
+        broker.redis.hset(broker.keys.inflight("p"), field, job(field[0], "PoisonOkJob"))
+    broker.settle("p", [("retry", "a:1", float("nan"), b"retry-a", 1), ("ack", "b:2", "", "", 0)])
+    assert broker.redis.zrange(broker.keys.retry, 0, -1, withscores=True) == [(b"retry-a", 0.0)]
+    assert broker.inflight("p") == {}

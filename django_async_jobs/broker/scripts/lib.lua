@@ -23,6 +23,7 @@ end
 
 local function band(priority)
   local p = tonumber(priority) or 0
+  if p ~= p then p = 0 end  -- NaN: a NaN score would make ZADD, and the whole script, fail
   if p > 100 then p = 100 elseif p < -100 then p = -100 end
   return (100 - p) * BAND
 end

@@ -46,7 +46,12 @@ local function kill(member, jid, job)
   }
   if type(job.error_class) == 'string' then record.error_class = job.error_class end
   if type(job.error_message) == 'string' then record.error_message = job.error_message end
-  if type(job.executions) == 'number' then record.executions = job.executions end
+  -- cjson reads NaN and 1e999 but cannot write them back: the record would fail, and the job,
+  -- already removed, would be lost.
+  local executions = job.executions
+  if type(executions) == 'number' and executions == executions and math.abs(executions) < math.huge then
+    record.executions = executions
+  end
   redis.call('HSET', DEAD, record.dead_id, cjson.encode(record))
 end
 

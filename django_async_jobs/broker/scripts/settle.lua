@@ -28,7 +28,9 @@ for i = 4, #ARGV, 5 do
         if job then release_locks(field, job, op ~= 'retry') end
       end
       if op == 'retry' then
-        redis.call('ZADD', retry, tonumber(a), b)
+        local at = tonumber(a)
+        if at == nil or at ~= at then at = 0 end  -- a run-at ZADD refuses would fail the batch
+        redis.call('ZADD', retry, at, b)
       elseif op == 'dead' then
         redis.call('HSET', DEAD, a, b)
       end
