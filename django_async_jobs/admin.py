@@ -40,7 +40,12 @@ def _pre(text: str) -> str:
 def _pretty(value: Any) -> str:
     if value is None:
         return "-"
-    return _pre(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+        text.encode()
+    except (ValueError, RecursionError):  # too deep, or a lone surrogate: the payload shows it
+        return "-"
+    return _pre(text)
 
 
 @admin.register(DeadJob)
@@ -125,9 +130,11 @@ class DeadJobAdmin(admin.ModelAdmin):
     @admin.display(description=_("payload"))
     def payload_display(self, obj: DeadJob) -> str:
         try:
-            return _pretty(json.loads(obj.payload))
-        except ValueError:
-            return _pre(obj.payload)
+            text = json.dumps(json.loads(obj.payload), indent=2, ensure_ascii=False)
+            text.encode()
+        except (ValueError, RecursionError):  # not JSON, too deep, or a "\ud800" escape: as stored
+            text = obj.payload
+        return _pre(text)
 
     # -- actions -----------------------------------------------------------------------------
 

@@ -27,7 +27,12 @@ from django.utils import timezone
 
 from django_async_jobs.broker.client import Broker, get_broker
 from django_async_jobs.models import DeadJob, DeathReason
-from django_async_jobs.serialization import MalformedPayload, decode_payload, encode_payload
+from django_async_jobs.serialization import (
+    MalformedPayload,
+    decode_payload,
+    encode_payload,
+    payload_bytes,
+)
 
 logger = logging.getLogger("django_async_jobs.dead")
 
@@ -41,6 +46,13 @@ RESET_KEYS = frozenset({"executions", "retry_count", "retries", "at", "error_cla
 
 _CHAR_LIMIT = 255
 _INT_LIMIT = 2**31 - 1
+# Arguments nested deeper are kept in the payload text only: reading a JSON column back (the
+# admin's page) recurses once per level, inside a request already deep in the stack.
+_JSON_DEPTH = 100
+# A record that cannot become a row keeps this much of its text; the rest is cut with a note.
+TEXT_LIMIT = 1_000_000
+# Dates outside 1970..2999 are not a job's: left empty rather than overflowing a time zone.
+_LAST_SECOND = 32_503_680_000.0
 
 
 # -- settings -----------------------------------------------------------------------------------
@@ -87,12 +99,35 @@ def _unique_text(value: str) -> str:
     return value[:200] + ":" + hashlib.sha1(value.encode("utf-8")).hexdigest()
 
 
+def _long_text(value: str) -> str:
+    """``_text``, cut at ``TEXT_LIMIT`` characters with a note of how long it was."""
+    value = _text(value)
+    if len(value) <= TEXT_LIMIT:
+        return value
+    return f"{value[:TEXT_LIMIT]}\n[truncated: {len(value)} characters in all]"
+
+
+def _shallow(value: Any) -> bool:
+    """Whether ``value`` nests no deeper than ``_JSON_DEPTH`` (walked without recursion)."""
+    level: list[Any] = [value]
+    for _ in range(_JSON_DEPTH):
+        level = [
+            item for container in level if isinstance(container, (list, dict))
+            for item in (container.values() if isinstance(container, dict) else container)
+        ]
+        if not level:
+            return True
+    return False
+
+
 def _json(value: Any) -> Any:
     """``value`` if every database stores it as JSON, else ``None`` (the payload text keeps it)."""
+    if not _shallow(value):
+        return None
     try:
         encoded = encode_payload(value)
         encoded.encode("utf-8")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
     if "\\u0000" in encoded:  # PostgreSQL's jsonb refuses NUL in strings
         return None
@@ -108,7 +143,7 @@ def _number(value: Any) -> float | None:
 
 def _datetime(value: Any) -> datetime | None:
     seconds = _number(value)
-    if seconds is None:
+    if seconds is None or not 0 <= seconds < _LAST_SECOND:
         return None
     try:
         moment = datetime.fromtimestamp(seconds, tz=UTC)
@@ -123,29 +158,46 @@ def _count(value: Any) -> int | None:
     return min(value, _INT_LIMIT)
 
 
+def _parse(text: str) -> Any:
+    """``text`` as JSON, or None when it is not JSON (or nests deeper than the parser goes)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _parse_payload(text: str) -> dict[str, Any]:
     """Whatever the payload says that fits its field; a malformed payload yields less, or nothing."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {}
+    data = _parse(text)
     return data if isinstance(data, dict) else {}
 
 
 def build_row(field: bytes | str, value: bytes | str) -> DeadJob:
-    """The ``DeadJob`` for one staged record; never raises, whatever the record holds."""
+    """The ``DeadJob`` for one staged record; never raises, whatever the record holds.
+
+    A payload that is not a job (not JSON, nested deeper than the parser goes) is kept as text,
+    cut at ``TEXT_LIMIT`` characters with a note of its length: it can be read, not retried.
+    """
     if isinstance(field, bytes):
         field = field.decode("utf-8", "replace")
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    try:
-        record = json.loads(value)
-    except ValueError:
-        record = None
+    record = _parse(value)
     if not isinstance(record, dict):
         # Not even the record is readable: keep all of it as the payload.
         record = {"payload": value, "reason": DeathReason.MALFORMED_PAYLOAD}
+    try:
+        return _row(field, record)
+    except Exception as exc:  # a record no flush may stop at: the whole of it, as text
+        logger.warning("dead jobs: record %s is kept as text: %s: %s", _text(field, _CHAR_LIMIT), type(exc).__name__, exc)
+        reason = record.get("reason")
+        return DeadJob(
+            dead_id=_unique_text(field), payload=_long_text(value), died_at=timezone.now(),
+            reason=_text(reason, 32) if isinstance(reason, str) else DeathReason.MALFORMED_PAYLOAD,
+        )
 
+
+def _row(field: str, record: dict[str, Any]) -> DeadJob:
     payload_text = record.get("payload")
     if not isinstance(payload_text, str):
         payload_text = "" if payload_text is None else json.dumps(payload_text)
@@ -175,7 +227,7 @@ def build_row(field: bytes | str, value: bytes | str) -> DeadJob:
         enqueued_at=_datetime(payload.get("enqueued_at")),
         failed_at=failed_at,
         died_at=died_at,
-        payload=_text(payload_text),
+        payload=_text(payload_text) if payload else _long_text(payload_text),
         reason=_text(reason, 32) if isinstance(reason, str) else "",
     )
 
@@ -274,8 +326,8 @@ def fresh_payload(text: str) -> str | None:
     fresh.update((k, v) for k, v in data.items() if k != "jid" and k not in RESET_KEYS)
     fresh["enqueued_at"] = round(time.time(), 3)
     try:
-        return encode_payload(fresh)
-    except ValueError:  # NaN or infinity: the Lua side could not route it
+        return payload_bytes(fresh).decode()  # a lone surrogate goes as its escape
+    except (ValueError, RecursionError):  # NaN or infinity: the Lua side could not route it
         return None
 
 

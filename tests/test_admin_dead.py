@@ -161,6 +161,36 @@ def test_detail_is_read_only_with_traceback_and_arguments(rows, manager):
     assert "{oops" in client.get(detail(rows[3])).content.decode()
 
 
+def nested(depth):
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.django_db
+def test_no_payload_makes_a_page_fail(manager):
+    """Each row is one poison payload; the list and every detail page still answer."""
+    deep = "[" * 100_000 + "]" * 100_000
+    poison = [
+        row("deep", text=deep, reason="malformed_payload"),
+        row("surrogate", text='{"jid":"s","job":"J","queue":"q","args":["\\ud800"],"kwargs":{"a":"\\udfff"}}'),
+        row("nan", text='{"jid":"n","job":"J","queue":"q","args":[NaN,1e999,-Infinity]}'),
+        row("long", text="y" * 2_000_000, reason="malformed_payload"),
+    ]
+    # Arguments stored before they were limited: too deep to indent on a page.
+    poison.append(DeadJob.objects.create(dead_id="deep-args", arguments=nested(990), kwargs={}, payload="[]",
+                                         reason="arguments_mismatch", died_at=timezone.now()))
+    client = client_for(manager)
+    listing = client.get(LIST)
+    assert listing.status_code == 200
+    for obj in poison:
+        page = client.get(detail(obj))
+        assert page.status_code == 200, obj.dead_id
+    assert "\\ud800" in client.get(detail(poison[1])).content.decode()  # shown as stored
+    assert "[truncated: 2000000 characters in all]" in client.get(detail(poison[3])).content.decode()
+
+
 @pytest.mark.django_db
 def test_viewer_sees_rows_but_no_actions(rows, broker):
     client = client_for(user("viewer", "view"))

@@ -16,6 +16,7 @@ from django.db import connection
 from django.utils import timezone
 
 from django_async_jobs.deadjobs import (
+    TEXT_LIMIT,
     build_row,
     flush_staged,
     fresh_payload,
@@ -152,6 +153,49 @@ def test_flush_copes_with_oversized_and_hostile_values(broker):
     stage_record(broker, long_id, payload)
     assert flush_staged(broker) == 1
     assert DeadJob.objects.count() == 1
+
+
+def nested(depth):
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.django_db
+def test_records_that_cannot_be_read_become_rows_and_hold_nothing_back(broker):
+    deep = "[" * 100_000 + "]" * 100_000
+    long = "x" * (TEXT_LIMIT + 10)
+    stage_record(broker, "deep", deep, "malformed_payload")
+    stage_record(broker, "long", long, "malformed_payload")
+    broker.redis.hset(broker.keys.dead, "deep-record", deep)  # the record itself
+    deep_args = encode_payload({"jid": "j-deep", "job": IncrJob.job_name, "queue": "default", "args": nested(150)})
+    stage_record(broker, "deep-args", deep_args, "arguments_mismatch", error_class="TypeError")
+    for i in range(3):
+        stage_record(broker, f"ok{i}", job_payload(f"j{i}"))
+
+    assert flush_staged(broker) == 7
+    assert staged(broker) == 0
+    rows = {row.dead_id: row for row in DeadJob.objects.all()}
+    assert (rows["deep"].payload, rows["deep"].reason, rows["deep"].arguments) == (deep, "malformed_payload", None)
+    assert (rows["deep-record"].payload, rows["deep-record"].reason) == (deep, "malformed_payload")
+    # A long payload that is not a job is cut, with its length noted.
+    assert rows["long"].payload == "x" * TEXT_LIMIT + f"\n[truncated: {TEXT_LIMIT + 10} characters in all]"
+    # Arguments too deep for a JSON column stay in the payload, which is kept whole: it can be retried.
+    assert rows["deep-args"].arguments is None and rows["deep-args"].job_class == IncrJob.job_name
+    assert rows["deep-args"].payload == deep_args and fresh_payload(deep_args) is not None
+    assert [rows[f"ok{i}"].arguments for i in range(3)] == [["k", 2]] * 3
+
+
+@pytest.mark.django_db
+def test_dates_outside_any_jobs_lifetime_are_left_empty(broker):
+    for i, moment in enumerate([253402300000.0, -62135596800.0, 1e300]):
+        payload = encode_payload({"jid": f"j{i}", "job": "J", "queue": "q", "args": [], "enqueued_at": moment})
+        stage_record(broker, f"d{i}", payload, died_at=moment, failed_at=moment)
+    assert flush_staged(broker) == 3
+    for row in DeadJob.objects.all():
+        assert row.enqueued_at is None and row.failed_at is None
+        assert abs(row.died_at.timestamp() - time.time()) < 60
 
 
 @pytest.mark.django_db
@@ -321,6 +365,17 @@ def test_fresh_payload_refuses_what_cannot_be_routed():
     assert json.loads(fresh_payload('{"job":"J","jid":"a","queue":"q","args":[],"at":5}')) == {
         "jid": "a", "job": "J", "queue": "q", "args": [], "enqueued_at": pytest.approx(time.time(), abs=5)
     }
+    assert fresh_payload("[" * 100_000 + "]" * 100_000) is None
+
+
+@pytest.mark.django_db
+def test_a_dead_job_holding_a_lone_surrogate_is_retried(broker):
+    """A "\\ud800" escape reads back as a str UTF-8 cannot carry: it goes back as the escape."""
+    text = '{"jid":"s","job":"J","queue":"default","args":["\\ud800"]}'
+    DeadJob.objects.create(dead_id="s", payload=text, reason="retries_exhausted", died_at=timezone.now())
+    assert retry_dead(["s"], broker) == 1
+    [member] = broker.redis.zrange(broker.keys.queue("default"), 0, -1)
+    assert b"\\ud800" in member and json.loads(member)["args"] == ["\ud800"]
 
 
 # -- prune -------------------------------------------------------------------------------------------
