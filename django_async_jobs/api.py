@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,38 @@ HISTORY_DAYS = 30
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _printable(text: str) -> str:
+    """``text`` as a page or a terminal can write it: a lone surrogate (invalid UTF-8 read with
+    ``surrogateescape``, or a ``"\\ud800"`` escape in a payload) becomes "?"."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+    return text
+
+
+def _string(value: Any) -> str:
+    """A payload field shown as text: only a string is; anything else is shown as nothing."""
+    return _printable(value) if isinstance(value, str) else ""
+
+
+def _json_text(value: Any) -> str | None:
+    """``value`` as one line of JSON in UTF-8, or None when it cannot be written so (nested
+    deeper than the encoder goes, a lone surrogate, an integer too long to print)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+        text.encode()
+    except (ValueError, RecursionError):
+        return None
+    return text
+
+
+# A job id as the Lua steps take it (fetch.lua, pick.lua): from the payload's head, else from
+# the decoded payload; other ids, and payloads without one, go by the SHA-1 of their bytes.
+_JOB_ID = re.compile(r"[\w\-.:]+", re.ASCII)
+_HEAD_ID = re.compile(r'\{"jid":"([\w\-.:]+)"', re.ASCII)
 
 
 def _number(value: Any, default: float = 0.0) -> float:
@@ -60,25 +93,27 @@ class JobEntry:
 
     @property
     def job_class(self) -> str:
-        return str((self.data or {}).get("job") or "")
+        return _string((self.data or {}).get("job"))
 
     @property
     def queue(self) -> str:
-        return str((self.data or {}).get("queue") or "")
+        return _string((self.data or {}).get("queue"))
 
     @property
-    def args(self) -> Any:
-        return (self.data or {}).get("args")
+    def args(self) -> list[Any] | None:
+        args = (self.data or {}).get("args")
+        return args if isinstance(args, list) else None
 
     @property
-    def kwargs(self) -> Any:
-        return (self.data or {}).get("kwargs") or {}
+    def kwargs(self) -> dict[str, Any]:
+        kwargs = (self.data or {}).get("kwargs")
+        return kwargs if isinstance(kwargs, dict) else {}
 
     @property
     def arguments(self) -> str:
-        """Arguments as one short line of JSON, for a table cell."""
-        parts = [json.dumps(a, ensure_ascii=False) for a in (self.args or [])]
-        parts += [f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in self.kwargs.items()]
+        """Arguments as one short line of JSON, for a table cell ("…" for one that cannot be shown)."""
+        parts = [_json_text(a) or "…" for a in (self.args or [])]
+        parts += [f"{_printable(k)}={_json_text(v) or '…'}" for k, v in self.kwargs.items()]
         line = ", ".join(parts)
         return line if len(line) <= 120 else line[:119] + "…"
 
@@ -103,15 +138,18 @@ class JobEntry:
     @property
     def error(self) -> str:
         data = self.data or {}
-        message = data.get("error_message") or ""
-        return f"{data.get('error_class') or ''}: {message}".strip(": ")
+        return f"{_string(data.get('error_class'))}: {_string(data.get('error_message'))}".strip(": ")
 
     def as_json(self) -> dict[str, Any]:
+        """The entry as JSON-ready data; arguments JSON cannot carry back are left out (the
+        payload then goes along as text)."""
+        args, kwargs = self.args, self.kwargs
+        readable = self.data is not None and _json_text([args, kwargs]) is not None
         return {
             "ref": self.ref, "job_id": self.job_id, "job": self.job_class, "queue": self.queue,
-            "args": self.args, "kwargs": self.kwargs, "score": self.score,
+            "args": args if readable else None, "kwargs": kwargs if readable else {}, "score": self.score,
             "enqueued_at": _iso(self.enqueued_at), "error": self.error, "retry_count": self.retry_count,
-            "payload": self.raw if self.data is None else None,
+            "payload": None if readable else self.raw,
         }
 
 
@@ -129,23 +167,29 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def identity(raw: str) -> tuple[str, dict[str, Any] | None]:
-    """(job id, decoded payload) — the same identity ``pick.lua`` computes for a member."""
+    """(job id, decoded payload) — the same identity ``pick.lua`` computes for a member.
+
+    ``raw`` is the member decoded with ``surrogateescape``, so its SHA-1 is that of the bytes.
+    """
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
-        return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest(), None
-    jid = data.get("jid")
-    if isinstance(jid, str):
+        data = None
+    head = _HEAD_ID.match(raw)
+    if head:
+        return head[1], data
+    jid = (data or {}).get("jid")
+    if isinstance(jid, str) and _JOB_ID.fullmatch(jid):
         return jid, data
     return hashlib.sha1(raw.encode("utf-8", "surrogateescape")).hexdigest(), data
 
 
 def entry(member: bytes | str, score: float) -> JobEntry:
-    raw = _text(member)
+    raw = member.decode("utf-8", "surrogateescape") if isinstance(member, bytes) else member
     jid, data = identity(raw)
-    return JobEntry(ref=f"{score!r}|{jid}", score=score, raw=raw, data=data)
+    return JobEntry(ref=f"{score!r}|{jid}", score=score, raw=_printable(raw), data=data)
 
 
 def parse_refs(refs: Iterable[str]) -> list[tuple[str, str]]:
@@ -260,7 +304,7 @@ def queues(broker: Broker | None = None) -> list[QueueInfo]:
         size, head = replies[2 * i], replies[2 * i + 1]
         latency = 0.0
         if head:
-            _, data = identity(_text(head[0]))
+            data = entry(head[0], 0.0).data
             enqueued = (data or {}).get("enqueued_at")
             if isinstance(enqueued, (int, float)) and not isinstance(enqueued, bool):
                 latency = max(0.0, now - enqueued)

@@ -349,6 +349,36 @@ def test_pick_tells_jobs_with_the_same_score_apart(broker):
     assert json.loads(staged)["reason"] == "malformed_payload" and json.loads(staged)["payload"] == broken
 
 
+POISON = [
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"jid":"a1","job":"J","queue":"default","args":5,"kwargs":[1]}',
+    b'{"jid":"\\ud800","job":"\\ud800","queue":"\\udfff","args":["\\ud800"],"kwargs":{"\\ud800":1},'
+    b'"error_class":"\\udfff","error_message":["x"],"retries":{"a":"x"},"retry_count":"y"}',
+    b'{"jid":"\xff\xfe","job":"J\xff","queue":"default","args":["\xfe"]}',
+    b'{"jid":"a2","job":"J","queue":"default","args":[' + b"[" * 1200 + b"]" * 1200 + b'],"enqueued_at":1e300}',
+    b'{"jid":"a3","job":["x"],"queue":{"a":1},"args":[NaN,1e999],"enqueued_at":NaN,"priority":NaN}',
+    b'{"jid":"a4","job":"J","queue":"default","args":[' + b"1" * 5000 + b"]}",
+]
+
+
+def test_no_payload_makes_a_page_fail_and_each_can_be_acted_on(client, broker, manager):
+    """Every page that lists jobs shows these payloads, and a ref still finds each one."""
+    for key in (broker.keys.queue("default"), broker.keys.schedule, broker.keys.retry):
+        broker.redis.zadd(key, {member: 1e12 + i for i, member in enumerate(POISON)})
+    broker.heartbeat("host-a:1:ab", {"host": "host-a", "pid": 1, "queues": "default", "concurrency": 1}, ttl=60)
+    broker.redis.hset(broker.keys.inflight("host-a:1:ab"), mapping={f"f{i}": m for i, m in enumerate(POISON)})
+    for page in PAGES + ["queues/default/?per_page=200"]:
+        assert client.get(BASE + page).status_code == 200, page
+    entries = api.page_of(broker.keys.retry, per_page=200, broker=broker).entries
+    for entry in entries:  # what `jobs retries --json` writes
+        json.dumps(entry.as_json(), ensure_ascii=False).encode()
+    assert [p.as_json() for p in api.processes(broker=broker)][0]["jobs"]
+    assert api.act(broker.keys.retry, "kill", [e.ref for e in entries], broker) == len(POISON)
+    assert broker.redis.hlen(broker.keys.dead) == len(POISON)
+    response = client.post(BASE + "scheduled/", {"action": "delete", "ref": refs(broker, broker.keys.schedule)})
+    assert response.status_code == 302 and broker.redis.zcard(broker.keys.schedule) == 0
+
+
 # -- busy ---------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 -- Act on jobs picked from a sorted set (KEYS[4]: a queue, the schedule or the retry set) by the
 -- dashboard or the `jobs` command. ARGV[3] = op, then pairs of (score, job id) from ARGV[4].
 -- A pair names a job without sending its payload back: the score narrows the set to one or a
--- few members, the id picks among them (payloads without a readable id go by their SHA-1).
+-- few members, the id picks among them (payloads without an id of letters, digits and "-_.:"
+-- go by their SHA-1, as api.identity computes it).
 --   delete : remove the job
 --   enqueue: move it to the tail of its queue now ("run now")
 --   kill   : move it to the dead stage with reason "killed", keeping its last error
@@ -15,11 +16,11 @@ local done = 0
 local enqueued = false
 
 local function identity(member)
-  local jid = string.match(member, '^{"jid":"([^"\\]+)"')
+  local jid = string.match(member, '^{"jid":"([%w%-_.:]+)"')
   if jid then return jid, nil end
   local ok, job = pcall(cjson.decode, member)
   if ok and type(job) == 'table' then
-    if type(job.jid) == 'string' then return job.jid, job end
+    if type(job.jid) == 'string' and string.match(job.jid, '^[%w%-_.:]+$') then return job.jid, job end
     return redis.sha1hex(member), job
   end
   return redis.sha1hex(member), nil
