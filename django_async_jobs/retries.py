@@ -245,7 +245,7 @@ def handle_failure(job: ApplicationJob, field: str, raw: bytes, exc: BaseExcepti
 
     if isinstance(rule, RetryRule):
         counters = dict(payload.get("retries") or {})
-        count = counters.get(rule.key, 0) + 1
+        count = _counter(counters.get(rule.key, 0), "retries") + 1
         if rule.attempts == UNLIMITED or count < rule.attempts:
             counters[rule.key] = count
             wait = rule.delay(count)
@@ -254,13 +254,21 @@ def handle_failure(job: ApplicationJob, field: str, raw: bytes, exc: BaseExcepti
             _call_quietly(rule.on_exhausted, job, exc)
             return Settlement("ack", field, failed=True)
     else:
-        count = payload.get("retry_count", 0)
+        count = _counter(payload.get("retry_count", 0), "retry_count")
         if count < _max_retries(job):
             return _retry(job, field, default_backoff(count), {"retry_count": count + 1}, None, None, exc)
 
     call_handlers("DEATH_HANDLERS", payload, exc)
     signals.send(signals.job_died, type(job), job=job, exception=exc, reason="retries_exhausted")
     return dead_record(field, raw, "retries_exhausted", exc, {**payload, "executions": job.executions})
+
+
+def _counter(value: Any, field: str) -> int:
+    """A count read back from the payload. Anything but a count is not what a worker wrote: a
+    negative or fractional one would retry for ever (at once, with ``wait=0``)."""
+    if type(value) is not int or value < 0:
+        raise TypeError(f"the payload's {field!r} is {value!r:.100}, not a count")
+    return value
 
 
 def _retry(
@@ -274,6 +282,7 @@ def _retry(
 ) -> Settlement:
     from django_async_jobs.worker.processor import Settlement
 
+    _counter(job.executions, "executions")
     data = {**job.payload, **counters, "executions": job.executions, "error_class": type(exc).__name__}
     data["error_message"] = str(exc)[:500]
     if queue:

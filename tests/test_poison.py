@@ -30,6 +30,12 @@ EXAMPLES = {
                  b',"tagged":1'), "arguments_mismatch"),
     "retry_count": (job("x-retry-count", "PoisonFailJob", extra=b',"retry_count":"x"'), "worker_error"),
     "retries": (job("x-retries", "PoisonRuleJob", extra=b',"retries":[1]'), "worker_error"),
+    # Counters no worker writes: with the rule's wait=0 they would retry at once, for ever.
+    "negative_retries": (job("x-negative", "PoisonRuleJob", extra=b',"retries":{"builtins.ValueError":-1000000000}'),
+                         "worker_error"),
+    "fractional_retries": (job("x-fraction", "PoisonRuleJob", extra=b',"retries":{"builtins.ValueError":-1e300}'),
+                           "worker_error"),
+    "text_executions": (job("x-executions", "PoisonOkJob", extra=b',"executions":"x"'), "worker_error"),
     "nan_executions": (job("x-nan", "PoisonFailJob", extra=b',"executions":NaN'), "worker_error"),
     "infinite_priority": (job("x-inf", "PoisonFailJob", extra=b',"priority":Infinity'), "worker_error"),
     "deep": (job("x-deep", "PoisonOkJob", DEEP), "malformed_payload"),
