@@ -72,7 +72,7 @@ class EventLoop:
         error: BaseException | None = None
         try:
             await started.job._aperform_now()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             raise  # the worker is stopping: the job stays in flight and is handed back
         except BaseException as exc:  # SystemExit too: asyncio would re-raise it and end the loop
             error = exc

@@ -60,10 +60,16 @@ def _close_connections() -> None:
     """
     if _keeps_connections() or getattr(_opened, "connection", False):
         _opened.connection = False
-        try:
-            close_old_connections()
-        except Exception:  # a broken connection must not keep the job it follows from settling
-            logger.exception("closing database connections after a job failed")
+        _close_old_connections()
+
+
+def _close_old_connections() -> None:
+    """``close_old_connections()``; a connection that fails to close must not decide the fate
+    of the job beside it (buried before it ran, or left in flight after)."""
+    try:
+        close_old_connections()
+    except Exception:
+        logger.exception("closing old database connections failed")
 
 
 class UnknownJobClass(LookupError):
@@ -189,7 +195,7 @@ def start(field: str, raw: bytes, log_jobs: bool = True) -> Settlement | Started
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("start %s %s queue=%s", data["job"], job.job_id, job.queue_name, extra=extra)
     if _keeps_connections():
-        close_old_connections()  # a kept connection may have aged or broken while the thread idled
+        _close_old_connections()  # a kept connection may have aged or broken while the thread idled
     began = time.perf_counter()
     signals.send(signals.job_started, job_class, job=job)
     return Started(job, field, raw, log, extra, began)
