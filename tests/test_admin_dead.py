@@ -178,9 +178,11 @@ def test_no_payload_makes_a_page_fail(manager):
         row("nan", text='{"jid":"n","job":"J","queue":"q","args":[NaN,1e999,-Infinity]}'),
         row("long", text="y" * 2_000_000, reason="malformed_payload"),
     ]
-    # Arguments stored before they were limited: too deep to indent on a page.
-    poison.append(DeadJob.objects.create(dead_id="deep-args", arguments=nested(990), kwargs={}, payload="[]",
-                                         reason="arguments_mismatch", died_at=timezone.now()))
+    if sys.version_info >= (3, 12):
+        # Arguments stored before they were limited: too deep to indent on a page. (Python 3.11
+        # counts its JSON parser's levels with the stack's: such a row cannot even be loaded.)
+        poison.append(DeadJob.objects.create(dead_id="deep-args", arguments=nested(990), kwargs={}, payload="[]",
+                                             reason="arguments_mismatch", died_at=timezone.now()))
     client = client_for(manager)
     listing = client.get(LIST)
     assert listing.status_code == 200
