@@ -11,6 +11,7 @@ from django_async_jobs import (
     before_enqueue,
     before_perform,
 )
+from django_async_jobs.worker.launcher import Worker
 from tests.helpers import wait_for
 
 LOG: list[str] = []
@@ -227,10 +228,18 @@ def test_only_false_halts(broker):
     assert broker.queue_size("default") == 1
 
 
-def test_callbacks_run_in_the_worker(worker, broker):
+def test_callbacks_run_in_the_worker(broker):
+    # Enqueued before the worker starts: the enqueue callbacks have all run, and the log is
+    # cleared, before any worker thread can take the job.
     Traced.perform_later(5)
+    assert LOG[-1] == "after_enqueue queue=default"
     LOG.clear()
-    wait_for(lambda: "after_perform" in LOG, 5, "the job's after_perform")
+    worker = Worker()
+    worker.start()
+    try:
+        wait_for(lambda: "after_perform" in LOG, 30, "the job's after_perform")
+    finally:
+        worker.stop(timeout=2)
     assert LOG == [
         "before_perform executions=1",
         "around_perform in",
@@ -242,6 +251,6 @@ def test_callbacks_run_in_the_worker(worker, broker):
 
 def test_halted_perform_in_the_worker_is_acknowledged(worker, broker):
     HaltPerform.perform_later("k")
-    wait_for(lambda: broker.stat("processed") == 1, 5, "the halted job settled")
+    wait_for(lambda: broker.stat("processed") == 1, 30, "the halted job settled")
     assert LOG == []
     assert broker.inflight(worker.process_id) == {}

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -72,10 +73,19 @@ def test_enqueue_puts_the_task_on_our_queue_with_its_priority(broker, tasks_sett
 
 
 @needs_tasks
-def test_worker_runs_it_and_the_result_is_kept(broker, worker, signals_seen):
+def test_worker_runs_it_and_the_result_is_kept(broker, tasks_setting, signals_seen):
     add = task(funcs.add)
+    # Enqueued before the worker starts: task_enqueued is sent once the push has returned,
+    # so with a worker already running, a fast one's task_started could come first.
     result = add.enqueue(2, 3)
-    wait_for(lambda: add.get_result(result.id).is_finished)
+    assert signals_seen == [("enqueued", result.id, "READY")]
+    worker = Worker()
+    worker.start()
+    try:
+        # task_finished is sent just after the result is saved: wait for the signal itself.
+        wait_for(lambda: len(signals_seen) == 3, 30, "the task's started and finished signals")
+    finally:
+        worker.stop(timeout=2)
     final = add.get_result(result.id)
     assert final.status == TaskResultStatus.SUCCESSFUL
     assert final.return_value == 5
@@ -93,12 +103,13 @@ def test_async_task_and_aget_result(broker, worker):
 
     async def scenario():
         result = await add.aenqueue(4, 5)
-        for _ in range(250):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             final = await add.aget_result(result.id)
             if final.is_finished:
                 return final
             await asyncio.sleep(0.02)
-        raise AssertionError("the async task did not finish")
+        raise AssertionError("the async task did not finish within 30s")
 
     assert async_to_sync(scenario)().return_value == 9
 
@@ -123,12 +134,14 @@ def test_context_attempt_and_retry_then_success(broker, worker, prefix, signals_
     assert between.status == TaskResultStatus.READY  # it will run again
     assert [e.exception_class for e in between.errors] == [funcs.Boom]
     broker.redis.zadd(broker.keys.retry, {entry: 0})  # due now: the poller moves it
-    wait_for(lambda: flaky.get_result(result.id).status == TaskResultStatus.SUCCESSFUL)
+    # task_finished is sent just after the result is saved: wait for the signal, not the status.
+    wait_for(lambda: ("finished", result.id, "SUCCESSFUL") in signals_seen, 30, "the second attempt finished")
     final = flaky.get_result(result.id)
+    assert final.status == TaskResultStatus.SUCCESSFUL
     assert final.return_value == result.id
     assert final.attempts == 2
     assert broker.redis.lrange(key, 0, -1) == [b"1", b"2"]
-    assert [name for name, _, _ in signals_seen].count("finished") == 1
+    assert [name for name, _, _ in signals_seen].count("finished") == 1  # none for the failed attempt
 
 
 @needs_tasks
