@@ -10,9 +10,12 @@
 #   make clean                remove the virtualenv and build leftovers
 #
 # Variables (override on the command line or in the environment):
-#   PYTHON       interpreter that creates the virtualenv (pyenv 3.12 when present, else python3)
+#   PYTHON       interpreter that creates the virtualenv (the newest pyenv 3.12 when present,
+#                else python3); an existing VENV keeps the interpreter it was made with
 #   VENV         virtualenv directory
-#   DJANGO_SPEC  the Django requirement installed with the package
+#   DJANGO_SPEC  the Django requirement installed with the package (default: by the interpreter,
+#                Django 6.1 on Python 3.12+, Django 5.2 LTS on Python 3.11)
+#   REDIS_SPEC   the redis-py requirement (default: the newest pyproject.toml allows)
 #   REDIS_URL    Redis for tests and the demo (the demo starts its own when this one is down)
 #   DATABASE_URL passed through to the tests (SQLite when unset)
 #   FUZZ_EXAMPLES how many generated batches `make fuzz` tries (`make test` tries 300)
@@ -21,29 +24,52 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYENV_DIR := $(or $(shell pyenv root 2>/dev/null),$(PYENV_ROOT),$(HOME)/.pyenv)
-PYENV_312 := $(lastword $(sort $(wildcard $(PYENV_DIR)/versions/3.12*/bin/python)))
+PYENV_312 := $(shell ls -d $(PYENV_DIR)/versions/3.12*/bin/python 2>/dev/null | sort -V | tail -n 1)
 PYTHON ?= $(if $(PYENV_312),$(PYENV_312),python3)
 VENV ?= .venv
-DJANGO_SPEC ?= Django>=6.1,<6.2
 REDIS_URL ?= redis://127.0.0.1:6379/0
 EXTRAS ?= test,fakeredis,django-redis,browser
+REDIS_SPEC ?=
 BENCH_ARGS ?=
 FUZZ_EXAMPLES ?= 5000
 
 export REDIS_URL
 
 VPY := $(VENV)/bin/python
-# One stamp per Django spec and extras: changing either reinstalls, a second run is a no-op.
-STAMP := $(VENV)/.installed-$(shell printf '%s|%s' '$(DJANGO_SPEC)' '$(EXTRAS)' | md5sum | cut -c1-10)
+# The interpreter that runs everything: the virtualenv's when it exists, else the one that makes it.
+PY_USED := $(if $(wildcard $(VPY)),$(VPY),$(PYTHON))
+PY_INFO := $(shell "$(PY_USED)" -c 'import sys; v = sys.version_info; print("%d.%d.%d" % v[:3], int(v >= (3, 12)), int(v >= (3, 11)))' 2>/dev/null)
+PY_VERSION := $(word 1,$(PY_INFO))
+# Django 6 needs Python 3.12+; on 3.11 the default is the 5.2 LTS, which the library supports too.
+ifeq ($(word 2,$(PY_INFO)),1)
+DJANGO_SPEC ?= Django>=6.1,<6.2
+DJANGO_NOTE := Django 6.1
+else
+DJANGO_SPEC ?= Django>=5.2,<5.3
+DJANGO_NOTE := Django 5.2 LTS (Django 6 needs Python 3.12+)
+endif
+ifneq ($(origin DJANGO_SPEC),file)
+DJANGO_NOTE := $(or $(DJANGO_SPEC),the newest Django pyproject.toml allows) (DJANGO_SPEC)
+endif
+# One stamp per requirement set: changing one reinstalls, a second run is a no-op.
+STAMP := $(VENV)/.installed-$(shell printf '%s|%s|%s' '$(DJANGO_SPEC)' '$(REDIS_SPEC)' '$(EXTRAS)' | md5sum | cut -c1-10)
 
-.PHONY: help install demo test lint pytest fuzz bench docs clean
+
+.PHONY: help using install demo test lint pytest fuzz bench docs clean
 
 help:
 	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
 
-$(STAMP): pyproject.toml
+# Says which Python and Django every target below uses (and refuses a Python that is too old).
+using:
+	@test -n "$(PY_VERSION)" || { echo "No Python at PYTHON=$(PY_USED): set PYTHON to a Python 3.11+ interpreter." >&2; exit 1; }
+	@test "$(word 3,$(PY_INFO))" = 1 || { echo "$(PY_USED) is Python $(PY_VERSION); the library needs 3.11+: set PYTHON." >&2; exit 1; }
+	@echo "Using Python $(PY_VERSION) with $(DJANGO_NOTE)$(if $(REDIS_SPEC), and $(REDIS_SPEC))"
+
+# -U with redis named: a virtualenv that had an older REDIS_SPEC gets the newest allowed again.
+$(STAMP): pyproject.toml | using
 	@test -x "$(VPY)" || { echo "Creating $(VENV) with $(PYTHON)"; "$(PYTHON)" -m venv "$(VENV)"; }
-	"$(VPY)" -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]' "$(DJANGO_SPEC)"
+	"$(VPY)" -m pip install -q -U --disable-pip-version-check -e '.[$(EXTRAS)]' $(if $(DJANGO_SPEC),"$(DJANGO_SPEC)") "$(or $(REDIS_SPEC),redis)"
 	@rm -f "$(VENV)"/.installed-*
 	@touch "$@"
 
@@ -57,7 +83,7 @@ pytest: $(STAMP)
 	cd example_project && "$(abspath $(VPY))" -m pytest -q
 
 test: lint pytest
-	@"$(VPY)" -c 'import sys, django; print("tested on Python", sys.version.split()[0], "with Django", django.get_version())'
+	@"$(VPY)" -c 'import sys, django, redis; print("tested on Python", sys.version.split()[0], "with Django", django.get_version(), "and redis-py", redis.__version__)'
 
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) "$(VPY)" -m pytest -q -s tests/test_fuzz_payloads.py
