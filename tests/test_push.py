@@ -1,11 +1,13 @@
 """One ``perform_later``: three plain commands in one round trip, ordered by time-sorted job ids."""
 
 import os
+import socket
 import threading
 import time
 
 import pytest
 import redis
+from redis.exceptions import NoScriptError
 
 from django_async_jobs.broker.client import score
 from django_async_jobs.serialization import decode_payload, new_job_id
@@ -123,3 +125,27 @@ def test_a_lost_connection_is_retried_once_on_a_fresh_one(broker):
     assert broker.redis.client_kill_filter(_id=own) == 1  # as a Redis restart or a proxy would
     job = IncrJob.perform_later("after")
     assert queued_ids(broker)[-1] == job.job_id
+
+
+def test_the_redis_py_internals_of_the_fast_path_are_there(broker):
+    """``push_one`` and ``_command`` talk to redis-py's connection below its public API
+    (``Broker._line_replies`` reads the socket itself). A redis-py release that renames what
+    they use must fail here, by name, instead of misbehaving at enqueue: pyproject.toml bounds
+    redis-py to the versions CI tests, and this test is what to run before raising the bound."""
+    where = f"redis-py {redis.__version__}: Broker._line_replies / push_one rely on"
+    assert broker._direct, f"{where} a plain redis.Redis on a redis.ConnectionPool (the fast path is off)"
+    conn = broker.own_connection()
+    for name in ("_sock", "_parser", "pid", "connect", "disconnect", "pack_command", "send_packed_command",
+                 "send_command", "read_response"):
+        assert hasattr(conn, name), f"{where} Connection.{name}, which {type(conn).__name__} no longer has"
+    assert conn._sock is None and conn.pid == os.getpid(), f"{where} Connection._sock being None until connect()"
+    conn.connect()
+    try:
+        assert isinstance(conn._sock, socket.socket), f"{where} Connection._sock being the socket once connected"
+        error = conn._parser.parse_error("WRONGTYPE Operation against a key holding the wrong kind of value")
+        assert type(error) is redis.ResponseError and "WRONGTYPE" in str(error), f"{where} _parser.parse_error"
+        assert isinstance(conn._parser.parse_error("NOSCRIPT No matching script."), NoScriptError), (
+            f"{where} _parser.parse_error mapping error replies to redis-py's exception classes"
+        )
+    finally:
+        conn.disconnect()
