@@ -63,15 +63,16 @@ def test_perform_now_runs_an_async_job_to_completion(broker, prefix):
 
 
 def test_slow_async_jobs_do_not_hold_the_only_thread(broker, prefix, one_thread_worker):
-    key = f"{prefix}:k"
+    key, gate = f"{prefix}:k", f"{prefix}:gate"
     for _ in range(3):
-        SlowAsyncJob.perform_later(key, 1.0)
+        SlowAsyncJob.perform_later(key, 30, gate)  # none ends before the test sets the gate
     NoteJob.perform_later(f"{prefix}:notes", "sync")
-    wait_for(lambda: broker.redis.llen(f"{prefix}:notes") == 1, timeout=3)
-    # the sync job ran on the single thread while three async jobs were still sleeping
-    assert [e.split(":")[0] for e in events(broker, key)] == ["start"] * 3
+    wait_for(lambda: broker.redis.llen(f"{prefix}:notes") == 1, 30, "the sync job")
+    # the sync job ran on the single thread while three async jobs were still waiting
     assert one_thread_worker.event_loop.running == 3
-    wait_for(lambda: len(events(broker, key)) == 6, timeout=4)
+    wait_for(lambda: [e.split(":")[0] for e in events(broker, key)] == ["start"] * 3, 30, "three async starts")
+    broker.redis.set(gate, 1)
+    wait_for(lambda: len(events(broker, key)) == 6, 30, "three async ends")
     starts = [float(e.split(":")[1]) for e in events(broker, key) if e.startswith("start")]
     dones = [float(e.split(":")[1]) for e in events(broker, key) if e.startswith("done")]
     assert max(starts) < min(dones)  # all three were in flight together
@@ -121,7 +122,7 @@ def test_async_concurrency_bounds_jobs_on_the_loop(broker, prefix, settings):
         key = f"{prefix}:k"
         SlowAsyncJob.perform_later(key, 0.3)
         SlowAsyncJob.perform_later(key, 0.3)
-        wait_for(lambda: len(events(broker, key)) == 4, timeout=4)
+        wait_for(lambda: len(events(broker, key)) == 4, 30, "both async jobs")
     finally:
         worker.stop(timeout=2)
     assert [e.split(":")[0] for e in events(broker, key)] == ["start", "done", "start", "done"]

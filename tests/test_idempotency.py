@@ -16,6 +16,7 @@ from django_async_jobs.broker.client import get_broker
 from django_async_jobs.idempotency import prune
 from django_async_jobs.models import IdempotencyMarker
 from django_async_jobs.worker.launcher import Worker
+from tests.helpers import wait_for
 
 
 class SendWelcomeEmailJob(ApplicationJob):
@@ -30,17 +31,20 @@ class SendWelcomeEmailJob(ApplicationJob):
 
 
 class CreateGroupJob(ApplicationJob):
-    """A database write under a key; optionally slow (holding its transaction) or failing."""
+    """A database write under a key; optionally slow or held until a test pushes to ``gate``
+    (holding its transaction), or failing."""
 
-    def idempotency_key(self, name, hold=0.0, fail=False, log=None):
+    def idempotency_key(self, name, hold=0.0, fail=False, log=None, gate=None):
         return f"group:{name}"
 
-    def perform(self, name, hold=0.0, fail=False, log=None):
+    def perform(self, name, hold=0.0, fail=False, log=None, gate=None):
         if log:
             get_broker().redis.rpush(log, f"run:{self.job_id}")
         Group.objects.create(name=name)
         if hold:
             time.sleep(hold)
+        if gate:
+            get_broker().redis.blpop(gate, timeout=20)
         if fail:
             raise RuntimeError("failed after the write")
 
@@ -134,9 +138,7 @@ def test_two_workers_racing_on_one_key_run_the_body_once(broker):
     w = Worker(concurrency=2)
     w.start()
     try:
-        deadline = time.monotonic() + 10
-        while broker.stat("processed") < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: broker.stat("processed") >= 2, 30, "both jobs settled")
     finally:
         w.stop(timeout=2)
     assert broker.stat("processed") == 2 and broker.stat("failed") == 0
@@ -145,15 +147,13 @@ def test_two_workers_racing_on_one_key_run_the_body_once(broker):
     assert IdempotencyMarker.objects.get().job_id in {j.job_id for j in jobs}
 
 
-def _run_in_thread(job, results, name, started=None):
+def _run_in_thread(job, results, name):
     def target():
         try:
-            if started is not None:
-                started.wait(5)
             job.perform_now()
-            results[name] = ("ok", time.monotonic())
+            results[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
-            results[name] = (exc, time.monotonic())
+            results[name] = exc
         finally:
             from django.db import connections
 
@@ -173,20 +173,19 @@ def _run_in_thread(job, results, name, started=None):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("first_fails", [False, True])
 def test_postgresql_second_worker_waits_for_the_first_commit_then_skips_or_runs(broker, first_fails):
-    log = f"{broker.keys.prefix}:log"
+    log, gate = f"{broker.keys.prefix}:log", f"{broker.keys.prefix}:gate"
     results = {}
-    first = _run_in_thread(CreateGroupJob("pg", hold=0.5, fail=first_fails, log=log), results, "first")
-    deadline = time.monotonic() + 5
-    while broker.redis.llen(log) < 1 and time.monotonic() < deadline:  # first holds the marker row
-        time.sleep(0.01)
-    second_started = time.monotonic()
+    # The first holds the marker row, in its open transaction, until the gate opens.
+    first = _run_in_thread(CreateGroupJob("pg", fail=first_fails, log=log, gate=gate), results, "first")
+    wait_for(lambda: broker.redis.llen(log) >= 1, 30, "the first job holding the marker row")
     second = _run_in_thread(CreateGroupJob("pg", log=log), results, "second")
-    first.join(10)
-    second.join(10)
-    first_outcome, first_done = results["first"]
-    second_outcome, second_done = results["second"]
+    second.join(1)
+    assert second.is_alive() and "second" not in results, "the second did not wait for the first's commit"
+    broker.redis.rpush(gate, 1)
+    first.join(30)
+    second.join(30)
+    first_outcome, second_outcome = results["first"], results["second"]
     assert second_outcome == "ok"  # never an IntegrityError: it waited, then decided
-    assert second_done >= first_done - 0.05 and second_done - second_started > 0.3
     if first_fails:
         assert isinstance(first_outcome, RuntimeError)
         assert broker.redis.llen(log) == 2  # the first rolled back, so the second ran

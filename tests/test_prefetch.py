@@ -9,7 +9,7 @@ from django_async_jobs.checks import check_settings
 from django_async_jobs.serialization import decode_payload
 from django_async_jobs.worker.launcher import Worker
 from tests.helpers import wait_for
-from tests.testapp.jobs import IncrJob, SleepJob
+from tests.testapp.jobs import IncrJob, TraceJob
 
 
 def queued(broker, queue="default"):
@@ -37,19 +37,23 @@ def test_recovered_jobs_also_keep_their_order(broker):
 @pytest.mark.parametrize(("prefetch", "held"), [(0, 2), (None, 4), (1, 3)])
 def test_a_busy_worker_holds_its_running_jobs_plus_prefetch(broker, settings, prefix, prefetch, held):
     settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "PREFETCH": prefetch}
-    for _ in range(8):
-        SleepJob.perform_later(f"{prefix}:sleep", 2.0)
+    key, gate = f"{prefix}:trace", f"{prefix}:gate"
+    for i in range(8):
+        TraceJob.perform_later(key, f"j{i}", gate=gate)  # none ends before the gate opens
     worker = Worker(concurrency=2)
     worker.start()
     try:
-        wait_for(lambda: broker.redis.llen(f"{prefix}:sleep") >= 2, what="two jobs running")
-        wait_for(lambda: len(broker.inflight(worker.process_id)) == held, what=f"{held} jobs held")
-        assert broker.queue_size("default") == 8 - held
+        try:
+            wait_for(lambda: broker.redis.llen(key) == 2, 30, "two jobs running")
+            wait_for(lambda: len(broker.inflight(worker.process_id)) == held, 30, f"{held} jobs held")
+            assert broker.queue_size("default") == 8 - held
+        finally:
+            worker.stop(timeout=0)
+        # Stopping at once hands every held job back, the running ones too: none is lost.
+        assert broker.queue_size("default") == 8
+        assert broker.inflight(worker.process_id) == {}
     finally:
-        worker.stop(timeout=0)
-    # Stopping at once hands every held job back, the running ones too: none is lost.
-    assert broker.queue_size("default") == 8
-    assert broker.inflight(worker.process_id) == {}
+        broker.redis.rpush(gate, *[1] * 8)  # the two cut-off jobs' threads end
 
 
 def test_a_bad_prefetch_fails_the_system_check():

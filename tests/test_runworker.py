@@ -34,13 +34,13 @@ def test_queue_and_concurrency_options_through_a_supervisor(spawn, broker, prefi
     IncrJob.set(queue="default").perform_later(key, 100)
     IncrJob.set(queue="low").perform_later(key, 1)
     IncrJob.set(queue="critical").perform_later(key, 10)
-    wait_for(lambda: broker.redis.get(key) == b"11", 5, "the low and critical jobs")
+    wait_for(lambda: broker.redis.get(key) == b"11", 30, "the low and critical jobs")
     time.sleep(0.5)
     assert broker.redis.get(key) == b"11"  # nobody reads "default"
     assert broker.queue_size("default") == 1
     # TSTP reaches every child through the supervisor: all quiet, all still alive.
     sup.send(signal.SIGTSTP)
-    wait_for(lambda: [i["quiet"] for i in infos(broker)] == ["1", "1"], 5, "both children quiet")
+    wait_for(lambda: [i["quiet"] for i in infos(broker)] == ["1", "1"], 30, "both children quiet")
     IncrJob.set(queue="low").perform_later(key, 1000)
     time.sleep(0.6)
     assert broker.redis.get(key) == b"11"
@@ -75,7 +75,7 @@ def test_ctrl_c_in_a_terminal_stops_the_children_gracefully(spawn, broker, prefi
     sup = spawn("--processes", "2", "-c", "1")
     wait_for(lambda: len(registered(broker)) == 2, START_TIMEOUT, "two children")
     TraceJob.perform_later(key, "running", 1.0)
-    wait_for(lambda: broker.redis.llen(key) == 1, 10, "the job started")
+    wait_for(lambda: broker.redis.llen(key) == 1, START_TIMEOUT, "the job started")
     os.killpg(sup.pid, signal.SIGINT)  # the group is this test's own session
     assert sup.wait(10) == 0, sup.output()
     assert [e.decode().split(":")[0] for e in broker.redis.lrange(key, 0, -1)] == ["start", "done"]
@@ -86,18 +86,19 @@ def test_ctrl_c_in_a_terminal_stops_the_children_gracefully(spawn, broker, prefi
 
 def test_second_sigint_to_the_supervisor_stops_the_children_at_once(spawn, broker, prefix):
     key = f"{prefix}:trace"
-    sup = spawn("--processes", "2", "-c", "1")
+    # A long stop timeout and a longer job: the first INT surely still waits at the second.
+    sup = spawn("--processes", "2", "-c", "1", overrides={"SHUTDOWN_TIMEOUT": 30})
     wait_for(lambda: len(registered(broker)) == 2, START_TIMEOUT, "two children")
-    job = SlowOnceJob.perform_later(key, "long", 10)
-    wait_for(lambda: broker.redis.llen(key) == 1, 10, "the job started")
+    job = SlowOnceJob.perform_later(key, "long", 60)
+    wait_for(lambda: broker.redis.llen(key) == 1, START_TIMEOUT, "the job started")
     [holder] = [process_id for process_id in registered(broker) if broker.inflight(process_id)]
     sup.send(signal.SIGINT)
     time.sleep(0.3)
     assert sup.alive()  # the first INT waits for the running job
     second = time.monotonic()
     sup.send(signal.SIGINT)
-    assert sup.wait(5) == 0, sup.output()
-    assert time.monotonic() - second < 2
+    assert sup.wait(10) == 0, sup.output()
+    assert time.monotonic() - second < 10  # at once: not after the job or SHUTDOWN_TIMEOUT
     # Left in flight for recovery, as a single worker's second INT leaves it.
     assert [json.loads(p)["jid"] for p in broker.inflight(holder).values()] == [job.job_id]
 

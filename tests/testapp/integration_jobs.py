@@ -69,12 +69,18 @@ class ChainJob(ApplicationJob):
 
 
 class SlowAsyncJob(ApplicationJob):
-    """An async job that sleeps without holding a worker thread."""
+    """An async job that sleeps without holding a worker thread: ``seconds``, or, given a
+    ``gate`` key, until the test sets it (``seconds`` at most)."""
 
-    async def perform(self, key, seconds):
+    async def perform(self, key, seconds, gate=None):
         redis = get_broker().redis
         redis.rpush(key, f"start:{time.monotonic()}")
-        await asyncio.sleep(seconds)
+        if gate is None:
+            await asyncio.sleep(seconds)
+        else:
+            deadline = time.monotonic() + seconds
+            while not redis.exists(gate) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
         redis.rpush(key, f"done:{time.monotonic()}")
         return seconds
 

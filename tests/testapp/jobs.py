@@ -28,13 +28,6 @@ class RecordJob(ApplicationJob):
                                         "queue": self.queue_name, "pid": os.getpid()}))
 
 
-class SleepJob(ApplicationJob):
-    def perform(self, key, seconds):
-        _redis().rpush(key, f"start:{os.getpid()}")
-        time.sleep(seconds)
-        _redis().rpush(key, f"done:{os.getpid()}")
-
-
 class FailJob(ApplicationJob):
     def perform(self, key):
         _redis().incr(key)
@@ -42,12 +35,19 @@ class FailJob(ApplicationJob):
 
 
 class TraceJob(ApplicationJob):
-    """Records its start and end with a name, so a test can count exactly what ran where."""
+    """Records its start and end with a name, so a test can count exactly what ran where.
 
-    def perform(self, key, name, seconds=0.0):
+    Given a ``gate`` (a Redis list), it runs until the test pushes to the gate, one job per
+    push: the test, not the machine's speed, decides how long it runs. 20 s at most, so a test
+    that fails before it opens the gate does not hold a worker thread for long.
+    """
+
+    def perform(self, key, name, seconds=0.0, gate=None):
         _redis().rpush(key, f"start:{name}:{os.getpid()}")
         if seconds:
             time.sleep(seconds)
+        if gate:
+            _redis().blpop(gate, timeout=20)
         _redis().rpush(key, f"done:{name}:{os.getpid()}")
 
 
@@ -94,21 +94,27 @@ from tests.testapp import poison_jobs, recurring_jobs, unique_jobs  # noqa: E402
 
 
 class FileJob(ApplicationJob):
-    """Leaves its trace in a file, not Redis: it can finish while Redis is away."""
+    """Leaves its trace in a file, not Redis: it can finish while Redis is away. Given a
+    ``gate`` (a file path), it first waits until the test creates that file (20 s at most)."""
 
-    def perform(self, path, name, seconds=0.0):
-        if seconds:
-            time.sleep(seconds)
+    def perform(self, path, name, gate=None):
+        deadline = time.monotonic() + 20
+        while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
         with open(path, "a") as out:
             out.write(f"{name}:{os.getpid()}\n")
 
 
 class SlowFailJob(ApplicationJob):
-    """Takes a while, then raises: a failure that can land after the job was recovered elsewhere."""
+    """Waits until the test sets the key ``gate`` (20 s at most), then raises: a failure that
+    can land after the job was recovered elsewhere. Every copy waits for the same key: a copy
+    in a paused process cannot take the gate from the others, as it could a list item."""
 
-    def perform(self, key, seconds):
+    def perform(self, key, gate):
         _redis().rpush(key, f"start:{os.getpid()}")
-        time.sleep(seconds)
+        deadline = time.monotonic() + 20
+        while not _redis().exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
         raise RuntimeError("slow boom")
 
 
