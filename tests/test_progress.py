@@ -1,6 +1,6 @@
 """Progress tracking: throttled writes, final states, a real worker, the admin list, the JSON view."""
 
-import time
+from types import SimpleNamespace
 
 import pytest
 from django.contrib import admin
@@ -8,9 +8,11 @@ from django.contrib.auth.models import User
 from django.urls import include, path, reverse
 
 from django_async_jobs import ApplicationJob, checks
+from django_async_jobs import progress as progress_module
 from django_async_jobs.models import JobProgress, ProgressStatus
 from django_async_jobs.progress import perform_later_with_progress
 from django_async_jobs.worker.launcher import Worker
+from tests.helpers import wait_for
 
 # This module is also the URLconf of its tests: the app's URLs included as a project would.
 urlpatterns = [path("admin/", admin.site.urls), path("jobs/", include("django_async_jobs.urls"))]
@@ -60,15 +62,19 @@ def test_writes_are_throttled_by_count_and_the_final_state_is_exact(db, throttle
     assert row.job_class == job.job_name and row.started_at <= row.completed_at
 
 
-def test_writes_are_throttled_by_time(db, throttle):
+def test_writes_are_throttled_by_time(db, throttle, monkeypatch):
     throttle(1000, 0.5)
+    # The tracker's clock is the test's: a slow machine cannot make 0.5 s pass too early.
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(progress_module, "time", SimpleNamespace(monotonic=lambda: clock.now))
 
     class SlowJob(ApplicationJob):
         def perform(self):
             with self.track_progress(total=3) as progress:
+                clock.now += 0.4
                 progress.advance()
                 SNAPSHOTS.append(JobProgress.objects.get(job_id=self.job_id).processed)
-                time.sleep(0.6)
+                clock.now += 0.2
                 progress.advance()
                 SNAPSHOTS.append(JobProgress.objects.get(job_id=self.job_id).processed)
 
@@ -110,13 +116,13 @@ def test_a_worker_runs_a_tracked_job_started_by_a_user(broker):
     assert (row.status, row.started_by_id) == ("pending", user.pk)
     w = Worker()
     w.start()
+
+    def finished():
+        row.refresh_from_db()
+        return row.status != "pending" and row.completed_at
+
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            row.refresh_from_db()
-            if row.status != "pending" and row.completed_at:
-                break
-            time.sleep(0.02)
+        wait_for(finished, 30, "the tracked job finished")
     finally:
         w.stop(timeout=2)
     assert (row.status, row.processed, row.error_count, row.started_by_id) == ("completed_with_errors", 3, 1, user.pk)

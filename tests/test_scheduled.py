@@ -9,7 +9,7 @@ from tests.helpers import wait_for
 from tests.testapp.jobs import StampJob
 
 
-def started_at(broker, key: str, timeout: float = 3.0) -> float:
+def started_at(broker, key: str, timeout: float = 30.0) -> float:
     return float(wait_for(lambda: broker.redis.lindex(key, 0), timeout, "the scheduled job to start"))
 
 
@@ -19,10 +19,8 @@ def test_wait_runs_on_time(worker, broker, prefix):
     due = job.scheduled_at
     assert broker.redis.zcard(broker.keys.schedule) == 1
     assert broker.queue_size("default") == 0
-    time.sleep(0.3)
-    assert broker.redis.llen(key) == 0, "ran before its time"
     start = started_at(broker, key)
-    assert start >= due - 0.005
+    assert start >= due - 0.005, "ran before its time"
     assert start - due < 1.0
     assert broker.redis.zcard(broker.keys.schedule) == 0
 

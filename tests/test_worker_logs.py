@@ -30,11 +30,12 @@ def test_info_lines_come_in_a_batch_and_a_warning_at_once_after_them(logger):
     handler = BatchedStreamHandler(stream, interval=0.05)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logger.addHandler(handler)
-    for i in range(3):
-        logger.info("line %d", i)
-    logger.debug("below the level")
-    assert stream.getvalue() == ""  # not one write per record
-    wait_for(lambda: stream.getvalue(), timeout=2, what="the batch")
+    with handler.lock:  # its flusher thread cannot write meanwhile, however slow this thread is
+        for i in range(3):
+            logger.info("line %d", i)
+        logger.debug("below the level")
+        assert stream.getvalue() == ""  # not one write per record
+    wait_for(lambda: stream.getvalue(), timeout=30, what="the batch")
     assert stream.getvalue() == "INFO line 0\nINFO line 1\nINFO line 2\n"
     logger.info("pending")
     logger.warning("now")
