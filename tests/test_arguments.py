@@ -152,7 +152,7 @@ def test_a_worker_receives_tagged_arguments_exactly(worker, prefix, broker):
     key = f"{prefix}:echo"
     nested = [{TAG: "dict", "v": EXACT[0]}, {"k": (EXACT[4], EXACT[7])}]
     TaggedEchoJob.perform_later(key, *EXACT, nested=nested)
-    raw = wait_for(lambda: broker.redis.lpop(key), 5, "the echo job")
+    raw = wait_for(lambda: broker.redis.lpop(key), 30, "the echo job")
     values, options = pickle.loads(raw)
     assert list(values) == EXACT and all(same(a, b) for a, b in zip(EXACT, values, strict=True))
     # Tuples travel as JSON arrays: they come back as lists.

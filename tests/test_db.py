@@ -40,7 +40,7 @@ def test_orm_job_in_a_worker_thread_and_connections_closed_between_jobs(one_thre
     assert connection.settings_dict["CONN_MAX_AGE"] == 0
     for i in range(3):
         CreateUserJob.perform_later(f"worker-{i}")
-    wait_for(lambda: len(SEEN) == 3, 10, "three ORM jobs")
+    wait_for(lambda: len(SEEN) == 3, 30, "three ORM jobs")
     # The rows are committed and visible from the test's own connection.
     assert sorted(User.objects.filter(username__startswith="worker-").values_list("username", flat=True)) == [
         "worker-0", "worker-1", "worker-2"
@@ -51,5 +51,5 @@ def test_orm_job_in_a_worker_thread_and_connections_closed_between_jobs(one_thre
     assert all(s["open_during"] for s in SEEN)
     # Each job found the previous job's connection closed: CONN_MAX_AGE=0 means one per job.
     assert all(s["closed_at_start"] for s in SEEN)
-    wait_for(lambda: broker.stat("processed") == 3, 5, "the jobs settled")
+    wait_for(lambda: broker.stat("processed") == 3, 30, "the jobs settled")
     assert broker.stat("failed") == 0

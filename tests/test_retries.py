@@ -91,7 +91,7 @@ def test_attempts_exhausted_sends_the_job_to_the_dead_stage(broker, worker, key)
 
 def test_unlimited_attempts_keep_retrying(broker, worker, key):
     FailingJob.perform_later(key, "key", stop_after=8)
-    wait_for(lambda: count(broker, key) >= 8, timeout=8)
+    wait_for(lambda: count(broker, key) >= 8, timeout=30)
     time.sleep(0.3)
     assert staged_dead(broker) == []
     assert count(broker, key) == 8
