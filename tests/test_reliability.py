@@ -63,12 +63,14 @@ def test_kill_9_mid_job_is_recovered_by_another_worker(spawn, broker, prefix):
     b = spawn("-c", "2")
     process_ids = wait_registered(broker, a, b)
     names = [f"j{i}" for i in range(6)]
+    gate = f"{key}:gate"
     for name in names:
-        TraceJob.perform_later(key, name, 0.8)
+        TraceJob.perform_later(key, name, gate=gate)  # none ends before A is killed
     wait_for(lambda: where_any(broker, key, "start", a.pid), START_TIMEOUT, "worker A started a job")
     a.send(signal.SIGKILL)
     killed_at = time.monotonic()
     assert a.wait(30) == -signal.SIGKILL
+    broker.redis.rpush(gate, *[1] * 2 * len(names))  # enough for every run (a token A took is lost)
     killed = {e.split(":")[1] for e in events(broker, key) if e.startswith("start:") and e.endswith(f":{a.pid}")}
     assert killed
     # Not before the heartbeat timeout (3s, less the beats A may have been late with).
