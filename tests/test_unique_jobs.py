@@ -129,7 +129,7 @@ def test_until_expired_lock_ends_only_with_its_ttl(broker, worker, key):
     wait_for(lambda: events(broker, key) == ["start:a", "done:a"])
     assert not ExpiringJob.perform_later(key, "b")  # ran, but the lock stays until it expires
     lock = _lock_keys(first)["key"]
-    assert 0 < broker.redis.pttl(lock) <= 2000
+    assert 0 < broker.redis.pttl(lock) <= 4000
     wait_for(lambda: broker.redis.get(lock) is None, timeout=30)
     assert ExpiringJob.perform_later(key, "c")
 
@@ -210,7 +210,7 @@ def test_a_retry_keeps_the_lock_and_death_releases_it(broker, worker, key):
 def test_a_scheduled_jobs_lock_lasts_until_its_run_time_plus_ttl(broker, key):
     job = ExpiringJob.set(wait=timedelta(seconds=30)).perform_later(key, "a")
     assert broker.redis.zcard(broker.keys.schedule) == 1
-    assert 31_000 < broker.redis.pttl(_lock_keys(job)["key"]) <= 32_000
+    assert 32_000 < broker.redis.pttl(_lock_keys(job)["key"]) <= 34_000  # 30 s, then its 4 s TTL
     assert not ExpiringJob.perform_later(key, "b")
 
 

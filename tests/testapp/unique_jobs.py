@@ -66,7 +66,7 @@ class RaisingUniqueJob(GatedJob):
 
 class ExpiringJob(GatedJob):
     lock = "until_expired"
-    lock_ttl = 2  # long enough that it outlives the job even on a busy machine
+    lock_ttl = 4  # long enough that it outlives the job (and the test's look) on a loaded machine
 
 
 class FailingUniqueJob(ApplicationJob):
