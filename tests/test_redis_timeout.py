@@ -43,7 +43,7 @@ def test_the_notify_channel_waits_longer_than_the_read_timeout(broker, monkeypat
     try:
         assert pubsub.get_message(timeout=0.5) is None  # an idle wait, not a reply overdue
         get_broker().push_routed(["default", 0, '{"jid":"j","job":"x","queue":"default","args":[]}'])
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         message = None
         while message is None and time.monotonic() < deadline:
             message = pubsub.get_message(timeout=0.5)
@@ -55,8 +55,8 @@ def test_the_notify_channel_waits_longer_than_the_read_timeout(broker, monkeypat
 def test_a_push_to_a_redis_that_stops_answering_times_out(redis_server):
     broker = Broker(build({"REDIS_URL": f"{redis_server.url}?socket_timeout=0.2", "KEY_PREFIX": "paused"}))
     broker.push_one("default", 0, '{"jid":"a"}')  # connected and answered
-    broker.redis.client_pause(3000, all=True)
+    broker.redis.client_pause(60_000, all=True)  # the test's own server: killed at its end
     started = time.monotonic()
     with pytest.raises(redis.TimeoutError):
         broker.push_one("default", 0, '{"jid":"b"}')
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # its 0.2 s timeout (twice), not the default 30 s
