@@ -115,7 +115,7 @@ def test_example_runs(group, request, prefix, settings, own_registry, monkeypatc
                 unittest.defaultTestLoader.loadTestsFromTestCase(test).run(result)
                 assert result.wasSuccessful(), result.errors + result.failures
         if worker:
-            wait_for(_drained, timeout=10, what="the example's jobs finish")
+            wait_for(_drained, timeout=30, what="the example's jobs finish")
             stat = get_broker().redis.get
             assert stat(get_broker().keys.stat("processed")), "the worker ran none of the example's jobs"
             assert not stat(get_broker().keys.stat("failed")), "a job of the example failed"
