@@ -91,20 +91,27 @@ def registered(broker: Any) -> dict[str, int]:
 
 
 class RedisServer:
-    """A redis-server of the test's own, on a free port, that the test may kill and restart."""
+    """A redis-server of the test's own, on a free port, that the test may kill, restart and freeze.
 
-    def __init__(self, workdir: Path, persist: bool = False) -> None:
+    ``persist``: an append-only file synced on every write (``"always"``, survives kill -9), or
+    the fsync policy to use (``"everysec"``). ``debug``: allow ``DEBUG SLEEP`` (Redis 7 refuses
+    DEBUG unless the server enables it).
+    """
+
+    def __init__(self, workdir: Path, persist: bool | str = False, debug: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
-        self.persist = persist  # an append-only file synced on every write survives kill -9
+        self.fsync = persist if isinstance(persist, str) else "always" if persist else None
+        self.debug = debug
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        aof = ["--appendonly", "yes", "--appendfsync", self.fsync] if self.fsync else ["--appendonly", "no"]
+        debug = ["--enable-debug-command", "local"] if self.debug else []
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *aof, "--dir", str(self.workdir)],
+             *aof, *debug, "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
@@ -113,9 +120,20 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server must not outlive the test
             self.proc.kill()
             self.proc.wait(5)
             self.proc = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open, nothing is answered; commands sent meanwhile run at
+        ``thaw()``, even those whose client gave up and closed its connection."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -132,3 +150,12 @@ def add_stats(broker: Any, processed: int, failed: int) -> None:
     for name, amount in (("processed", processed), ("failed", failed)):
         broker.redis.incrby(broker.keys.stat(name), amount)
         broker.redis.incrby(broker.keys.stat(name, today()), amount)
+
+
+def fetch(broker: Any, process_id: str, queues: list[str], count: int) -> list[tuple[bytes, bytes]]:
+    """One fetch as a worker makes it: by a registered process (a beat first, if it never beat),
+    numbered after the last attempt Redis ran, whose reply it read."""
+    if broker.redis.zscore(broker.keys.processes, process_id) is None:
+        broker.heartbeat(process_id, {}, ttl=60)
+    last = int(broker.redis.hget(broker.keys.fetched(process_id), "attempt") or 0)
+    return broker.fetch(process_id, queues, count, attempt=last + 1, received=last)

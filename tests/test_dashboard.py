@@ -12,7 +12,7 @@ from django_async_jobs import api
 from django_async_jobs.deadjobs import flush_staged
 from django_async_jobs.models import DeadJob
 from django_async_jobs.serialization import encode_payload
-from tests.helpers import add_stats, wait_for
+from tests.helpers import add_stats, fetch, wait_for
 from tests.testapp.jobs import FailJob, IncrJob, TraceJob
 
 pytestmark = pytest.mark.django_db
@@ -386,7 +386,7 @@ def test_busy_lists_processes_and_their_running_jobs(client, broker, viewer):
     job = IncrJob.perform_later("busy")
     broker.heartbeat("host-a:123:ab", {"host": "host-a", "pid": 123, "queues": "default,low", "concurrency": 5,
                                        "started_at": time.time() - 60, "busy": 1, "quiet": 0}, ttl=60)
-    broker.fetch("host-a:123:ab", ["default"], 1)
+    fetch(broker, "host-a:123:ab", ["default"], 1)
     response = client.get(BASE + "busy/")
     [process] = response.context["processes"]
     assert (process.host, process.pid, process.queues, process.concurrency, process.busy) == ("host-a", "123", "default,low", 5, 1)

@@ -28,6 +28,7 @@ from django_async_jobs.models import DeadJob
 from django_async_jobs.retries import handle_failure
 from django_async_jobs.serialization import decode_payload, encode_payload
 from django_async_jobs.worker.processor import process
+from tests.helpers import fetch
 from tests.testapp.jobs import FailJob, IncrJob
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def fetch_one(broker, process_id="p1"):
-    [(field, raw)] = broker.fetch(process_id, ["default"], 1)
+    [(field, raw)] = fetch(broker, process_id, ["default"], 1)
     return field.decode() if isinstance(field, bytes) else field, raw
 
 

@@ -11,6 +11,7 @@ from tests.testapp.jobs import IncrJob
 
 
 def make_fetcher(broker, concurrency=2, prefetch=None):
+    broker.heartbeat("p1", {}, ttl=60)  # only a registered process fetches
     stopping = threading.Event()
     order = QueueOrder(QueueSpec(("default",), (1,), strict=True))
     return Fetcher(broker, "p1", order, concurrency, stopping, prefetch=prefetch)

@@ -8,7 +8,7 @@ from django.test import override_settings
 from django_async_jobs.checks import check_settings
 from django_async_jobs.serialization import decode_payload
 from django_async_jobs.worker.launcher import Worker
-from tests.helpers import wait_for
+from tests.helpers import fetch, wait_for
 from tests.testapp.jobs import IncrJob, TraceJob
 
 
@@ -18,8 +18,8 @@ def queued(broker, queue="default"):
 
 def test_jobs_handed_back_keep_their_fetch_order_ahead_of_the_rest(broker):
     jobs = [IncrJob.perform_later(f"k{i}") for i in range(5)]
-    broker.fetch("p1", ["default"], 2)
-    broker.fetch("p1", ["default"], 1)
+    fetch(broker, "p1", ["default"], 2)
+    fetch(broker, "p1", ["default"], 1)
     assert queued(broker) == [j.job_id for j in jobs[3:]]
     assert broker.release("p1") == 3
     assert queued(broker) == [j.job_id for j in jobs]
@@ -28,7 +28,7 @@ def test_jobs_handed_back_keep_their_fetch_order_ahead_of_the_rest(broker):
 def test_recovered_jobs_also_keep_their_order(broker):
     jobs = [IncrJob.perform_later(f"k{i}") for i in range(4)]
     broker.heartbeat("gone", {"pid": 1}, ttl=60)
-    broker.fetch("gone", ["default"], 3)
+    fetch(broker, "gone", ["default"], 3)
     broker.redis.zadd(broker.keys.processes, {"gone": 0})  # its last beat, long ago
     assert broker.recover(timeout=1, max_recoveries=3) == (1, 3, 0)
     assert queued(broker) == [j.job_id for j in jobs]

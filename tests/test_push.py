@@ -11,6 +11,7 @@ from redis.exceptions import NoScriptError
 
 from django_async_jobs.broker.client import score
 from django_async_jobs.serialization import decode_payload, new_job_id
+from tests.helpers import fetch
 from tests.testapp.jobs import IncrJob
 
 
@@ -80,7 +81,7 @@ def test_single_and_bulk_pushes_share_one_first_in_first_out_order(broker):
     IncrJob.perform_all_later(bulk)
     last = IncrJob.perform_later("c")
     assert queued_ids(broker) == [first.job_id, *(j.job_id for j in bulk), last.job_id]
-    fetched = [f.decode().split(":")[0] for f, _ in broker.fetch("tester", ["default"], 5)]
+    fetched = [f.decode().split(":")[0] for f, _ in fetch(broker, "tester", ["default"], 5)]
     assert fetched == [first.job_id, *(j.job_id for j in bulk), last.job_id]
 
 
@@ -115,7 +116,7 @@ def test_a_payload_beyond_ascii_arrives_whole(broker):
     # The packet gives each part's length in bytes, not characters.
     text = "Zoë's café, 日本, ✓ " * 50
     job = IncrJob.set(priority=3).perform_later(text)
-    (field, raw), = broker.fetch("tester", ["default"], 1)
+    (field, raw), = fetch(broker, "tester", ["default"], 1)
     assert decode_payload(raw)["args"] == [text] and field.decode().startswith(job.job_id)
 
 

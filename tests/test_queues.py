@@ -8,7 +8,7 @@ import pytest
 from django_async_jobs.conf import QueueSpec, get_settings, parse_queues
 from django_async_jobs.worker.fetcher import QueueOrder, select_queues
 from django_async_jobs.worker.launcher import Worker
-from tests.helpers import wait_for
+from tests.helpers import fetch, wait_for
 from tests.testapp.jobs import IncrJob, RecordJob
 
 
@@ -60,7 +60,7 @@ def test_weighted_fetch_from_redis(broker, settings):
     order = QueueOrder(get_settings().queues)
     served = Counter()
     for _ in range(700):
-        [(field, payload)] = broker.fetch("tester", order.next(), 1)
+        [(field, payload)] = fetch(broker, "tester", order.next(), 1)
         served[json.loads(payload)["queue"]] += 1
     assert served["heavy"] + served["light"] == 700
     assert 3.8 < served["heavy"] / served["light"] < 10  # ~4 sigma around 6; 1 would be round robin
@@ -94,7 +94,7 @@ def test_fifo_across_many_equal_priority_jobs(broker):
     for job in jobs:
         job.queue_name = "default"
     dispatch.enqueue(jobs)
-    fetched = broker.fetch("tester", ["default"], 300)
+    fetched = fetch(broker, "tester", ["default"], 300)
     assert [json.loads(p)["args"][1] for _, p in fetched] == list(range(300))
     # In-flight fields are "<job id>:<fetch number>".
     assert [f.decode().split(":")[0] for f, _ in fetched] == [j.job_id for j in jobs]
@@ -108,7 +108,7 @@ def test_class_priority_is_used_and_set_priority_wins(broker, prefix):
     low = IncrJob.perform_later(key)
     urgent = Urgent.perform_later(key)
     lowered = Urgent.set(priority=-1).perform_later(key)
-    fetched = [f.decode().split(":")[0] for f, _ in broker.fetch("tester", ["default"], 3)]
+    fetched = [f.decode().split(":")[0] for f, _ in fetch(broker, "tester", ["default"], 3)]
     assert fetched == [urgent.job_id, low.job_id, lowered.job_id]
 
 

@@ -15,7 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django_async_jobs import checks, cron
 from django_async_jobs.locks import payload_lock
 from django_async_jobs.worker.cron import CronScheduler
-from tests.helpers import wait_for
+from tests.helpers import fetch, wait_for
 from tests.testapp.recurring_jobs import UniqueCronJob
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,7 +252,7 @@ def test_the_cron_field_stays_with_a_job_that_enqueues_itself_again(settings, br
     recurring(settings, {"minutely": {"cron": "* * * * *", "class": JOB, "args": [key]}})
     [entry] = cron.entries()
     cron.enqueue_tick(entry, T0 - 30, broker)
-    [(field, raw)] = broker.fetch("tester", ["default"], 1)
+    [(field, raw)] = fetch(broker, "tester", ["default"], 1)
     job = CronTickJob.deserialize(json.loads(raw))
     job.retry_job(wait=60)
     [again] = broker.redis.zrange(broker.keys.schedule, 0, -1)

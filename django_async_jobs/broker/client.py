@@ -29,6 +29,9 @@ POLL_BATCH = 1000
 # with its own timeout), so this only ever cuts a Redis that stopped answering; blocking
 # commands of your own through this client need ``?socket_timeout=`` in REDIS_URL.
 READ_TIMEOUT = 30.0
+# Seconds a fetch record outlives its process's recovery (recover.lua): far beyond any delay
+# before Redis can run a late copy of that process's fetch (TCP gives up after ~15 minutes).
+FETCH_RECORD_TTL = 24 * 3600
 
 
 @cache
@@ -351,11 +354,21 @@ class Broker:
     # -- worker side -------------------------------------------------------------------------
 
     def fetch(
-        self, process_id: str, queues: list[str], count: int, connection: Any = None
-    ) -> list[tuple[str, bytes]]:
+        self, process_id: str, queues: list[str], count: int, connection: Any = None, *, attempt: int, received: int
+    ) -> list[tuple[bytes, bytes]]:
         """Move up to ``count`` jobs into the process's in-flight hash; ``connection`` is the
-        caller's own (``own_connection``), else the calling thread's."""
-        flat = self._run("fetch", [self.keys.inflight(process_id)], [count, *queues], connection=connection)
+        caller's own (``own_connection``), else the calling thread's.
+
+        ``attempt`` numbers this fetch (1, 2, ... per process, a resend keeps its number);
+        ``received`` is the last attempt whose reply the caller read. A fetch whose reply was
+        lost is thereby harmless: the next attempt returns its jobs (see fetch.lua). Only a
+        registered process (one that beat) fetches; otherwise Redis answers ``NOPROCESS``.
+        """
+        k = self.keys
+        flat = self._run(
+            "fetch", [k.inflight(process_id), k.processes, k.fetched(process_id)],
+            [process_id, count, attempt, received, *queues], connection=connection,
+        )
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def settle(self, process_id: str, ops: list[tuple[str, str, Any, Any, int]]) -> None:
@@ -379,12 +392,13 @@ class Broker:
         )
 
     def heartbeat(self, process_id: str, info: dict[str, Any], ttl: float) -> float:
+        k = self.keys
         fields: list[Any] = []
         for name, value in info.items():
             fields.extend((name, value))
         now = self._run(
             "heartbeat",
-            [self.keys.processes, self.keys.process(process_id)],
+            [k.processes, k.process(process_id), k.fetched(process_id)],
             [process_id, max(1, int(ttl)), *fields],
         )
         return float(now)
@@ -395,7 +409,7 @@ class Broker:
         gone, recovered, dead = self._run(
             "recover",
             [k.processes, k.recoveries],
-            [k.inflight_base, timeout, max_recoveries, k.process_base],
+            [k.inflight_base, timeout, max_recoveries, k.process_base, k.fetched_base, FETCH_RECORD_TTL],
         )
         return gone, recovered, dead
 
@@ -404,7 +418,7 @@ class Broker:
         k = self.keys
         return self._run(
             "release",
-            [k.inflight(process_id), k.processes, k.process(process_id)],
+            [k.inflight(process_id), k.processes, k.process(process_id), k.fetched(process_id)],
             [process_id],
         )
 

@@ -14,6 +14,7 @@ key                                    type       holds
 ``p:process:<id>``                     hash       a process's info (host, pid, queues, ...)
 ``p:process:<id>:signal``              string     "quiet" or "stop", set by the dashboard, read by a beat
 ``p:inflight:<id>``                    hash       a process's fetched, unacknowledged jobs
+``p:fetched:<id>``                     hash       a process's last fetch attempt and the fields it returned
 ``p:recoveries``                       hash       job id -> times recovered from a dead process
 ``p:dead``                             hash       dead jobs staged for the database
 ``p:stat:<name>`` / ``:<YYYY-MM-DD>``  string     processed / failed counters, total and daily
@@ -88,6 +89,14 @@ class Keys:
     @property
     def inflight_base(self) -> str:
         return f"{self.prefix}:inflight:"
+
+    def fetched(self, process_id: str) -> str:
+        """The process's last fetch attempt: what makes a fetch whose reply was lost harmless."""
+        return f"{self.prefix}:fetched:{process_id}"
+
+    @property
+    def fetched_base(self) -> str:
+        return f"{self.prefix}:fetched:"
 
     @property
     def recoveries(self) -> str:

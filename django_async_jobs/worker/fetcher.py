@@ -3,6 +3,26 @@
 A fetch moves as many jobs as there are free slots in one Lua call (batch fetch), so a busy
 worker pays one round trip for many jobs. An idle worker's fetching thread sleeps until a push
 publishes "ready", which keeps enqueue-to-start latency at a round trip instead of a poll beat.
+
+A fetch whose reply is lost strands nothing. The script can run while its reply never arrives:
+Redis frozen past the reply timeout (``DEBUG SLEEP``, SIGSTOP) runs the command when it wakes,
+a dropped connection loses the reply, and the client sends the command again on a new
+connection, so two copies may run, in either order, even after a later fetch. Each fetch
+therefore carries an attempt number and the number of the last attempt whose reply came back;
+the script records the last attempt it ran with the fields it returned (``p:fetched:<id>``).
+A late copy of an older attempt moves nothing, a copy of the recorded one returns the same
+jobs, and a newer attempt first returns the recorded jobs when their reply never came back.
+Every job a fetch moves is thus either in a reply the process read or in the record the next
+fetch returns: nothing depends on timing, and the hot path keeps its one round trip (the
+script does three more constant-time commands per fetch and nothing more per job). A process
+that is stopping or quiet and still owes such an attempt makes one more fetch of no new jobs
+to take them back. Only a registered process fetches, so a copy that runs after the process
+stopped or was taken for dead cannot put jobs where nobody would recover them.
+
+The other design, comparing the in-flight hash with what the process holds at each heartbeat,
+cannot tell a stranded job from one whose fetch reply, settlement or hand-over to the event
+loop is on its way: it would need to stop every thread that moves jobs at each beat, and a late
+copy of a fetch that runs after the comparison strands jobs again until the next one.
 """
 
 from __future__ import annotations
@@ -107,6 +127,10 @@ class Fetcher:
         self._dry = False  # the last fetch came back short: wait for "ready" before the next
         self._backoff = 0.1
         self._pubsub: Any = None
+        # The role's own: the last attempt sent, the last whose reply came back (module docstring).
+        self._attempt = 0
+        self._received = 0
+        self._closed = threading.Event()  # stop() ran: not even a fetch of no new jobs any more
 
     def take(self) -> tuple[str, bytes] | None:
         """The calling thread's next job, fetched by itself if it takes the role; None once
@@ -115,7 +139,7 @@ class Fetcher:
             item = self._buffer.get()
             if item is not LEAD:
                 return item
-            if self.stopping.is_set():
+            if self.stopping.is_set() and not self.owed:
                 continue  # the role ends with the process: nobody fetches any more
             items: list[tuple[str, bytes]] = []
             try:
@@ -128,6 +152,11 @@ class Fetcher:
             if items:
                 return items[0]
 
+    @property
+    def owed(self) -> bool:
+        """An attempt's reply never came back: its jobs may be in our hash and in no thread."""
+        return self._attempt > self._received
+
     def release_slot(self) -> None:
         """A thread is done with its job: settled, handed back or passed to the event loop."""
         with self._held_lock:
@@ -136,6 +165,7 @@ class Fetcher:
     def stop(self, threads: int, timeout: float) -> None:
         """Wait up to ``timeout`` for a fetch in progress to land, drop the subscription, and
         make ``take()`` return None to each of ``threads`` threads once the buffer is empty."""
+        self._closed.set()
         if self._fetching.acquire(timeout=timeout):
             self._unsubscribe()
             if self._connection is not None:
@@ -145,7 +175,8 @@ class Fetcher:
             self._buffer.put(None)
 
     def _lead(self) -> list[tuple[str, bytes]]:
-        """Fetch until at least one job comes; nothing once the process is stopping."""
+        """Fetch until at least one job comes; once the process is stopping, only the jobs an
+        attempt whose reply was lost left in our hash (they go back with the buffer)."""
         while not self.stopping.is_set():
             if self._dry:
                 # The queues ran dry: wait for the "ready" that every step adding jobs
@@ -158,23 +189,35 @@ class Fetcher:
                     self._drain_messages()  # a busy process must not let messages pile up
                 except (redis.RedisError, OSError):
                     self._unsubscribe()
-            items = self._fetch()
+            items = self._fetch(new=True)
+            if items:
+                return items
+        while self.owed and not self._closed.is_set():
+            items = self._fetch(new=False)
             if items:
                 return items
         return []
 
-    def _fetch(self) -> list[tuple[str, bytes]]:
+    def _fetch(self, new: bool) -> list[tuple[str, bytes]]:
+        """One attempt: jobs for every free slot (``new``), or only those a lost reply owes us.
+        The jobs an earlier attempt owes us come first and may exceed the free slots."""
         with self._held_lock:
-            free = self.capacity - self._held
-            self._held = self.capacity
+            free = self.capacity - self._held if new else 0
+            self._held += free
+        self._attempt += 1
         items: list[tuple[bytes, bytes]] = []
         try:
-            items = self.broker.fetch(self.process_id, self.order.next(), free, self._connection)
+            items = self.broker.fetch(
+                self.process_id, self.order.next(), free, self._connection,
+                attempt=self._attempt, received=self._received,
+            )
+            self._received = self._attempt
             self._dry = len(items) < free
             self._backoff = 0.1
         except redis.RedisError as exc:
             logger.warning("fetch failed, retrying in %.1fs: %s", self._backoff, exc)
-            self.stopping.wait(self._backoff)
+            # Once stopping, only stop() ends the wait: a quiet process still owes the attempt.
+            (self._closed if self.stopping.is_set() else self.stopping).wait(self._backoff)
             self._backoff = min(self._backoff * 2, 5.0)
             self._dry = False
         finally:
