@@ -89,7 +89,7 @@ def test_only_a_registered_process_fetches(broker):
         broker.fetch("never-beat", ["default"], 1, attempt=1, received=0)
     broker.heartbeat("p", {}, ttl=60)
     broker.fetch("p", ["default"], 1, attempt=1, received=0)
-    assert broker.release("p") == 1
+    assert broker.release("p", max_recoveries=3) == (1, 0)
     # A copy that Redis runs after the process stopped would put jobs where nobody recovers them.
     with pytest.raises(redis.ResponseError, match="NOPROCESS"):
         broker.fetch("p", ["default"], 1, attempt=2, received=0)

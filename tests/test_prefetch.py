@@ -21,7 +21,7 @@ def test_jobs_handed_back_keep_their_fetch_order_ahead_of_the_rest(broker):
     fetch(broker, "p1", ["default"], 2)
     fetch(broker, "p1", ["default"], 1)
     assert queued(broker) == [j.job_id for j in jobs[3:]]
-    assert broker.release("p1") == 3
+    assert broker.release("p1", max_recoveries=3) == (3, 0)
     assert queued(broker) == [j.job_id for j in jobs]
 
 

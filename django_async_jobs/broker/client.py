@@ -391,17 +391,22 @@ class Broker:
             args,
         )
 
-    def heartbeat(self, process_id: str, info: dict[str, Any], ttl: float) -> float:
+    def heartbeat(
+        self, process_id: str, info: dict[str, Any], ttl: float, stranded: Iterable[str] = (), max_recoveries: int = 0
+    ) -> tuple[int, int]:
+        """Record the process as alive, with its ``info``; hand back ``stranded`` in-flight jobs
+        (held by none of its threads), counting a recovery each. Returns (handed back, dead)."""
         k = self.keys
+        stranded = list(stranded)
         fields: list[Any] = []
         for name, value in info.items():
             fields.extend((name, value))
-        now = self._run(
+        back, dead = self._run(
             "heartbeat",
-            [k.processes, k.process(process_id), k.fetched(process_id)],
-            [process_id, max(1, int(ttl)), *fields],
+            [k.processes, k.process(process_id), k.fetched(process_id), k.inflight(process_id), k.recoveries],
+            [process_id, max(1, int(ttl)), max_recoveries, len(stranded), *stranded, *fields],
         )
-        return float(now)
+        return back, dead
 
     def recover(self, timeout: float, max_recoveries: int) -> tuple[int, int, int]:
         """Requeue the jobs of processes that stopped beating; returns (processes, requeued, dead)."""
@@ -413,14 +418,16 @@ class Broker:
         )
         return gone, recovered, dead
 
-    def release(self, process_id: str) -> int:
-        """A stopping process hands back everything it holds."""
+    def release(self, process_id: str, max_recoveries: int, unstarted: Iterable[str] = ()) -> tuple[int, int]:
+        """A stopping process hands back everything it holds: the ``unstarted`` fields as they
+        were, the rest counting a recovery each (see release.lua). Returns (handed back, dead)."""
         k = self.keys
-        return self._run(
+        back, dead = self._run(
             "release",
-            [k.inflight(process_id), k.processes, k.process(process_id), k.fetched(process_id)],
-            [process_id],
+            [k.inflight(process_id), k.processes, k.process(process_id), k.fetched(process_id), k.recoveries],
+            [process_id, max_recoveries, *unstarted],
         )
+        return back, dead
 
     def poll(self) -> tuple[int, float | None]:
         """Move due scheduled and retry jobs; returns (moved, seconds to the next due job)."""

@@ -174,6 +174,18 @@ class Fetcher:
         for _ in range(threads):
             self._buffer.put(None)
 
+    def unstarted(self) -> list[str]:
+        """Take the jobs still waiting in the buffer out of it: the fields of jobs no thread
+        started, which a stopping process hands back as they were."""
+        fields = []
+        while True:
+            try:
+                item = self._buffer.get_nowait()
+            except queue.Empty:
+                return fields
+            if item is not LEAD and item is not None:
+                fields.append(item[0])
+
     def _lead(self) -> list[tuple[str, bytes]]:
         """Fetch until at least one job comes; once the process is stopping, only the jobs an
         attempt whose reply was lost left in our hash (they go back with the buffer)."""

@@ -4,6 +4,12 @@ Threads: ``concurrency`` processors, which take turns fetching (see ``Fetcher``)
 (batched settlements), a poller (scheduled/retry), a heart (heartbeat + recovery) and a dead
 writer (staged dead jobs -> database). Signals: TERM/INT stop gracefully,
 a second INT exits at once, TSTP quiets.
+
+A graceful stop hands back what the process still holds. Jobs that never reached a thread go
+back as they were; every other one (cut at ``SHUTDOWN_TIMEOUT``, or held by no thread) counts
+a recovery, so a job that every stop cuts or that strands every worker ends as a poison pill.
+A stop that could not hand its jobs back says so and exits with status 1: they stay in flight
+until another worker recovers them.
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ from django_async_jobs.worker.dead_writer import DeadWriter
 from django_async_jobs.worker.eventloop import EventLoop
 from django_async_jobs.worker.fetcher import Fetcher, QueueOrder
 from django_async_jobs.worker.poller import Poller
-from django_async_jobs.worker.processor import Settlement, dead_record, process
-from django_async_jobs.worker.recovery import Heart
+from django_async_jobs.worker.processor import Settlement, process
+from django_async_jobs.worker.recovery import Heart, Strays
 
 logger = logging.getLogger("django_async_jobs.worker")
 
 SIGNAL_CHECK = 0.1  # seconds: how soon the main loop acts on a signal
+SETTLE_TIMEOUT = 10.0  # seconds a stop waits for the last settlements to reach Redis
+RELEASE_TIMEOUT = 5.0  # seconds a stop keeps trying to hand its jobs back
+EXIT_UNRELEASED = 1  # runworker's status when a stop left jobs in flight for recovery
 
 
 def _rss() -> int:
@@ -65,6 +74,9 @@ class Worker:
         self._busy_lock = threading.Lock()
         self._running: dict[str, float] = {}  # in-flight field -> start time, for the dashboard
         self._interrupts = 0
+        self._unstarted: list[str] = []  # fields handed back untouched once stopping
+        self._released: bool | None = None  # stop()'s outcome, once it ran
+        self.strays = Strays()  # fields a crashed processor thread let go of
         self._stop_requested = threading.Event()
         self._stop_signalled = False  # set by signal handlers only; run() acts on them
         self._quiet_signalled = False
@@ -81,7 +93,7 @@ class Worker:
         s = self.settings
         self.heart = Heart(
             self.broker, self.process_id, self.info, s.heartbeat_interval, s.heartbeat_timeout,
-            s.max_recoveries, self.stopped, on_signal=self._on_signal,
+            s.max_recoveries, self.stopped, on_signal=self._on_signal, strays=self.strays,
         )
         self.poller = Poller(self.broker, s.poll_interval, self.stopping)
         self.dead_writer = DeadWriter(self.broker, self.stopped)
@@ -118,6 +130,7 @@ class Worker:
             field, raw = item
             if self.stopping.is_set():
                 # Fetched but not started when the stop came: hand it back untouched.
+                self._unstarted.append(field)
                 self.acker.add(Settlement("requeue", field))
                 self.fetcher.release_slot()
                 continue
@@ -126,12 +139,10 @@ class Worker:
                 self._running[field] = time.time()
             try:
                 settlement = process(field, raw, log_jobs, self.event_loop)
-            except BaseException as exc:
-                # process() settles every Exception; this is a SystemExit or the like from a
-                # signal receiver or handler around the job. Handing the job back would run it
-                # into the same again, and leaving it in flight would strand it: set it aside.
-                logger.exception("processor crashed on job %s; it is set aside as a dead job", field)
-                settlement = dead_record(field, raw, "worker_error", exc, None)
+            except BaseException:  # never lose a job to a bug of ours: the heart hands it back
+                logger.exception("processor crashed on job %s; it goes back to its queue at the next heartbeat", field)
+                self.strays.add(field)
+                settlement = None
             finally:
                 with self._busy_lock:
                     self._busy -= 1
@@ -179,10 +190,12 @@ class Worker:
             self._stop_requested.set()
             self.stopping.set()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Graceful stop: wait up to ``timeout`` for running jobs, hand back the rest."""
-        if self.stopped.is_set():
-            return
+    def stop(self, timeout: float | None = None) -> bool:
+        """Graceful stop: wait up to ``timeout`` for running jobs, hand back the rest. False when
+        it could not: settlements or the hand-back did not reach Redis, and what the process
+        held stays in flight until another worker recovers it."""
+        if self._released is not None:
+            return self._released
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         self.stopping.set()
         self.fetcher.stop(len(self.processors), 2)  # a fetch in progress lands before the release
@@ -192,25 +205,53 @@ class Worker:
             thread.join(max(0.0, deadline - time.monotonic()))
         unfinished = sum(1 for t in self.processors if t.is_alive())
         unfinished += self.event_loop.stop(max(0.0, deadline - time.monotonic()))
-        self.acker.close(timeout=10)
+        settled = self.acker.close(timeout=SETTLE_TIMEOUT)
         self.stopped.set()  # the heart stops beating before the process record goes
         if self.heart.is_alive() and threading.current_thread() is not self.heart:
             self.heart.join(5)  # a beat in flight must not land after the release below
-        try:
-            handed_back = self.broker.release(self.process_id)
-        except redis.RedisError as exc:
-            handed_back = 0
-            logger.error("could not hand jobs back (%s); they will be recovered after the heartbeat timeout", exc)
-        if unfinished:
-            logger.info(
-                "worker %s stopped: %d job(s) still running after SHUTDOWN_TIMEOUT (%.0fs); "
-                "%d job(s) handed back to their queues", self.process_id, unfinished, timeout, handed_back,
+        released = self._release([*self._unstarted, *self.fetcher.unstarted()])
+        self._released = settled and released is not None
+        took = time.monotonic() - began
+        if released is None:
+            logger.error(
+                "worker %s stopped after %.1fs without handing its jobs back: Redis did not answer; "
+                "they stay in flight and another worker recovers them after HEARTBEAT_TIMEOUT (%.0fs)",
+                self.process_id, took, self.settings.heartbeat_timeout,
             )
-        else:
-            logger.info(
-                "worker %s stopped after %.1fs: every running job finished; %d job(s) handed back",
-                self.process_id, time.monotonic() - began, handed_back,
+            return False
+        back, dead = released
+        ran = (
+            f"{unfinished} job(s) still running after SHUTDOWN_TIMEOUT ({timeout:.0f}s)" if unfinished
+            else "every running job finished"
+        )
+        poison = f"; {dead} set aside as poison pill(s) (MAX_RECOVERIES)" if dead else ""
+        if not settled:
+            logger.error(
+                "worker %s stopped after %.1fs: %s, but jobs that finished could not be settled within %.0fs "
+                "(Redis did not answer): they were handed back and run again; %d job(s) handed back%s",
+                self.process_id, took, ran, SETTLE_TIMEOUT, back, poison,
             )
+            return False
+        logger.info(
+            "worker %s stopped after %.1fs: %s; %d job(s) handed back to their queues%s",
+            self.process_id, took, ran, back, poison,
+        )
+        return True
+
+    def _release(self, unstarted: list[str]) -> tuple[int, int] | None:
+        """Hand back everything held, retrying for RELEASE_TIMEOUT; None if Redis never answered."""
+        deadline = time.monotonic() + RELEASE_TIMEOUT
+        backoff = 0.1
+        while True:
+            try:
+                return self.broker.release(self.process_id, self.settings.max_recoveries, unstarted)
+            except redis.RedisError as exc:
+                if time.monotonic() + backoff > deadline:
+                    logger.error("could not hand jobs back: %s", exc)
+                    return None
+                logger.warning("handing jobs back failed, retrying in %.1fs: %s", backoff, exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
 
     def kill(self) -> None:
         """Exit now without handing anything back: the jobs stay in flight and get recovered."""
@@ -219,7 +260,8 @@ class Worker:
         os._exit(1)
 
     def run(self) -> int:
-        """Run until a signal stops the process (the ``runworker`` entry point)."""
+        """Run until a signal stops the process (the ``runworker`` entry point). Returns the
+        exit status: 0, or EXIT_UNRELEASED when the stop left jobs in flight for recovery."""
         self._install_signals()
         if not self.start():
             logger.info("worker %s stopped before it could reach Redis", self.process_id)
@@ -232,8 +274,8 @@ class Worker:
                     break
                 time.sleep(SIGNAL_CHECK)
         finally:
-            self.stop()
-        return 0
+            released = self.stop()
+        return 0 if released else EXIT_UNRELEASED
 
     def _pause(self, seconds: float) -> None:
         """Sleep, waking within SIGNAL_CHECK of a stop signal."""

@@ -6,7 +6,8 @@ registered class, ``unknown_class``; arguments that cannot be read back or no lo
 ``perform``, ``arguments_mismatch``. An exception in the worker's own steps around the job (the
 retry rules reading a ``retry_count`` that is not a number, a retry payload JSON cannot carry)
 is ``worker_error``. Nothing but a ``BaseException`` raised outside ``perform`` leaves
-``process``, and the launcher sets that job aside too: no job stays in flight on a live worker.
+``process``; the launcher then leaves the job to its heartbeat, which hands it back and counts a
+recovery (``MAX_RECOVERIES``): no job stays in flight on a live worker.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Every live process both beats and looks for the dead: no single janitor to lose. Recovery is
 one Lua step, so two processes recovering at once cannot hand back a job twice.
+
+A live process's own strays (jobs in its in-flight hash that a crashed processor thread let go
+of) go back with its next beat, counted as a recovery like a dead process's jobs: a job that
+keeps doing it ends as a poison pill instead of sitting in flight until the process stops.
 """
 
 from __future__ import annotations
@@ -18,6 +22,26 @@ from django_async_jobs import locks
 logger = logging.getLogger("django_async_jobs.worker")
 
 
+class Strays:
+    """In-flight fields of this process that none of its threads holds any more."""
+
+    def __init__(self) -> None:
+        self._fields: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, field: str) -> None:
+        with self._lock:
+            self._fields.add(field)
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return list(self._fields)
+
+    def done(self, fields: list[str]) -> None:
+        with self._lock:
+            self._fields.difference_update(fields)
+
+
 class Heart(threading.Thread):
     def __init__(
         self,
@@ -29,6 +53,7 @@ class Heart(threading.Thread):
         max_recoveries: int,
         stopping: threading.Event,
         on_signal: Callable[[str], None] | None = None,
+        strays: Strays | None = None,
     ) -> None:
         super().__init__(name="async-jobs-heartbeat", daemon=True)
         self.broker = broker
@@ -39,9 +64,19 @@ class Heart(threading.Thread):
         self.max_recoveries = max_recoveries
         self.stopping = stopping
         self.on_signal = on_signal
+        self.strays = strays or Strays()
 
     def beat(self) -> None:
-        self.broker.heartbeat(self.process_id, self.info(), ttl=self.timeout * 2)
+        stranded = self.strays.pending()
+        back, dead = self.broker.heartbeat(
+            self.process_id, self.info(), ttl=self.timeout * 2, stranded=stranded, max_recoveries=self.max_recoveries
+        )
+        if stranded:
+            self.strays.done(stranded)
+            logger.warning(
+                "handed back %d job(s) that no thread of this process held, counted as recoveries; "
+                "%d poison pill(s) set aside", back, dead,
+            )
         locks.renew_held()  # a unique job running longer than its lock_ttl keeps its locks
         # The dashboard's quiet/stop reaches the process here, on any host, within one beat.
         signal = self.broker.take_signal(self.process_id) if self.on_signal else None

@@ -1,5 +1,9 @@
 """``runworker --processes N``: forks N worker processes, restarts any that crash, and passes
-TERM/INT/TSTP on to them. It holds no jobs and no Redis connection of its own."""
+TERM/INT/TSTP on to them. It holds no jobs and no Redis connection of its own.
+
+Its exit status is its children's: 1 when any of them ended the stop with a failure (jobs left
+in flight, a crash, killed by a signal), so a service manager sees what a single worker shows.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +66,7 @@ class Supervisor:
                 pass
 
     def run(self) -> int:
+        result = 0
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP):
             signal.signal(sig, self._forward)
         for slot in range(self.processes):
@@ -78,10 +83,14 @@ class Supervisor:
                 continue
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
-                logger.info("worker process %d exited (%d)", pid, code)
+                if code:
+                    logger.error("worker process %d exited with status %d", pid, code)
+                    result = 1
+                else:
+                    logger.info("worker process %d exited (0)", pid)
                 continue
             logger.error("worker process %d exited unexpectedly (%d); restarting it", pid, code)
             time.sleep(RESTART_DELAY)
             if not self.stopping:
                 self._spawn(slot)
-        return 0
+        return result

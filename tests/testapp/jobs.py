@@ -4,7 +4,7 @@ observed; the key comes from the test, so tests never share state."""
 import os
 import time
 
-from django_async_jobs import ApplicationJob
+from django_async_jobs import ApplicationJob, signals
 from django_async_jobs.broker.client import get_broker
 
 
@@ -123,3 +123,20 @@ class LatencyJob(ApplicationJob):
 
     def perform(self, key, enqueued_at):
         _redis().rpush(key, repr(time.time() - enqueued_at))
+
+
+class ExitJob(ApplicationJob):
+    """Counts its starts, where a ``job_started`` receiver raises SystemExit: outside ``perform``
+    (and so the retry rules), no ``except Exception`` catches it, so it ends the processor's
+    work on the job without a settlement, as a bug of the worker's own would."""
+
+    def perform(self, key):
+        raise AssertionError("never reached: the job_started receiver exits first")
+
+
+def _exit_at_start(sender, job, **kwargs):
+    _redis().incr(job.arguments[0])
+    raise SystemExit(3)
+
+
+signals.job_started.connect(_exit_at_start, sender=ExitJob, weak=False, dispatch_uid="tests.ExitJob")

@@ -93,3 +93,16 @@ local function hand_back(field, payload, now, dead_reason)
   stage_dead(field .. ':' .. tostring(now), job_key(field), payload, job and dead_reason or 'malformed_payload', now)
   return false
 end
+
+-- Hand back a job its process lost (the process died, stopped in the middle of it, or no thread
+-- of it held the job), counting one recovery per job id in RECOVERIES; a job recovered more than
+-- max_recoveries times is a poison pill and goes to the dead stage instead. Returns true when
+-- the job went back to a queue.
+local function recover_job(recoveries, field, payload, now, max_recoveries)
+  local key = job_key(field)
+  local reason = nil
+  if redis.call('HINCRBY', recoveries, key, 1) > max_recoveries then reason = 'poison_pill' end
+  if hand_back(field, payload, now, reason) then return true end
+  redis.call('HDEL', recoveries, key)
+  return false
+end

@@ -16,14 +16,9 @@ for _, pid in ipairs(gone) do
   local inflight = inflight_base .. pid
   local entries = redis.call('HGETALL', inflight)
   for i = 1, #entries, 2 do
-    local field = entries[i]
-    local count = redis.call('HINCRBY', recoveries, job_key(field), 1)
-    local reason = nil
-    if count > max_recoveries then reason = 'poison_pill' end
-    if hand_back(field, entries[i + 1], now, reason) then
+    if recover_job(recoveries, entries[i], entries[i + 1], now, max_recoveries) then
       recovered = recovered + 1
     else
-      redis.call('HDEL', recoveries, job_key(field))
       dead = dead + 1
     end
   end
