@@ -6,6 +6,7 @@
 #   make fuzz                 poison payloads through a real worker: FUZZ_EXAMPLES (5000) batches
 #   make lint                 ruff only
 #   make bench                bench/run.py $(BENCH_ARGS) (e.g. BENCH_ARGS=--quick), if present
+#   make chaos                the fault suite (chaos/, docs/reliability.md); CHAOS=short: CI's version
 #   make docs                 build the documentation with mkdocs --strict (installs mkdocs)
 #   make clean                remove the virtualenv and build leftovers
 #
@@ -55,10 +56,10 @@ endif
 STAMP := $(VENV)/.installed-$(shell printf '%s|%s|%s' '$(DJANGO_SPEC)' '$(REDIS_SPEC)' '$(EXTRAS)' | md5sum | cut -c1-10)
 
 
-.PHONY: help using install demo test lint pytest fuzz bench docs clean
+.PHONY: help using install demo test lint pytest fuzz bench chaos docs clean
 
 help:
-	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
 
 # Says which Python and Django every target below uses (and refuses a Python that is too old).
 using:
@@ -93,6 +94,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	@if [ -f bench/run.py ]; then "$(VPY)" bench/run.py $(BENCH_ARGS); else echo "bench/run.py not present: nothing to run"; fi
+
+chaos: $(STAMP)
+	"$(VPY)" -m chaos --size $(or $(CHAOS),full)
 
 docs: $(STAMP)
 	"$(VPY)" -m pip install -q --disable-pip-version-check mkdocs
