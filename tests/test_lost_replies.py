@@ -2,8 +2,8 @@
 fetch, Redis runs it anyway when it wakes (and the copy the client sent again on a new
 connection). No job may stay in a live worker's in-flight hash that none of its threads holds.
 
-Each test has a redis-server of its own that it freezes (SIGSTOP, DEBUG SLEEP); the worker's
-URL sets a one-second reply timeout.
+Each test has a redis-server of its own that it freezes (SIGSTOP, DEBUG SLEEP, CLIENT PAUSE);
+the worker's URL sets a one-second reply timeout.
 """
 
 import signal
@@ -161,7 +161,7 @@ def debug_sleep(server: RedisServer, seconds: float) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
-@pytest.mark.parametrize("freeze", ["sigstop", "debug-sleep"])
+@pytest.mark.parametrize("freeze", ["sigstop", "debug-sleep", "client-pause"])
 def test_fetches_whose_replies_were_lost_strand_no_job(frozen_redis, spawn, tmp_path, freeze):
     server, broker = frozen_redis
     out = tmp_path / "runs.txt"
@@ -180,8 +180,11 @@ def test_fetches_whose_replies_were_lost_strand_no_job(frozen_redis, spawn, tmp_
         server.freeze()
         time.sleep(4)
         server.thaw()
-    else:
+    elif freeze == "debug-sleep":
         debug_sleep(server, 4)
+        time.sleep(4.5)
+    else:  # Redis drops a paused command whose client gave up: the reply timeout alone
+        redis.Redis(port=server.port).client_pause(4000, all=True)
         time.sleep(4.5)
     wait_for(lambda: runs(out) == Counter(["slow", *names]), 20, "every job run once")
     wait_for(lambda: broker.inflight(process_id) == {}, 10, "nothing left in flight")

@@ -15,7 +15,7 @@ key                                    type       holds
 ``p:process:<id>:signal``              string     "quiet" or "stop", set by the dashboard, read by a beat
 ``p:inflight:<id>``                    hash       a process's fetched, unacknowledged jobs
 ``p:fetched:<id>``                     hash       a process's last fetch attempt and the fields it returned
-``p:recoveries``                       hash       job id -> times recovered from a dead process
+``p:recoveries``                       hash       job id -> times handed back with a recovery counted
 ``p:dead``                             hash       dead jobs staged for the database
 ``p:stat:<name>`` / ``:<YYYY-MM-DD>``  string     processed / failed counters, total and daily
 ``p:notify``                           channel    "work is ready" wake-ups for idle workers
