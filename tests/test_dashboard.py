@@ -127,7 +127,7 @@ def with_secret_arguments(broker):
                                                 "args": ["secret-arg"]}): time.time() + 60})
     broker.heartbeat("host-a:1:ab", {"host": "host-a", "pid": 1, "queues": "default", "concurrency": 1,
                                      "started_at": time.time(), "busy": 1, "quiet": 0}, ttl=60)
-    broker.fetch("host-a:1:ab", ["default"], 1)
+    fetch(broker, "host-a:1:ab", ["default"], 1)
 
 
 @pytest.mark.parametrize("page", ARGUMENT_PAGES)
