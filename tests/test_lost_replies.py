@@ -170,7 +170,8 @@ def test_fetches_whose_replies_were_lost_strand_no_job(frozen_redis, spawn, tmp_
         overrides={"PREFETCH": 0, "HEARTBEAT_TIMEOUT": 60},
     )
     [process_id] = wait_for(lambda: registered(broker), START_TIMEOUT, "the worker registered")
-    FileJob.perform_later(str(out), "slow", 1.5)
+    gate = tmp_path / "gate"
+    FileJob.perform_later(str(out), "slow", str(gate))
     names = [f"j{i}" for i in range(8)]
     for name in names:
         FileJob.perform_later(str(out), name)
@@ -178,13 +179,17 @@ def test_fetches_whose_replies_were_lost_strand_no_job(frozen_redis, spawn, tmp_
     # Frozen while the slow job runs: it ends meanwhile, and the thread's next fetches time out.
     if freeze == "sigstop":
         server.freeze()
+        gate.touch()
         time.sleep(4)
         server.thaw()
     elif freeze == "debug-sleep":
         debug_sleep(server, 4)
+        time.sleep(0.5)  # the server is asleep before the job ends and the thread fetches
+        gate.touch()
         time.sleep(4.5)
     else:  # Redis drops a paused command whose client gave up: the reply timeout alone
         redis.Redis(port=server.port).client_pause(4000, all=True)
+        gate.touch()
         time.sleep(4.5)
     wait_for(lambda: runs(out) == Counter(["slow", *names]), 20, "every job run once")
     wait_for(lambda: broker.inflight(process_id) == {}, 10, "nothing left in flight")
@@ -205,12 +210,14 @@ def test_a_worker_quieted_while_it_owes_an_attempt_takes_its_jobs_back(frozen_re
         overrides={"PREFETCH": 0, "HEARTBEAT_TIMEOUT": 60},
     )
     [process_id] = wait_for(lambda: registered(broker), START_TIMEOUT, "the worker registered")
-    FileJob.perform_later(str(out), "slow", 1.0)
+    gate = tmp_path / "gate"
+    FileJob.perform_later(str(out), "slow", str(gate))
     names = [f"j{i}" for i in range(5)]
     for name in names:
         FileJob.perform_later(str(out), name)
     wait_for(lambda: broker.queue_size("default") == 5, 10, "the slow job fetched")
     server.freeze()
+    gate.touch()
     time.sleep(3)  # the job ends, the next fetches time out
     worker.send(signal.SIGTSTP)
     time.sleep(0.5)

@@ -134,7 +134,7 @@ def test_release_and_recovery_hand_back_a_nan_priority(broker):
             f"{process_id}-nan:1": nan, f"{process_id}-plain:2": job(f"{process_id}-plain", "PoisonOkJob"),
         })
     broker.redis.zadd(broker.keys.processes, {"gone": 1})
-    assert broker.release("stopping") == 2
+    assert broker.release("stopping", 3) == (2, 0)
     assert broker.recover(3, 3) == (1, 2, 0)
     assert broker.queue_size("default") == 4
     assert not broker.redis.exists(broker.keys.inflight("stopping"), broker.keys.inflight("gone"))
