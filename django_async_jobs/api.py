@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django_async_jobs import cron, registry
 from django_async_jobs.broker.client import Broker, get_broker
+from django_async_jobs.models import DeadJob
 
 SETS = ("scheduled", "retries")
 MAX_PER_PAGE = 200
@@ -450,8 +452,6 @@ class Stats:
 
 def dead_count(broker: Broker | None = None) -> int:
     """Dead jobs in the database plus those staged in Redis and not yet written."""
-    from django_async_jobs.models import DeadJob
-
     broker = broker or get_broker()
     return DeadJob.objects.count() + broker.redis.hlen(broker.keys.dead)
 
@@ -498,8 +498,6 @@ def history(days: int = HISTORY_DAYS, broker: Broker | None = None) -> list[dict
 
 def recurring(count: int = 3, broker: Broker | None = None) -> list[dict[str, Any]]:
     """Each ``RECURRING`` entry with its next ``count`` runs and its last one (``cron.describe``)."""
-    from django_async_jobs import cron
-
     return cron.describe(count, broker=broker or get_broker())
 
 
@@ -509,8 +507,6 @@ def run_recurring_now(name: str) -> str:
     Its ticks are left alone: the next scheduled run still happens. The payload's ``cron`` field
     is ``{"name": name, "manual": True}``, with no tick: the job can tell it was started by hand.
     """
-    from django_async_jobs import cron, registry
-
     for entry in cron.entries():
         if entry.name == name:
             job_class = registry.lookup(entry.job)
@@ -533,8 +529,6 @@ def enqueue(job_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | No
 
     Only registered names are accepted, as with a worker: a name is looked up, never imported.
     """
-    from django_async_jobs import registry
-
     job_class = registry.lookup(job_name)
     if job_class is None:
         known = ", ".join(sorted(registry.all_jobs())) or "none"

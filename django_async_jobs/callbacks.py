@@ -4,12 +4,17 @@ Callbacks are methods marked with a decorator; a subclass inherits its parents' 
 adds its own after them. A ``before_*`` callback that returns ``False``, or an ``around_*``
 callback that does not call ``proceed()``, halts: the job is not enqueued (``perform_later``
 returns a falsy job) or not performed.
+
+They run as the innermost layer of both middleware chains (``Callbacks``), for the classes that
+declare any.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+from asgiref.sync import sync_to_async
 
 F = TypeVar("F", bound=Callable[..., Any])
 KINDS = ("before_enqueue", "around_enqueue", "after_enqueue", "before_perform", "around_perform", "after_perform")
@@ -84,3 +89,37 @@ def run(job: Any, stage: str, body: Callable[[], Any]) -> Any:
 
 def _wrap(callback: Callable[[Callable[[], Any]], Any], proceed: Callable[[], Any]) -> Callable[[], Any]:
     return lambda: callback(proceed)
+
+
+class Callbacks:
+    """The callbacks of one stage (``"enqueue"`` or ``"perform"``) as the innermost middleware of
+    that stage's chain, for the classes that declare any."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def applies_to(self, job_class: type) -> bool:
+        return bool(job_class._callbacks[self.stage])
+
+    def enqueue(self, job: Any, call_next: Callable[[Any], Any]) -> Any:
+        result = run(job, "enqueue", lambda: call_next(job))
+        return None if result is HALTED else result
+
+    def perform(self, job: Any, call_next: Callable[[Any], Any]) -> Any:
+        result = run(job, "perform", lambda: call_next(job))
+        return None if result is HALTED else result
+
+    def runs_async(self, job_class: type) -> bool:
+        """``around_perform`` blocks until the job ends: such a job needs a thread."""
+        return not job_class._callbacks["around_perform"]
+
+    async def aperform(self, job: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        # before/after callbacks are synchronous code: the loop's thread pool runs them.
+        names = job._callbacks
+        for name in names["before_perform"]:
+            if await sync_to_async(getattr(job, name), thread_sensitive=False)() is False:
+                return None
+        result = await call_next(job)
+        for name in names["after_perform"]:
+            await sync_to_async(getattr(job, name), thread_sensitive=False)()
+        return result

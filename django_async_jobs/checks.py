@@ -10,6 +10,8 @@ from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs import conf, cron, registry
+from django_async_jobs.deadjobs import retention
+from django_async_jobs.middleware import chain, context
 
 TAG = "async_jobs"
 URL_SCHEMES = {"redis", "rediss", "unix", "fakeredis"}
@@ -88,8 +90,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             id="async_jobs.E009",
         ))
     if "DEAD_JOB_RETENTION" in raw:
-        from django_async_jobs.deadjobs import retention
-
         try:
             retention()
         except ImproperlyConfigured as exc:
@@ -98,6 +98,33 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         errors.extend(_check_job_queues(spec))
     for message in cron.problems(raw.get("RECURRING"), spec.names if spec else None):
         errors.append(Error(f"ASYNC_JOBS: {message}", id="async_jobs.E020"))
+    return errors
+
+
+@register(TAG, Tags.compatibility)
+def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """``MIDDLEWARE`` and ``CONTEXT`` import and fit every job class (what a job class's own
+    ``middleware`` cannot serve is refused when the class is defined)."""
+    try:
+        conf.get_settings()
+    except (TypeError, ValueError):
+        return []  # check_settings reports what is wrong with the settings themselves
+    errors: list[Any] = []
+    for what, load, code in (
+        ("MIDDLEWARE", chain.settings_middleware, "async_jobs.E030"),
+        ("CONTEXT", context.variables, "async_jobs.E031"),
+    ):
+        try:
+            load()
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), hint=f"See ASYNC_JOBS['{what}'] in the docs' middleware page.", id=code))
+    if errors:
+        return errors
+    for _, job_class in sorted(registry.all_jobs().items()):
+        try:
+            chain.check_class(job_class, chain.settings_middleware())
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), obj=job_class, id="async_jobs.E032"))
     return errors
 
 

@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     # Job progress rows are written every N items or T seconds, whichever comes first.
     "PROGRESS_EVERY": 100,
     "PROGRESS_SECONDS": 2.0,
+    # Job middleware (docs/middleware.md), outermost first, inside the worker's own layers and
+    # outside the built-in ones; and the contextvars CurrentContext carries into jobs.
+    "MIDDLEWARE": ["django_async_jobs.middleware.CurrentContext"],
+    "CONTEXT": [],
 }
 
 
@@ -245,9 +249,6 @@ def _reset(*, setting: str, **kwargs: Any) -> None:
     global _cached
     if setting == "ASYNC_JOBS":
         _cached = None
-        from django_async_jobs.broker import client
-
-        client.reset()
 
 
 setting_changed.connect(_reset)

@@ -12,6 +12,7 @@ job registry; a path in the setting is never imported.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,8 +22,9 @@ from croniter import croniter
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
-from django_async_jobs import callbacks, locks, registry, signals
-from django_async_jobs.conf import QUEUE_NAME_RULE, valid_queue_name
+from django_async_jobs import locks, registry, signals
+from django_async_jobs.broker.client import get_broker
+from django_async_jobs.conf import QUEUE_NAME_RULE, get_settings, valid_queue_name
 from django_async_jobs.serialization import encode_job
 
 logger = logging.getLogger("django_async_jobs.worker")
@@ -133,8 +135,6 @@ def problems(raw: Any, queue_names: tuple[str, ...] | None) -> list[str]:
 
 def entries(raw: Any = None) -> list[Entry]:
     """The parsed ``RECURRING`` setting; ``ImproperlyConfigured`` listing every mistake."""
-    from django_async_jobs.conf import get_settings
-
     if raw is None:
         raw = get_settings().raw.get("RECURRING")
     errors = problems(raw, None)
@@ -159,26 +159,21 @@ def entries(raw: Any = None) -> list[Entry]:
 def enqueue_tick(entry: Entry, tick: float, broker: Any) -> str | None:
     """Enqueue ``entry``'s job for ``tick`` unless any process already did; the job id or None.
 
-    As ``perform_later`` does, the job's enqueue callbacks run around the push (a halting
-    ``before_enqueue`` skips this process's tick) and a unique job's enqueue lock is taken in the
-    same Lua step: a tick whose lock is held counts as handled, as ``on_conflict`` says. The
-    payload's ``cron`` field names the entry and the tick.
+    The job goes through its enqueue chain as with ``perform_later`` (a halting middleware or
+    ``before_enqueue`` skips this process's tick); only the push differs: the ``cron_push`` Lua
+    step, which also takes a unique job's enqueue lock, so a tick whose lock is held counts as
+    handled, as ``on_conflict`` says. The payload's ``cron`` field names the entry and the tick.
     """
     job_class = registry.lookup(entry.job)
     if job_class is None:
         raise ImproperlyConfigured(f"RECURRING[{entry.name!r}]: no registered job is named {entry.job!r}.")
     job = job_class(*entry.args, **entry.kwargs)
-    job._check_arguments()
-    if entry.priority is not None:
-        job.priority = entry.priority
+    job.payload["cron"] = {"name": entry.name, "tick": int(tick)}
 
-    def push() -> None:
-        job.queue_name = entry.queue or job._resolve_queue()
-        job.payload["cron"] = {"name": entry.name, "tick": int(tick)}
-        data = job.serialize()
-        key = data.get("lock", {}).get("key")
+    def push(job: Any) -> None:
+        key = (job.lock_keys or {}).get("key")
         done, holder = broker.cron_push(
-            entry.name, int(tick), job.job_id, encode_job(data), key, job_class._lock_ttl_ms or 0
+            entry.name, int(tick), job.job_id, encode_job(job.serialize()), key, job_class._lock_ttl_ms or 0
         )
         if done == -1:
             locks.conflict(job, key, holder, "enqueued")
@@ -186,7 +181,8 @@ def enqueue_tick(entry: Entry, tick: float, broker: Any) -> str | None:
         if job.successfully_enqueued:
             signals.send(signals.job_enqueued, job_class, job=job)
 
-    callbacks.run(job, "enqueue", push)
+    job._route = push
+    job.enqueue(queue=entry.queue, priority=entry.priority)
     return job.job_id if job.successfully_enqueued else None
 
 
@@ -208,10 +204,6 @@ def describe(count: int = 3, now: float | None = None, broker: Any = None) -> li
 
     What ``manage.py jobs cron`` prints.
     """
-    import time
-
-    from django_async_jobs.broker.client import get_broker
-
     broker = broker or get_broker()
     moment = time.time() if now is None else now
     rows = []

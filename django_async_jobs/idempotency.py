@@ -55,19 +55,6 @@ def _expiry(value: float | timedelta | None) -> Any:
     return timezone.now() + timedelta(seconds=seconds)
 
 
-def validate(job_class: type) -> None:
-    """Refuse, when the class is defined, what cannot work (an async ``perform``)."""
-    overrides = getattr(job_class, "idempotency_key", None)
-    from django_async_jobs.job import ApplicationJob
-
-    if overrides is not ApplicationJob.idempotency_key and getattr(job_class, "_is_async", False):
-        raise ImproperlyConfigured(
-            f"{job_class.__qualname__} defines idempotency_key() but perform is async: the marker must "
-            "commit in the transaction of the job's writes, which needs a synchronous perform(). "
-            "Make perform() synchronous, or use self.once(...) around a synchronous step."
-        )
-
-
 @contextmanager
 def claim(job: ApplicationJob | None, key: str, expires: float | timedelta | None = None) -> Iterator[bool]:
     """Open a transaction and insert the marker: True inside means "do the work now".
@@ -96,20 +83,35 @@ def claim(job: ApplicationJob | None, key: str, expires: float | timedelta | Non
         yield fresh
 
 
-def perform(job: ApplicationJob, body: Callable[..., Any]) -> Any:
-    """Run ``body`` under the job's ``idempotency_key`` (the perform step; no key: just run it)."""
-    key = job.idempotency_key(*job.arguments, **job.kwargs)
-    if key is None:
-        return body(*job.arguments, **job.kwargs)
-    if not isinstance(key, str):
-        raise TypeError(
-            f"{type(job).__name__}.idempotency_key() must return a string or None, got "
-            f"{argument_repr(key)} (a {type(key).__name__})."
-        )
-    with claim(job, _key((key,)), type(job).idempotency_expires) as fresh:
-        if not fresh:
-            return None
-        return body(*job.arguments, **job.kwargs)
+class Idempotency:
+    """The perform layer for classes that define ``idempotency_key()``: ``perform`` runs in the
+    transaction that inserts the key's marker, or not at all once the key is done."""
+
+    def applies_to(self, job_class: type) -> bool:
+        return not getattr(job_class.idempotency_key, "no_key", False)
+
+    def check(self, job_class: type) -> None:
+        """Refuse, when the class is defined, what cannot work (an async ``perform``)."""
+        if self.applies_to(job_class) and job_class._is_async:
+            raise ImproperlyConfigured(
+                f"{job_class.__qualname__} defines idempotency_key() but perform is async: the marker must "
+                "commit in the transaction of the job's writes, which needs a synchronous perform(). "
+                "Make perform() synchronous, or use self.once(...) around a synchronous step."
+            )
+
+    def perform(self, job: ApplicationJob, call_next: Callable[[Any], Any]) -> Any:
+        key = job.idempotency_key(*job.arguments, **job.kwargs)
+        if key is None:
+            return call_next(job)
+        if not isinstance(key, str):
+            raise TypeError(
+                f"{type(job).__name__}.idempotency_key() must return a string or None, got "
+                f"{argument_repr(key)} (a {type(key).__name__})."
+            )
+        with claim(job, _key((key,)), type(job).idempotency_expires) as fresh:
+            if not fresh:
+                return None
+            return call_next(job)
 
 
 def once(job: ApplicationJob | None, *parts: Any, expires: float | timedelta | None = None) -> Any:

@@ -1,4 +1,11 @@
-"""``ApplicationJob``: the class users subclass, and ``set()`` for per-call options."""
+"""``ApplicationJob``: the class users subclass, and ``set()`` for per-call options.
+
+This is the job's own API: declaring a job (options checked when the class is defined), its
+payload (``serialize`` / ``deserialize``), and the entry points that run the two middleware
+chains (``middleware/chain.py``): every enqueue (``perform_later``, ``set(...)``,
+``perform_all_later``/``perform_bulk``, ``retry_job``, recurring ticks) goes through the job
+class's enqueue chain to ``dispatch.deliver``; ``perform_now`` runs its perform chain.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +16,25 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from django_async_jobs import callbacks, dispatch, idempotency, locks, registry, retries, signals
+from django_async_jobs import callbacks, dispatch, idempotency, locks, progress, registry, retries
 from django_async_jobs.conf import (
     MAX_WAIT,
     MAX_WAIT_TEXT,
+    argument_repr,
     get_settings,
     validate_queue_name,
     wait_seconds,
 )
+from django_async_jobs.middleware import chain
 from django_async_jobs.serialization import (
+    MalformedPayload,
     dump_arguments,
+    dump_value,
     load_arguments,
+    load_value,
     new_job_id,
 )
 
@@ -100,6 +111,20 @@ class ApplicationJob:
     # None follows ASYNC_JOBS["ENQUEUE_AFTER_COMMIT"]; the alias is the database whose commit waits.
     enqueue_after_commit: ClassVar[bool | None] = None
     enqueue_using: ClassVar[str] = "default"
+    # This class's own middleware (paths, classes or instances), inside ASYNC_JOBS["MIDDLEWARE"].
+    middleware: ClassVar[list[Any] | tuple[Any, ...]] = ()
+
+    # Per enqueue, set by the chains: the unique lock's keys (UniqueJobs), whether the chain
+    # reached its push (``dispatch.deliver``), where that push goes instead of Redis (a bulk, a
+    # recurring tick) and the database whose commit it waits for. In the worker: the in-flight
+    # field it was fetched as, and how its execution ended (``retries.Outcome``).
+    lock_keys: dict[str, str] | None = None
+    _delivered = False
+    _checked_queue: str | None = None
+    _route: Callable[[ApplicationJob], Any] | None = None
+    _using: str | None = None
+    fetched_as: str | None = None
+    outcome: retries.Outcome | None = None
 
     job_name: ClassVar[str]
     _callbacks: ClassVar[dict[str, tuple[str, ...]]]
@@ -133,7 +158,9 @@ class ApplicationJob:
                 raise ImproperlyConfigured(str(exc)) from None
         cls._rules = retries.compile_rules(cls)
         cls._lock_ttl_ms = locks.compile_lock(cls)
-        idempotency.validate(cls)
+        # What this class's middleware and the built-in layers cannot serve (idempotency
+        # markers on an async job) is refused now; ASYNC_JOBS["MIDDLEWARE"]'s, by a system check.
+        chain.check_class(cls, (*chain.class_middleware(cls), *chain.BUILTIN_PERFORM))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.arguments: list[Any] = list(args)
@@ -146,6 +173,8 @@ class ApplicationJob:
         self.enqueued_at: float | None = None
         self.successfully_enqueued: bool | None = None
         self.payload: dict[str, Any] = {}
+        self.meta: dict[str, Any] = {}
+        self.context: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.job_id} queue={self.queue_name!r}>"
@@ -173,6 +202,8 @@ class ApplicationJob:
         """
         return None
 
+    idempotency_key.no_key = True  # type: ignore[attr-defined]  # not overridden: no Idempotency layer
+
     def once(self, *parts: Any, expires: float | timedelta | None = None) -> Any:
         """``with self.once("sms", task.id) as first:`` ``first`` is True the first time only.
 
@@ -183,9 +214,7 @@ class ApplicationJob:
     def track_progress(self, total: int | None = None, name: str = "") -> Any:
         """``with self.track_progress(total=n) as progress:`` then ``progress.advance()`` and
         ``progress.error(row=..., error=...)``: a ``JobProgress`` row others can watch."""
-        from django_async_jobs.progress import Tracker
-
-        return Tracker(self, total=total, name=name)
+        return progress.Tracker(self, total=total, name=name)
 
     def after_discard(self, exc: BaseException) -> None:
         """Called when a ``discard_on`` rule drops this job; override to clean up or notify."""
@@ -227,20 +256,56 @@ class ApplicationJob:
 
     @classmethod
     def perform_later(cls, *args: Any, **kwargs: Any) -> ApplicationJob:
-        """Enqueue; returns the job (``.job_id`` set), falsy if a callback halted it."""
+        """Enqueue; returns the job (``.job_id`` set), falsy if a middleware or callback halted it."""
         return cls(*args, **kwargs).enqueue()
 
     @staticmethod
     def perform_all_later(jobs: Any, *, using: str | None = None) -> int:
-        """Enqueue many job instances (any classes) in one Redis call per 1,000; no enqueue
-        callbacks run, as ActiveJob's. Returns how many were enqueued (or deferred to commit)."""
-        return dispatch.enqueue_all(jobs, using=using)
+        """Enqueue many job instances (any classes), each through its class's enqueue chain, then
+        push them together: one Redis call per 1,000. Returns how many were enqueued (or deferred
+        to the commit); a job a middleware or callback halted is not counted."""
+        collected: list[ApplicationJob] = []
+        for index, job in enumerate(jobs):
+            if not isinstance(job, ApplicationJob):
+                raise TypeError(
+                    f"perform_all_later() takes job instances, got {argument_repr(job)} (a "
+                    f"{type(job).__name__}) at index {index}; "
+                    f"build them with MyJob(*args), or use MyJob.perform_bulk([args, ...])."
+                )
+            job._prepare_enqueue(None, None, using)
+            job._route = collected.append  # the chain's push collects it for the bulk
+            try:
+                job._run_enqueue_chain()
+            finally:
+                job._route = None
+        return dispatch.deliver_all(collected, using)
 
     @classmethod
     def perform_bulk(cls, items: Any, **options: Any) -> int:
         """``perform_all_later`` for one class: each item is an args list/tuple, a kwargs dict, or
         an ``(args, kwargs)`` pair; ``options`` are ``set()``'s (wait, queue, priority, ...)."""
-        return dispatch.enqueue_bulk(cls, items, **options)
+        unknown = set(options) - {"wait", "wait_until", "queue", "priority", "using"}
+        if unknown:
+            raise TypeError(
+                f"perform_bulk() got unknown option(s) {sorted(unknown)}; it takes wait, wait_until, "
+                f"queue, priority and using."
+            )
+        if isinstance(items, (str, bytes, dict)):
+            raise TypeError("perform_bulk() takes a list of argument lists, e.g. [(1,), (2,)].")
+        queue = options.get("queue")
+        if queue is not None:
+            validate_queue_name(queue, "perform_bulk(queue=)")
+        run_at = _run_at(options.get("wait"), options.get("wait_until"))
+        jobs = []
+        for index, item in enumerate(items):
+            args, kwargs = _call_arguments(item, index)
+            job = cls(*args, **kwargs)
+            job.queue_name = queue
+            if options.get("priority") is not None:
+                job.priority = options["priority"]
+            job.scheduled_at = run_at
+            jobs.append(job)
+        return cls.perform_all_later(jobs, using=options.get("using"))
 
     def enqueue(
         self,
@@ -251,30 +316,31 @@ class ApplicationJob:
         priority: int | None = None,
         using: str | None = None,
     ) -> ApplicationJob:
+        """Run this job through its class's enqueue chain to Redis (or the commit); the job,
+        falsy when a middleware or callback halted it."""
+        self._prepare_enqueue(queue, priority, using)
+        self.scheduled_at = _run_at(wait, wait_until)
+        return self._run_enqueue_chain()
+
+    def _prepare_enqueue(self, queue: str | None, priority: int | None, using: str | None) -> None:
+        """Check the job and its options before any middleware sees it, its queue resolved."""
         self._check_arguments()
         if queue is not None:
             self.queue_name = validate_queue_name(queue, "queue")
+        elif self.queue_name is None:
+            self.queue_name = self._resolve_queue()
         if priority is not None:
             self.priority = priority
         self.priority = _validate_priority(self.priority)
-        self.scheduled_at = _run_at(wait, wait_until)
-        dispatch.now_or_on_commit([self], self._enqueue_with_callbacks, using)
-        return self
+        self._using = using
 
-    def _enqueue_with_callbacks(self) -> None:
-        if callbacks.run(self, "enqueue", self._push) is callbacks.HALTED:
-            self.successfully_enqueued = False
-
-    def _push(self) -> ApplicationJob:
-        if self.queue_name is None:
-            self.queue_name = self._resolve_queue()
-        if type(self).lock is None or get_settings().mode != "redis":  # no locks in test modes
-            dispatch.enqueue([self])
-        elif not locks.enqueue(self):
-            self.successfully_enqueued = False  # a unique job's lock is taken
-            return self
-        self.successfully_enqueued = True
-        signals.send(signals.job_enqueued, type(self), job=self)
+    def _run_enqueue_chain(self) -> ApplicationJob:
+        self._checked_queue = self.queue_name  # dispatch.deliver checks a queue a middleware set
+        self.successfully_enqueued = None
+        self._delivered = False
+        chain.enqueue_chain(type(self), dispatch.deliver)(self)
+        if not self._delivered:
+            self.successfully_enqueued = False  # a middleware or callback halted it
         return self
 
     def _resolve_queue(self) -> str:
@@ -328,15 +394,20 @@ class ApplicationJob:
         for key in CARRIED:
             if key in self.payload:
                 data[key] = self.payload[key]
-        if type(self).lock is not None:
-            data["lock"] = locks.payload_lock(self)
+        if self.lock_keys is not None:
+            data["lock"] = self.lock_keys
+        if self.meta:
+            data["meta"] = dump_value(self.meta, tagged, "job.meta")
+        if self.context:
+            data["context"] = self.context  # dumped by CurrentContext
         return data
 
     @classmethod
     def deserialize(cls, data: dict[str, Any]) -> ApplicationJob:
         """A job rebuilt from its payload (the worker's side of ``serialize``)."""
         job = cls.__new__(cls)
-        args, kwargs = load_arguments(data["args"], data.get("kwargs") or {}, bool(data.get("tagged")))
+        tagged = bool(data.get("tagged"))
+        args, kwargs = load_arguments(data["args"], data.get("kwargs") or {}, tagged)
         job.arguments = args
         job.kwargs = kwargs
         job.job_id = data["jid"]
@@ -347,28 +418,15 @@ class ApplicationJob:
         job.enqueued_at = data.get("enqueued_at")
         job.successfully_enqueued = True
         job.payload = data
+        job.meta = _mapping(data, "meta", tagged)
+        job.context = _mapping(data, "context", tagged)
         return job
 
     # -- performing --------------------------------------------------------------------------
 
     def _perform_now_instance(self) -> Any:
         self.executions += 1
-        perform = async_to_sync(self.perform) if self._is_async else self.perform
-        result = callbacks.run(self, "perform", lambda: idempotency.perform(self, perform))
-        return None if result is callbacks.HALTED else result
-
-    async def _aperform_now(self) -> Any:
-        """``perform_now`` for the worker's event loop: ``perform`` is awaited, not run in a
-        thread; before/after callbacks are sync code, so they run in the loop's thread pool."""
-        self.executions += 1
-        names = self._callbacks
-        for name in names["before_perform"]:
-            if await sync_to_async(getattr(self, name), thread_sensitive=False)() is False:
-                return None
-        result = await self.perform(*self.arguments, **self.kwargs)
-        for name in names["after_perform"]:
-            await sync_to_async(getattr(self, name), thread_sensitive=False)()
-        return result
+        return chain.perform_chain(type(self))(self)
 
     @classmethod
     def _perform_now_class(cls, *args: Any, **kwargs: Any) -> Any:
@@ -377,6 +435,30 @@ class ApplicationJob:
         return job.perform_now()
 
     perform_now = _ClassOrInstance(_perform_now_class, _perform_now_instance)
+
+
+def _mapping(data: dict[str, Any], field: str, tagged: bool) -> dict[str, Any]:
+    """A payload's ``meta`` or ``context``: an object, or nothing."""
+    value = data.get(field)
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise MalformedPayload(f"field {field!r} is not an object")
+    return load_value(value) if tagged else value
+
+
+def _call_arguments(item: Any, index: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(item, dict):
+        return (), item
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (list, tuple)) and isinstance(item[1], dict):
+        return tuple(item[0]), item[1]
+    if isinstance(item, (list, tuple)):
+        return tuple(item), {}
+    raise TypeError(
+        f"perform_bulk() item {index} is {argument_repr(item)} (a {type(item).__name__}); give "
+        f"a list/tuple of arguments, a dict of "
+        f"keyword arguments, or an (args, kwargs) pair, e.g. [(1,), (2,)] or [((1,), {{'x': 2}})]."
+    )
 
 
 ApplicationJob.job_name = registry.job_name(ApplicationJob)

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,6 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs.broker.client import get_broker
 from django_async_jobs.conf import argument_repr
-from django_async_jobs.serialization import encode_job
 
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
@@ -140,29 +140,22 @@ def payload_lock(job: ApplicationJob) -> dict[str, str]:
     return data
 
 
-def enqueue(job: ApplicationJob) -> bool:
-    """Push a unique job; False (or ``LockConflict``) when its enqueue lock is taken.
+def push(job: ApplicationJob, payload: str) -> bool:
+    """Take a unique job's enqueue lock and push it (``payload``, its encoded payload) in one Lua
+    step; False (or ``LockConflict``) when the lock is taken.
 
-    Lock and push are one Lua step, so there is no window where the lock is held and the job
-    not yet in Redis (or the reverse). The TTL counts from the run time of a scheduled job.
+    There is no window where the lock is held and the job not yet in Redis (or the reverse). The
+    TTL counts from the run time of a scheduled job.
     """
-    if type(job).lock not in ENQUEUE_LOCKED:
-        from django_async_jobs import dispatch
-
-        dispatch.enqueue([job])
-        return True
-    data = job.serialize()
-    lock = data["lock"]
+    key = job.lock_keys["key"]
     ttl_ms = type(job)._lock_ttl_ms
     delay = 0.0
     if job.scheduled_at is not None:
-        delay = max(0.0, job.scheduled_at - data["enqueued_at"])
-    pushed, holder = get_broker().lock_push(
-        lock["key"], job.job_id, ttl_ms + int(delay * 1000), encode_job(data), job.scheduled_at
-    )
+        delay = max(0.0, job.scheduled_at - job.enqueued_at)
+    pushed, holder = get_broker().lock_push(key, job.job_id, ttl_ms + int(delay * 1000), payload, job.scheduled_at)
     if pushed:
         return True
-    conflict(job, lock["key"], holder, "enqueued")
+    conflict(job, key, holder, "enqueued")
     return False
 
 
@@ -176,31 +169,53 @@ def conflict(job: ApplicationJob, key: str, holder: str | None, when: str) -> No
     )
 
 
-def perform(job: ApplicationJob, field: str) -> None:
-    """Run a fetched job under its locks (the worker's side)."""
-    lock = job.payload.get("lock")
-    if not lock:
-        job.perform_now()
-        return
-    broker = get_broker()
-    ttl_ms = type(job)._lock_ttl_ms
-    held = [(lock["key"], job.job_id)] if lock.get("mode") == "until_executed" and lock.get("key") else []
-    if lock.get("mode") in RELEASED_AT_START and lock.get("key"):
-        broker.unlock(lock["key"], job.job_id)
-    run_key = lock.get("run")
-    if run_key:
-        taken, holder = broker.take_lock(run_key, field, ttl_ms)
-        if not taken:
-            _run_conflict(job, run_key, holder)
-            return
-        held.append((run_key, field))
-    _hold(held, ttl_ms)
-    try:
-        job.perform_now()
-    finally:
-        _let_go(held)
+class UniqueJobs:
+    """Unique jobs on both chains, for classes with a ``lock``.
+
+    At enqueue, the lock's keys are stamped on the job (``job.lock_keys``, the payload's
+    ``lock``), and the push takes the enqueue lock in its own Lua step. In the worker, around
+    ``perform``: an ``until_executing`` lock is released at the start, a run lock taken for the
+    run (its holder is the in-flight field, so the recovery steps can free it), and both kinds
+    renewed at every heartbeat while the job runs.
+    """
+
+    def applies_to(self, job_class: type) -> bool:
+        return job_class.lock is not None
+
+    def enqueue(self, job: ApplicationJob, call_next: Callable[[Any], Any]) -> Any:
+        job.lock_keys = payload_lock(job)
+        return call_next(job)
+
+    def perform(self, job: ApplicationJob, call_next: Callable[[Any], Any]) -> Any:
+        lock = job.payload.get("lock")
+        if not isinstance(lock, dict):
+            return call_next(job)
+        broker = get_broker()
+        field = job.fetched_as
+        ttl_ms = type(job)._lock_ttl_ms
+        key = _own(lock.get("key"), broker.keys.lock_base)
+        held = [(key, job.job_id)] if lock.get("mode") == "until_executed" and key else []
+        if lock.get("mode") in RELEASED_AT_START and key:
+            broker.unlock(key, job.job_id)
+        run_key = _own(lock.get("run"), broker.keys.run_lock_base)
         if run_key:
-            broker.unlock(run_key, field)
+            taken, holder = broker.take_lock(run_key, field, ttl_ms)
+            if not taken:
+                return _run_conflict(job, run_key, holder)
+            held.append((run_key, field))
+        _hold(held, ttl_ms)
+        try:
+            return call_next(job)
+        finally:
+            _let_go(held)
+            if run_key:
+                broker.unlock(run_key, field)
+
+
+def _own(key: Any, base: str) -> str | None:
+    """A lock key from a payload, if it is one of this prefix's lock keys: a payload written
+    into Redis by hand must not make the worker take or delete any other key."""
+    return key if isinstance(key, str) and key.startswith(base) else None
 
 
 def _run_conflict(job: ApplicationJob, key: str, holder: str | None) -> None:

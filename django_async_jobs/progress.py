@@ -58,11 +58,11 @@ def perform_later_with_progress(
     ``job_class`` may be ``Job.set(...)``. A job that was not enqueued (a unique job's conflict,
     a halting callback) leaves no row.
     """
-    from django_async_jobs.job import ConfiguredJob
-
-    options = job_class.options if isinstance(job_class, ConfiguredJob) else {}
-    klass = job_class.job_class if isinstance(job_class, ConfiguredJob) else job_class
-    job = klass(*args, **kwargs)
+    if isinstance(job_class, type):
+        options: dict[str, Any] = {}
+    else:  # Job.set(...): the class and the options for its next enqueue
+        job_class, options = job_class.job_class, job_class.options
+    job = job_class(*args, **kwargs)
     row = expect(job, started_by=started_by, name=progress_name)
     job.enqueue(**options)
     if not job:

@@ -17,16 +17,18 @@ Retries wait in the Redis retry set and are moved to their queue by the schedule
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
@@ -38,7 +40,6 @@ from django_async_jobs.serialization import payload_bytes
 
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
-    from django_async_jobs.worker.processor import Settlement
 
 logger = logging.getLogger("django_async_jobs.job")
 
@@ -227,9 +228,29 @@ def _max_retries(job: ApplicationJob) -> int:
 # -- the decision --------------------------------------------------------------------------------
 
 
-def handle_failure(job: ApplicationJob, field: str, raw: bytes, exc: BaseException) -> Settlement:
-    from django_async_jobs.worker.processor import Settlement, dead_record
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one execution; the worker settles the job from it.
 
+    ``name`` is the log line's outcome: ``ok``, ``discarded`` (a discard rule, or a rule's
+    ``on_exhausted`` callback took it), ``retry`` (``run_at``, and ``payload`` for the retry
+    set) or ``dead`` (``reason``, and ``data``: the payload with its executions).
+    """
+
+    name: str
+    failed: bool = False
+    error: BaseException | None = None
+    run_at: float = 0.0
+    payload: bytes = b""
+    reason: str = ""
+    data: dict[str, Any] | None = None
+
+
+SUCCEEDED = Outcome("ok")
+
+
+def handle_failure(job: ApplicationJob, exc: BaseException) -> Outcome:
+    """The outcome of an execution that raised ``exc``: the rules decide (module docstring)."""
     payload = job.payload
     call_handlers("ERROR_HANDLERS", payload, exc)
     signals.send(signals.job_failed, type(job), job=job, exception=exc)
@@ -241,7 +262,7 @@ def handle_failure(job: ApplicationJob, field: str, raw: bytes, exc: BaseExcepti
         if rule.on_discard is not None:
             _call_quietly(rule.on_discard, job, exc)
         signals.send(signals.job_discarded, type(job), job=job, exception=exc)
-        return Settlement("ack", field, failed=True)
+        return Outcome("discarded", failed=True, error=exc)
 
     if isinstance(rule, RetryRule):
         counters = dict(payload.get("retries") or {})
@@ -249,18 +270,20 @@ def handle_failure(job: ApplicationJob, field: str, raw: bytes, exc: BaseExcepti
         if rule.attempts == UNLIMITED or count < rule.attempts:
             counters[rule.key] = count
             wait = rule.delay(count)
-            return _retry(job, field, wait, {"retries": counters}, rule.queue, rule.priority, exc)
+            return _retry(job, wait, {"retries": counters}, rule.queue, rule.priority, exc)
         if rule.on_exhausted is not None:
             _call_quietly(rule.on_exhausted, job, exc)
-            return Settlement("ack", field, failed=True)
+            return Outcome("discarded", failed=True, error=exc)
     else:
         count = _counter(payload.get("retry_count", 0), "retry_count")
         if count < _max_retries(job):
-            return _retry(job, field, default_backoff(count), {"retry_count": count + 1}, None, None, exc)
+            return _retry(job, default_backoff(count), {"retry_count": count + 1}, None, None, exc)
 
     call_handlers("DEATH_HANDLERS", payload, exc)
     signals.send(signals.job_died, type(job), job=job, exception=exc, reason="retries_exhausted")
-    return dead_record(field, raw, "retries_exhausted", exc, {**payload, "executions": job.executions})
+    return Outcome(
+        "dead", failed=True, error=exc, reason="retries_exhausted", data={**payload, "executions": job.executions}
+    )
 
 
 def _counter(value: Any, field: str) -> int:
@@ -273,15 +296,12 @@ def _counter(value: Any, field: str) -> int:
 
 def _retry(
     job: ApplicationJob,
-    field: str,
     wait: float,
     counters: dict[str, Any],
     queue: str | None,
     priority: int | None,
     exc: BaseException,
-) -> Settlement:
-    from django_async_jobs.worker.processor import Settlement
-
+) -> Outcome:
     _counter(job.executions, "executions")
     data = {**job.payload, **counters, "executions": job.executions, "error_class": type(exc).__name__}
     data["error_message"] = str(exc)[:500]
@@ -292,7 +312,37 @@ def _retry(
     run_at = time.time() + wait
     data["at"] = round(run_at, 3)
     signals.send(signals.job_retried, type(job), job=job, exception=exc, wait=wait)
-    return Settlement("retry", field, run_at, payload_bytes(data), failed=True)
+    return Outcome("retry", failed=True, error=exc, run_at=run_at, payload=payload_bytes(data))
+
+
+class RetryPolicy:
+    """The worker's perform layer that ends every execution with an ``Outcome`` (``job.outcome``).
+
+    Everything inside it (the other middleware, the callbacks, ``perform``) raises into the
+    rules above; ``SystemExit`` from a job too. A cancelled coroutine is not a failure: the
+    worker is stopping, and the job is handed back.
+    """
+
+    def perform(self, job: ApplicationJob, call_next: Callable[[Any], Any]) -> Any:
+        try:
+            result = call_next(job)
+        except BaseException as exc:
+            job.outcome = handle_failure(job, exc)
+            return None
+        job.outcome = SUCCEEDED
+        return result
+
+    async def aperform(self, job: ApplicationJob, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        try:
+            result = await call_next(job)
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except BaseException as exc:  # SystemExit too: asyncio would re-raise it and end the loop
+            # The rules call handlers and signal receivers, which may block: not on the loop.
+            job.outcome = await sync_to_async(handle_failure, thread_sensitive=False)(job, exc)
+            return None
+        job.outcome = SUCCEEDED
+        return result
 
 
 def _call_quietly(callback: Callable[..., Any], *args: Any) -> None:

@@ -21,24 +21,16 @@ raised at once (the default 25-retry policy is not replayed in tests).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings as django_settings
 from django.test.utils import override_settings
 
-from django_async_jobs import registry, retries, signals
-from django_async_jobs.serialization import (
-    decode_payload,
-    encode_job,
-    encode_payload,
-    load_arguments,
-)
+from django_async_jobs.memory import EnqueuedJob, Filter, add, count_perform, perform, store
 
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
@@ -60,130 +52,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(interval)
 
 
-# A flush that performs more jobs than this is a job enqueueing itself forever.
-MAX_PERFORMS = 10_000
 AT_TOLERANCE = 1.0  # seconds: ``at=`` matches a scheduled time within this
-
-
-@dataclass(frozen=True)
-class EnqueuedJob:
-    """One recorded enqueue, as a worker would see it (arguments after the JSON round trip)."""
-
-    job_class: type[ApplicationJob] | None
-    job_id: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    queue: str
-    priority: int
-    at: datetime | None
-    payload: dict[str, Any]
-
-    @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> EnqueuedJob:
-        args, kwargs = load_arguments(payload["args"], payload.get("kwargs") or {}, bool(payload.get("tagged")))
-        at = payload.get("at")
-        return cls(
-            job_class=registry.lookup(payload["job"]),
-            job_id=payload["jid"],
-            args=args,
-            kwargs=kwargs,
-            queue=payload["queue"],
-            priority=payload.get("priority", 0),
-            at=datetime.fromtimestamp(at, UTC) if at is not None else None,
-            payload=payload,
-        )
-
-
-Filter = Callable[[EnqueuedJob], bool]
-
-
-class _Store:
-    """The process-wide record of test-mode jobs (one test runs at a time per process)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.enqueued: list[EnqueuedJob] = []
-        self.performed: list[EnqueuedJob] = []
-        self.perform_at_once: list[Filter] = []  # innermost ``with perform_enqueued_jobs()`` last
-
-    def clear(self) -> None:
-        with self.lock:
-            self.enqueued.clear()
-            self.performed.clear()
-
-    def take(self, wanted: Filter) -> EnqueuedJob | None:
-        with self.lock:
-            for index, record in enumerate(self.enqueued):
-                if wanted(record):
-                    return self.enqueued.pop(index)
-        return None
-
-
-_store = _Store()
-
-
-def accept(jobs: Sequence[ApplicationJob], *, inline: bool) -> None:
-    """The dispatcher's target in "test" and "inline" modes."""
-    for job in jobs:
-        record = EnqueuedJob.from_payload(decode_payload(encode_job(job.serialize())))
-        if inline:
-            _perform_chain(record)
-        else:
-            _add(record)
-
-
-def _add(record: EnqueuedJob | None) -> None:
-    """Record a job, or perform it at once inside a matching ``with perform_enqueued_jobs()``
-    (its retries are added the same way, so they run at once only if they match too)."""
-    performs = 0
-    while record is not None:
-        filters = _store.perform_at_once
-        if not (filters and filters[-1](record)):
-            with _store.lock:
-                _store.enqueued.append(record)
-            return
-        record = _perform(record)
-        performs = _count(performs)
-
-
-def _perform_chain(record: EnqueuedJob | None) -> None:
-    """Inline mode: perform a job and, at once, the retries it asks for."""
-    performs = 0
-    while record is not None:
-        record = _perform(record)
-        performs = _count(performs)
-
-
-def _count(performs: int) -> int:
-    if performs >= MAX_PERFORMS:
-        raise RuntimeError(f"performed more than {MAX_PERFORMS} jobs in a row; does a job enqueue itself forever?")
-    return performs + 1
-
-
-def _perform(record: EnqueuedJob) -> EnqueuedJob | None:
-    """Run one recorded job as a worker would; return its retry, if a ``retry_on`` rule asks."""
-    job_class = record.job_class
-    if job_class is None:
-        raise LookupError(f"no registered job is named {record.payload['job']!r}")
-    raw = encode_payload(record.payload)
-    job = job_class.deserialize(decode_payload(raw))
-    job._check_arguments()
-    with _store.lock:
-        _store.performed.append(record)
-    signals.send(signals.job_started, job_class, job=job)
-    try:
-        job.perform_now()
-    except Exception as exc:
-        if retries.match(job._rules, exc) is None:
-            raise
-        settlement = retries.handle_failure(job, job.job_id, raw.encode(), exc)
-        if settlement.op == "dead":
-            raise
-        if settlement.op == "retry":
-            return EnqueuedJob.from_payload(decode_payload(settlement.b))
-        return None  # discarded, or an on_exhausted callback took it
-    signals.send(signals.job_succeeded, job_class, job=job)
-    return None
 
 
 # -- matching -------------------------------------------------------------------------------------
@@ -293,11 +162,11 @@ class _Performing:
         return f"<performed {self.count} job(s)>"
 
     def __enter__(self) -> _Performing:
-        _store.perform_at_once.append(self.wanted)
+        store.perform_at_once.append(self.wanted)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        _store.perform_at_once.remove(self.wanted)
+        store.perform_at_once.remove(self.wanted)
 
 
 class JobsTestHelper:
@@ -306,17 +175,17 @@ class JobsTestHelper:
     @property
     def enqueued_jobs(self) -> list[EnqueuedJob]:
         """Jobs enqueued and not performed yet, oldest first (scheduled jobs and retries too)."""
-        with _store.lock:
-            return list(_store.enqueued)
+        with store.lock:
+            return list(store.enqueued)
 
     @property
     def performed_jobs(self) -> list[EnqueuedJob]:
-        with _store.lock:
-            return list(_store.performed)
+        with store.lock:
+            return list(store.performed)
 
     def clear(self) -> None:
         """Forget every enqueued and performed job."""
-        _store.clear()
+        store.clear()
 
     def assert_enqueued(
         self,
@@ -393,9 +262,9 @@ class JobsTestHelper:
         """
         wanted = _filter(only, except_, queue)
         performed = 0
-        while (record := _store.take(wanted)) is not None:
-            _add(_perform(record))
-            performed = _count(performed)
+        while (record := store.take(wanted)) is not None:
+            add(perform(record))
+            performed = count_perform(performed)
         return _Performing(performed, wanted)
 
 
@@ -405,13 +274,13 @@ def jobs_test_mode(mode: str = "test") -> Iterator[JobsTestHelper]:
     if mode not in ("test", "inline"):
         raise ValueError(f'jobs_test_mode() takes mode="test" or mode="inline", got {mode!r}.')
     current = getattr(django_settings, "ASYNC_JOBS", {}) or {}
-    _store.clear()
+    store.clear()
     try:
         with override_settings(ASYNC_JOBS={**current, "MODE": mode}):
             yield JobsTestHelper()
     finally:
-        _store.clear()
-        _store.perform_at_once.clear()
+        store.clear()
+        store.perform_at_once.clear()
 
 
 class JobsTestCaseMixin(JobsTestHelper):

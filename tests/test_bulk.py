@@ -59,7 +59,7 @@ def test_everything_is_validated_before_anything_is_pushed(broker):
     assert queued(broker) == [] and queued(broker, "low") == []
 
 
-def test_perform_all_later_mixes_classes_and_skips_enqueue_callbacks(broker):
+def test_perform_all_later_mixes_classes_and_runs_each_jobs_enqueue_chain(broker):
     seen = []
 
     def receiver(sender, job, **kwargs):
@@ -69,10 +69,10 @@ def test_perform_all_later_mixes_classes_and_skips_enqueue_callbacks(broker):
     try:
         jobs = [NoteJob("k", 1), HaltedJob("k", 2), CountingJob(3)]
         jobs[2].priority = 3
-        assert ApplicationJob.perform_all_later(jobs) == 3
+        assert ApplicationJob.perform_all_later(jobs) == 2  # HaltedJob's before_enqueue halts it
     finally:
         signals.job_enqueued.disconnect(receiver)
-    assert [j["jid"] for j in queued(broker)] == [jobs[0].job_id, jobs[1].job_id]  # HaltedJob's before_enqueue not run
+    assert [j["jid"] for j in queued(broker)] == [jobs[0].job_id]
     assert [(j["jid"], j["priority"]) for j in queued(broker, "low")] == [(jobs[2].job_id, 3)]
-    assert all(job.successfully_enqueued for job in jobs)
-    assert seen == [job.job_id for job in jobs]
+    assert [bool(job) for job in jobs] == [True, False, True]
+    assert seen == [jobs[0].job_id, jobs[2].job_id]

@@ -27,7 +27,7 @@ from django_async_jobs.deadjobs import (
 from django_async_jobs.models import DeadJob
 from django_async_jobs.retries import handle_failure
 from django_async_jobs.serialization import decode_payload, encode_payload
-from django_async_jobs.worker.processor import process
+from django_async_jobs.worker.processor import process, settle
 from tests.helpers import fetch
 from tests.testapp.jobs import FailJob, IncrJob
 
@@ -52,7 +52,9 @@ def stage_failed_job(broker, settings, key="dead:count"):
     running = FailJob.deserialize(decode_payload(raw))
     with pytest.raises(RuntimeError) as failure:
         running.perform_now()
-    settlement = handle_failure(running, field, raw, failure.value)
+    running.fetched_as = field
+    running.outcome = handle_failure(running, failure.value)
+    settlement = settle(running, raw)
     assert settlement.op == "dead"
     broker.settle("p1", [settlement.args()])
     return job
@@ -339,7 +341,7 @@ def test_retried_job_runs_again(broker):
     make_rows(1, args=[key, 2])
     assert retry_dead(["d0"], broker) == 1
     field, raw = fetch_one(broker)
-    assert process(field, raw, log_jobs=False).op == "ack"
+    assert process(field, raw).op == "ack"
     assert broker.redis.get(key) == b"2"
 
 

@@ -219,7 +219,7 @@ def test_async_perform(broker):
 
 
 def test_ready_and_delayed_jobs_share_one_round_trip(redis_server, broker, settings):
-    """dispatch.enqueue pipelines a push and a schedule; it must survive a script cache flush
+    """dispatch.send pipelines a push and a schedule; it must survive a script cache flush
     (what a Redis restart does), so it runs on a Redis of this test's own."""
     from django_async_jobs import dispatch
     from django_async_jobs.broker.client import get_broker
@@ -231,7 +231,7 @@ def test_ready_and_delayed_jobs_share_one_round_trip(redis_server, broker, setti
         for job in (ready, later):
             job.queue_name = "low"
         later.scheduled_at = time.time() + 60
-        dispatch.enqueue([ready, later])
+        dispatch.send([ready, later])
         assert [p["jid"] for p in queued(private, "low")][-1] == ready.job_id
         assert json.loads(private.redis.zrange(private.keys.schedule, -1, -1)[0])["jid"] == later.job_id
         private.redis.script_flush()

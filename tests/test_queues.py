@@ -56,7 +56,7 @@ def test_weighted_fetch_from_redis(broker, settings):
     jobs = [IncrJob(f"{broker.keys.prefix}:n") for _ in range(1400)]
     for i, job in enumerate(jobs):
         job.queue_name = "heavy" if i % 2 else "light"
-    dispatch.enqueue(jobs)
+    dispatch.send(jobs)
     order = QueueOrder(get_settings().queues)
     served = Counter()
     for _ in range(700):
@@ -93,7 +93,7 @@ def test_fifo_across_many_equal_priority_jobs(broker):
     jobs = [IncrJob("x", i) for i in range(300)]
     for job in jobs:
         job.queue_name = "default"
-    dispatch.enqueue(jobs)
+    dispatch.send(jobs)
     fetched = fetch(broker, "tester", ["default"], 300)
     assert [json.loads(p)["args"][1] for _, p in fetched] == list(range(300))
     # In-flight fields are "<job id>:<fetch number>".

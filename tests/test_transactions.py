@@ -70,13 +70,16 @@ def test_bad_arguments_fail_at_enqueue_not_at_commit(broker, prefix):
     assert queued_ids(broker) == []
 
 
-def test_enqueue_callbacks_run_at_commit(broker, prefix):
+def test_the_enqueue_chain_runs_at_the_call_and_only_the_push_waits(broker, prefix):
+    # As ActiveJob's enqueue_after_transaction_commit: callbacks (and middleware) run when
+    # perform_later is called; a halted job is known at once, a pushed one after the commit.
     with transaction.atomic():
-        job = HaltedJob.perform_later(f"{prefix}:k")
-        assert job.successfully_enqueued is None  # not decided until the commit
-    assert job.successfully_enqueued is False
-    assert not job
-    assert queued_ids(broker) == []
+        halted = HaltedJob.perform_later(f"{prefix}:k")
+        assert halted.successfully_enqueued is False and not halted
+        job = NoteJob.perform_later(f"{prefix}:k")
+        assert job.successfully_enqueued is None  # the push waits for the commit
+    assert job.successfully_enqueued is True
+    assert queued_ids(broker) == [job.job_id]
 
 
 def test_set_using_names_the_alias(broker, prefix):

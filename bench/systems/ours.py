@@ -1,4 +1,4 @@
-"""django-async-jobs: ``perform_later`` one at a time, ``dispatch.enqueue`` for bulk."""
+"""django-async-jobs: ``perform_later`` one at a time, ``perform_all_later`` for bulk."""
 
 from __future__ import annotations
 
@@ -42,14 +42,8 @@ class Ours(System):
 
 
 def bulk_enqueue(job_class: type[Any], n: int, *args: Any) -> None:
-    """``n`` jobs of ``job_class(*args)`` through ``dispatch.enqueue`` (1,000 per Redis call)."""
-    from django_async_jobs import dispatch
-
-    jobs = [job_class(*args) for _ in range(n)]
-    for job in jobs:  # what ApplicationJob.enqueue() does before it dispatches
-        job._check_arguments()
-        job.queue_name = job._resolve_queue()
-    dispatch.enqueue(jobs)
+    """``n`` jobs of ``job_class(*args)`` through ``perform_all_later`` (1,000 per Redis call)."""
+    job_class.perform_all_later([job_class(*args) for _ in range(n)])
 
 
 def worker_command(processes: int, threads: int) -> list[str]:

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from django.core.signals import setting_changed
 from redis.exceptions import NoScriptError
 
 from django_async_jobs.broker.keys import Keys
@@ -520,3 +521,11 @@ def get_broker() -> Broker:
 def reset() -> None:
     global _broker
     _broker = None
+
+
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == "ASYNC_JOBS":
+        reset()
+
+
+setting_changed.connect(_reset, dispatch_uid="django_async_jobs.broker.client")

@@ -118,10 +118,18 @@ class Keys:
         return f"{self.prefix}:notify"
 
     def lock(self, job_name: str, digest: str) -> str:
-        return f"{self.prefix}:lock:{job_name}:{digest}"
+        return f"{self.lock_base}{job_name}:{digest}"
+
+    @property
+    def lock_base(self) -> str:
+        return f"{self.prefix}:lock:"
 
     def run_lock(self, job_name: str, digest: str) -> str:
-        return f"{self.prefix}:runlock:{job_name}:{digest}"
+        return f"{self.run_lock_base}{job_name}:{digest}"
+
+    @property
+    def run_lock_base(self) -> str:
+        return f"{self.prefix}:runlock:"
 
     def cron(self, name: str) -> str:
         return f"{self.prefix}:cron:{name}"

@@ -20,13 +20,10 @@ from django.http import HttpRequest
 from django.urls import URLPattern, path, reverse
 from django.utils.translation import gettext_lazy as _
 
-APP_LABEL = "django_async_jobs"
-ENTRY = "AsyncJobsDashboard"  # object_name of the dashboard's row in the app list
+from django_async_jobs.dashboard.views import APP_LABEL, ENTRY, ROUTES
 
 
 def urls(site: AdminSite) -> list[URLPattern]:
-    from django_async_jobs.dashboard.views import ROUTES
-
     return [
         path(f"{APP_LABEL}/dashboard/{route}", site.admin_view(partial(view, site=site)), name=name)
         for route, view, name in ROUTES
@@ -75,14 +72,3 @@ def _entry(site: AdminSite) -> dict[str, Any]:
         "admin_url": reverse(f"{site.name}:async_jobs_overview", current_app=site.name),
         "add_url": None, "view_only": True,
     }
-
-
-def our_models(app_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The app's admin pages in an app list (dead jobs, progress, ...), for the overview's links."""
-    return [
-        model
-        for app in app_list
-        if app["app_label"] == APP_LABEL
-        for model in app["models"]
-        if model["object_name"] != ENTRY and model.get("admin_url")
-    ]

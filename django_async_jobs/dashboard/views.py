@@ -27,7 +27,6 @@ from django.utils.translation import gettext_lazy, ngettext
 
 from django_async_jobs import api
 from django_async_jobs.conf import valid_queue_name
-from django_async_jobs.dashboard import our_models
 
 # Retrying, deleting and killing dead jobs already need this one in the DeadJob admin; the
 # dashboard's changes are the same kind of power, so one permission covers both.
@@ -35,6 +34,8 @@ MANAGE_PERMISSION = "django_async_jobs.change_deadjob"
 # Arguments are what dead jobs show too: whoever may read those may read the live ones.
 READ_PERMISSION = "django_async_jobs.view_deadjob"
 DEFAULT_PER_PAGE = 25
+APP_LABEL = "django_async_jobs"
+ENTRY = "AsyncJobsDashboard"  # object_name of the dashboard's row in the app list
 
 TABS = (
     ("overview", "async_jobs_overview", gettext_lazy("Overview")),
@@ -187,6 +188,17 @@ def _redirect_back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
 
 def _redis_down(request: HttpRequest, exc: redis.RedisError) -> None:
     messages.error(request, _("Redis is unavailable: %(error)s") % {"error": exc})
+
+
+def our_models(app_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The app's admin pages in an app list (dead jobs, progress, ...), for the overview's links."""
+    return [
+        model
+        for app in app_list
+        if app["app_label"] == APP_LABEL
+        for model in app["models"]
+        if model["object_name"] != ENTRY and model.get("admin_url")
+    ]
 
 
 # -- pages --------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from typing import Any
 import redis
 from django.db import DatabaseError, close_old_connections
 
+from django_async_jobs.deadjobs import flush_staged, prune
+
 logger = logging.getLogger("django_async_jobs.worker")
 
 INTERVAL = 2.0
@@ -39,8 +41,6 @@ class DeadWriter(threading.Thread):
         self.broker.unlock(self.broker.keys.lease(chore), self.token)  # only our own lease
 
     def run(self) -> None:
-        from django_async_jobs.deadjobs import flush_staged, prune
-
         while not self.stopping.wait(INTERVAL):
             try:
                 if self.broker.redis.hlen(self.broker.keys.dead) and self._lease("dead-flush", FLUSH_LEASE):

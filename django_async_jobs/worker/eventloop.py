@@ -5,9 +5,9 @@ thread hands an async job over and goes back to fetching, so a job awaiting a sl
 no thread. ``ASYNC_CONCURRENCY`` bounds how many run at once; past it, the handing thread
 waits for a free place (back-pressure instead of an unbounded pile of coroutines).
 
-Settling (retry rules, handlers, signals) is synchronous code that may touch the database, so
-it runs in the loop's thread pool, never on the loop itself. The database connections a job's
-async ORM calls opened are closed after it as after a synchronous job.
+A job runs here when every layer of its worker chain has an ``aperform`` (``processor``). The
+layers' synchronous work that may block (the retry rules with their handlers, callbacks,
+closing database connections) goes to a thread pool, never on the loop itself.
 """
 
 from __future__ import annotations
@@ -16,14 +16,10 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections
-
-if TYPE_CHECKING:
-    from django_async_jobs.worker.processor import Settlement, Started
+from django_async_jobs.worker.processor import Settlement, dead_record, settle, worker_error
 
 logger = logging.getLogger("django_async_jobs.worker")
 
@@ -56,38 +52,31 @@ class EventLoop:
                 self._loop = loop
             return self._loop
 
-    def submit(self, started: Started) -> None:
-        """Start ``started``'s coroutine; blocks only while ``limit`` jobs already run."""
+    def submit(self, job: Any, raw: bytes, arun: Callable[[Any], Awaitable[Any]]) -> None:
+        """Start ``arun(job)`` (the job's chain on the loop); blocks only while ``limit`` jobs
+        already run."""
         self._places.acquire()
         loop = self._ensure_loop()
         with self._lock:
             self._running += 1
-        future = asyncio.run_coroutine_threadsafe(self._run(started), loop)
+        future = asyncio.run_coroutine_threadsafe(self._run(job, raw, arun), loop)
         self._futures.add(future)
         future.add_done_callback(self._done)
 
-    async def _run(self, started: Started) -> None:
-        from django_async_jobs.worker.processor import dead_record, finish
-
-        error: BaseException | None = None
+    async def _run(self, job: Any, raw: bytes, arun: Callable[[Any], Awaitable[Any]]) -> None:
         try:
-            await started.job._aperform_now()
+            await arun(job)
+            settlement = settle(job, raw)
         except (asyncio.CancelledError, GeneratorExit):
             raise  # the worker is stopping: the job stays in flight and is handed back
-        except BaseException as exc:  # SystemExit too: asyncio would re-raise it and end the loop
-            error = exc
-        try:
-            # The async ORM runs in asgiref's thread for sync code, not in this one: close what
-            # the job opened there (CONN_MAX_AGE), as Django does after an async request.
-            await sync_to_async(close_old_connections)()
-        except Exception:
-            logger.exception("closing database connections after async job %s failed", started.field)
-        loop = asyncio.get_running_loop()
-        try:
-            settlement = await loop.run_in_executor(None, finish, started, error)
-        except Exception as exc:  # the thread pool is gone (interpreter exit): never strand the job
-            logger.exception("settling async job %s failed; it is set aside as a dead job", started.field)
-            settlement = dead_record(started.field, started.raw, "worker_error", exc, started.job.payload)
+        except Exception as failure:
+            # Death handlers and signal receivers are synchronous code: not on the loop.
+            loop = asyncio.get_running_loop()
+            try:
+                settlement = await loop.run_in_executor(None, worker_error, job, raw, failure)
+            except Exception as exc:  # the thread pool is gone (interpreter exit): never strand the job
+                logger.exception("settling async job %s failed; it is set aside as a dead job", job.fetched_as)
+                settlement = dead_record(job.fetched_as, raw, "worker_error", exc, job.payload)
         self.on_settled(settlement)
 
     def _done(self, future: object) -> None:

@@ -122,7 +122,6 @@ class Worker:
     # -- threads -----------------------------------------------------------------------------
 
     def _process_loop(self) -> None:
-        log_jobs = self.settings.log_jobs
         while True:
             item = self.fetcher.take()
             if item is None:
@@ -138,7 +137,7 @@ class Worker:
                 self._busy += 1
                 self._running[field] = time.time()
             try:
-                settlement = process(field, raw, log_jobs, self.event_loop)
+                settlement = process(field, raw, self.event_loop)
             except BaseException:  # never lose a job to a bug of ours: the heart hands it back
                 logger.exception("processor crashed on job %s; it goes back to its queue at the next heartbeat", field)
                 self.strays.add(field)

@@ -1,4 +1,11 @@
-"""Runs one fetched job and says how to settle it: ack, retry, dead, or hand back.
+"""Runs one fetched job: decode it, run it through the worker's perform chain, say how to settle.
+
+The worker's chain for a job class is its perform chain (``middleware/chain.py``: the
+project's and the class's middleware, idempotency markers, callbacks) inside the worker's own
+layers, outermost first: ``JobLog`` (the log line), ``DatabaseConnections``, ``JobSignals``
+(``job_started`` / ``job_succeeded``), ``RetryPolicy`` (every exception becomes an outcome:
+retry, discard or dead) and ``UniqueJobs`` (run locks). The job's ``outcome`` then says how
+to settle it: ack, retry or dead, in the acker's next batch.
 
 Whatever bytes a payload holds, the job ends here: it runs, or it becomes a dead job with the
 reason and the raw payload. A payload that is not JSON is ``malformed_payload``; one naming no
@@ -14,63 +21,22 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
-from django.conf import settings
-from django.db import close_old_connections
-from django.db.backends.signals import connection_created
+from django.core.signals import setting_changed
 
 from django_async_jobs import locks, registry, retries, signals
+from django_async_jobs.middleware import chain
 from django_async_jobs.serialization import decode_payload, new_job_id, payload_bytes
-from django_async_jobs.worker.logs import plain_output
+from django_async_jobs.worker.connections import DatabaseConnections
+from django_async_jobs.worker.job_log import JobLog
 
 logger = logging.getLogger("django_async_jobs.job")
-FINISH = "finish %s %s queue=%s elapsed_ms=%.1f outcome=%s%s"
-
-
-@cache
-def _keeps_connections() -> bool:
-    """Whether any database keeps connections between jobs. With ``CONN_MAX_AGE = 0`` (Django's
-    default) the call after each job already closed them, so the one before has nothing to do."""
-    return any(db.get("CONN_MAX_AGE", 0) != 0 or db.get("CONN_HEALTH_CHECKS") for db in settings.DATABASES.values())
-
-
-_opened = threading.local()
-
-
-def _note_connection(**kwargs: Any) -> None:
-    _opened.connection = True
-
-
-connection_created.connect(_note_connection, dispatch_uid="django_async_jobs.worker.processor")
-
-
-def _close_connections() -> None:
-    """``close_old_connections()`` after a job, when there can be something to close.
-
-    Finding which connections a thread initialized takes a lock shared by every thread (Django's
-    connection registry), about a tenth of a busy worker's CPU. With no database keeping
-    connections, only a connection opened since the last call can be open: the
-    ``connection_created`` signal says whether this thread opened one.
-    """
-    if _keeps_connections() or getattr(_opened, "connection", False):
-        _opened.connection = False
-        _close_old_connections()
-
-
-def _close_old_connections() -> None:
-    """``close_old_connections()``; a connection that fails to close must not decide the fate
-    of the job beside it (buried before it ran, or left in flight after)."""
-    try:
-        close_old_connections()
-    except Exception:
-        logger.exception("closing old database connections failed")
 
 
 class UnknownJobClass(LookupError):
@@ -143,7 +109,7 @@ def _message(exc: BaseException) -> str:
         return f"<{type(exc).__name__} whose message cannot be read>"
 
 
-def _bury(field: str, raw: bytes, reason: str, exc: BaseException, data: dict[str, Any] | None) -> Settlement:
+def bury(field: str, raw: bytes, reason: str, exc: BaseException, data: dict[str, Any] | None) -> Settlement:
     """A job set aside: dead at once, with death handlers and the signal."""
     logger.error("job %s is dead (%s): %s", field, reason, _message(exc))
     job_class = registry.lookup(data["job"]) if data and isinstance(data.get("job"), str) else None
@@ -152,121 +118,131 @@ def _bury(field: str, raw: bytes, reason: str, exc: BaseException, data: dict[st
     return dead_record(field, raw, reason, exc, data)
 
 
-@dataclass
-class Started:
-    """A job past its checks, running or about to run: what ``finish`` needs to settle it."""
-
-    job: Any
-    field: str
-    raw: bytes
-    log: bool
-    extra: dict[str, Any]
-    began: float
-
-    @property
-    def on_event_loop(self) -> bool:
-        """Async jobs are awaited on the worker's event loop, so they hold no thread; those with
-        run locks or ``around_perform`` callbacks (which block until the job ends) are not."""
-        job = self.job
-        return job._is_async and not job.payload.get("lock") and not job._callbacks["around_perform"]
+# -- the worker's chain ------------------------------------------------------------------------------
 
 
-def start(field: str, raw: bytes, log_jobs: bool = True) -> Settlement | Started:
-    """Decode and check a fetched job; a ``Settlement`` if it cannot even start."""
+class JobSignals:
+    """``job_started`` before the job, ``job_succeeded`` after one that did not fail (the
+    retry rules send the failure signals)."""
+
+    def perform(self, job: Any, call_next: Callable[[Any], Any]) -> Any:
+        signals.send(signals.job_started, type(job), job=job)
+        result = call_next(job)
+        if not job.outcome.failed:
+            signals.send(signals.job_succeeded, type(job), job=job)
+        return result
+
+    async def aperform(self, job: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        signals.send(signals.job_started, type(job), job=job)
+        result = await call_next(job)
+        if not job.outcome.failed:
+            signals.send(signals.job_succeeded, type(job), job=job)
+        return result
+
+
+# Outermost first; each layer applies only to the classes it serves (``applies_to``).
+WORKER_LAYERS: tuple[Any, ...] = (JobLog(), DatabaseConnections(), JobSignals(), retries.RetryPolicy(), locks.UniqueJobs())
+
+
+@dataclass(frozen=True)
+class WorkerChain:
+    """A job class's chain in the worker: on a thread, and on the event loop when every layer
+    (and ``perform``) can run there."""
+
+    run: Callable[[Any], Any]
+    arun: Callable[[Any], Awaitable[Any]] | None
+
+
+_chains: dict[type, WorkerChain] = {}
+_chains_lock = threading.Lock()
+
+
+def worker_chain(job_class: type) -> WorkerChain:
+    found = _chains.get(job_class)
+    if found is None:
+        with _chains_lock:
+            layers = [
+                *(layer for layer in WORKER_LAYERS if _applies(layer, job_class)),
+                *chain.perform_layers(job_class),
+            ]
+            arun = None
+            if job_class._is_async and all(chain.runs_async(layer, job_class) for layer in layers):
+                arun = chain.acompose([layer.aperform for layer in layers], chain.acall_perform)
+            found = _chains[job_class] = WorkerChain(chain.compose([layer.perform for layer in layers], chain.call_perform), arun)
+    return found
+
+
+def _applies(layer: Any, job_class: type) -> bool:
+    applies = getattr(layer, "applies_to", None)
+    return applies is None or applies(job_class)
+
+
+def _forget_chains(*, setting: str, **kwargs: Any) -> None:
+    if setting == "ASYNC_JOBS":
+        with _chains_lock:
+            _chains.clear()
+
+
+setting_changed.connect(_forget_chains, dispatch_uid="django_async_jobs.worker.processor")
+
+
+# -- one job ---------------------------------------------------------------------------------------
+
+
+def start(field: str, raw: bytes) -> Settlement | Any:
+    """Decode and check a fetched job: the job, or a ``Settlement`` if it cannot even start."""
     try:
         data = decode_payload(raw)
     except Exception as exc:
-        return _bury(field, raw, "malformed_payload", exc, None)
+        return bury(field, raw, "malformed_payload", exc, None)
     job_class = registry.lookup(data["job"])
     if job_class is None:
         exc = UnknownJobClass(f"no registered job is named {data['job'][:200]!r}")
-        return _bury(field, raw, "unknown_class", exc, data)
+        return bury(field, raw, "unknown_class", exc, data)
     try:
         job = job_class.deserialize(data)
         job._check_arguments()
     except Exception as exc:  # MalformedPayload, TypeError, or whatever a tagged value raises
-        return _bury(field, raw, "arguments_mismatch", exc, data)
-
-    # One INFO line per job, when it finishes (with its elapsed time); the start line is DEBUG.
-    # Two formatted records per job were a quarter of a busy worker's CPU.
-    log = log_jobs and logger.isEnabledFor(logging.INFO)
-    extra: dict[str, Any] = {}
-    if log:
-        extra = {"job_class": data["job"], "job_id": job.job_id, "queue": job.queue_name}
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("start %s %s queue=%s", data["job"], job.job_id, job.queue_name, extra=extra)
-    if _keeps_connections():
-        _close_old_connections()  # a kept connection may have aged or broken while the thread idled
-    began = time.perf_counter()
-    signals.send(signals.job_started, job_class, job=job)
-    return Started(job, field, raw, log, extra, began)
+        return bury(field, raw, "arguments_mismatch", exc, data)
+    job.fetched_as = field
+    job.executions += 1
+    return job
 
 
-def finish(started: Started, exc: BaseException | None) -> Settlement:
-    """How to settle a job that ran: ack, or what the retry rules say about ``exc``.
-
-    Never raises an ``Exception``: when the retry rules themselves fail (a ``retry_count`` that
-    is not a number, a retry payload JSON cannot carry), the job is set aside as dead
-    (``worker_error``) with that error, the job's own exception chained to it.
-    """
-    job, field = started.job, started.field
-    settlement: Settlement | None = None
-    try:
-        if exc is not None:
-            settlement = retries.handle_failure(job, field, started.raw, exc)
-            outcome = "discarded" if settlement.op == "ack" else settlement.op
-            error: str | None = type(exc).__name__
-        else:
-            settlement = Settlement("ack", field)
-            outcome = "ok"
-            error = None
-            signals.send(signals.job_succeeded, type(job), job=job)
-        if started.log:
-            elapsed = (time.perf_counter() - started.began) * 1000
-            args = (job.job_name, job.job_id, job.queue_name, elapsed, outcome, f" error={error}" if error else "")
-            output = plain_output(logger, logging.INFO)
-            if output is None:
-                _info(FINISH, args, {**started.extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome, "error": error})
-            else:  # runworker's own handler and nothing else: the same line without a LogRecord
-                output.append(output.formatter.line(time.time(), logging.INFO, logger.name, FINISH % args))
-    except Exception as failure:
-        if settlement is None:
-            if exc is not None and failure.__context__ is None:
-                failure.__context__ = exc  # the dead record's traceback shows both
-            settlement = _bury(field, started.raw, "worker_error", failure, {**job.payload, "executions": job.executions})
-        else:  # the job is settled; only its log line failed (a raising filter or handler)
-            traceback.print_exc()
-    finally:
-        _close_connections()
-    return settlement
+def settle(job: Any, raw: bytes) -> Settlement:
+    """How to settle a job its chain ran: from its ``outcome``."""
+    outcome = job.outcome
+    field = job.fetched_as
+    if outcome.name == "retry":
+        return Settlement("retry", field, outcome.run_at, outcome.payload, failed=True)
+    if outcome.name == "dead":
+        return dead_record(field, raw, outcome.reason, outcome.error, outcome.data)
+    return Settlement("ack", field, failed=outcome.failed)
 
 
-def _info(msg: str, args: tuple[Any, ...], extra: dict[str, Any]) -> None:
-    """``logger.info`` for a level already checked, naming its caller's line without walking the
-    stack for it (``findCaller``); the record then goes through the logger's filters and handlers."""
-    caller = sys._getframe(1)
-    code = caller.f_code
-    logger.handle(
-        logger.makeRecord(logger.name, logging.INFO, code.co_filename, caller.f_lineno, msg, args, None, code.co_name, extra)
-    )
+def worker_error(job: Any, raw: bytes, failure: Exception) -> Settlement:
+    """A job whose worker-side steps failed (the retry rules themselves, a signal receiver...):
+    set aside as dead, with the job's own exception chained in the traceback."""
+    return bury(job.fetched_as, raw, "worker_error", failure, {**job.payload, "executions": job.executions})
 
 
-def process(field: str, raw: bytes, log_jobs: bool = True, event_loop: Any = None) -> Settlement | None:
+def process(field: str, raw: bytes, event_loop: Any = None) -> Settlement | None:
     """Run one fetched job. ``None``: an async job handed to ``event_loop``, settled when it ends.
 
     Whatever ``perform`` raises, ``SystemExit`` included, goes to the retry rules.
     """
     try:
-        started = start(field, raw, log_jobs)
-        if isinstance(started, Settlement):
-            return started
-        if event_loop is not None and started.on_event_loop:
-            event_loop.submit(started)
+        job = start(field, raw)
+        if isinstance(job, Settlement):
+            return job
+        chains = worker_chain(type(job))
+        if event_loop is not None and chains.arun is not None:
+            event_loop.submit(job, raw, chains.arun)
             return None
-    except Exception as exc:  # the worker's own steps around the checks (signals, logging, hand-over)
-        return _bury(field, raw, "worker_error", exc, None)
+    except Exception as exc:  # the worker's own steps around the checks (building the chain, the hand-over)
+        return bury(field, raw, "worker_error", exc, None)
     try:
-        locks.perform(started.job, field)
-    except BaseException as exc:
-        return finish(started, exc)
-    return finish(started, None)
+        chains.run(job)
+        return settle(job, raw)
+    except Exception as failure:
+        return worker_error(job, raw, failure)

@@ -14,6 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from django.db import connections
+
+from django_async_jobs.broker import client
+
 logger = logging.getLogger("django_async_jobs.worker")
 
 RESTART_DELAY = 1.0
@@ -28,10 +32,6 @@ class Supervisor:
         self._interrupts = 0
 
     def _spawn(self, slot: int) -> None:
-        from django.db import connections
-
-        from django_async_jobs.broker import client
-
         connections.close_all()
         client.reset()
         pid = os.fork()

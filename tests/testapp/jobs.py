@@ -90,7 +90,7 @@ class TaggedEchoJob(ApplicationJob):
         _redis().rpush(key, pickle.dumps((values, options)))
 
 
-from tests.testapp import poison_jobs, recurring_jobs, unique_jobs  # noqa: E402, F401  (worker subprocesses know them)
+from tests.testapp import middleware_jobs, poison_jobs, recurring_jobs, unique_jobs  # noqa: E402, F401  (worker subprocesses know them)
 
 
 class FileJob(ApplicationJob):

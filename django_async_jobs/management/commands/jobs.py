@@ -18,7 +18,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 from django.utils import timezone
 
+from django_async_jobs import api, cron
+from django_async_jobs.broker.client import get_broker
 from django_async_jobs.conf import valid_queue_name, validate_queue_name
+from django_async_jobs.deadjobs import flush_staged, prunable, prune, retention, retry_dead
 from django_async_jobs.models import DeadJob, DeathReason
 
 Handler = Callable[[BaseCommand, dict[str, Any]], None]
@@ -145,8 +148,6 @@ class ProgressBar:
 
 
 def dead_retry(command: BaseCommand, options: dict[str, Any]) -> None:
-    from django_async_jobs.deadjobs import retry_dead
-
     if options["all"] == bool(options["ids"]):
         raise CommandError("Give dead ids (or job ids) to retry, or --all.")
     missing: list[str] = []
@@ -172,8 +173,6 @@ def dead_retry(command: BaseCommand, options: dict[str, Any]) -> None:
 
 
 def dead_prune(command: BaseCommand, options: dict[str, Any]) -> None:
-    from django_async_jobs.deadjobs import prunable, prune, retention
-
     if options["older_than"] is not None:
         if options["older_than"] < 0:
             raise CommandError("--older-than must be zero or more days.")
@@ -192,9 +191,6 @@ def dead_prune(command: BaseCommand, options: dict[str, Any]) -> None:
 
 
 def dead_flush(command: BaseCommand, options: dict[str, Any]) -> None:
-    from django_async_jobs.broker.client import get_broker
-    from django_async_jobs.deadjobs import flush_staged
-
     broker = get_broker()
     count = flush_staged(broker)
     command.stdout.write(f"Flushed {count} staged dead job{'s' if count != 1 else ''} to the database.")
@@ -244,8 +240,6 @@ def _dump(command: BaseCommand, data: Any) -> None:
 
 
 def stats_show(command: BaseCommand, options: dict[str, Any]) -> None:
-    from django_async_jobs import api
-
     stats = api.stats()
     if options["json"]:
         _dump(command, stats.as_json())
@@ -254,8 +248,6 @@ def stats_show(command: BaseCommand, options: dict[str, Any]) -> None:
 
 
 def queues_show(command: BaseCommand, options: dict[str, Any]) -> None:
-    from django_async_jobs import api
-
     rows = api.queues()
     if options["json"]:
         _dump(command, [q.as_json() for q in rows])
@@ -264,8 +256,6 @@ def queues_show(command: BaseCommand, options: dict[str, Any]) -> None:
 
 
 def queue_clear(command: BaseCommand, options: dict[str, Any]) -> None:
-    from django_async_jobs import api
-
     name = options["queue"]
     if not valid_queue_name(name) and name not in api.queue_names():
         # A name already in Redis (pushed before the rule) can still be cleared.
@@ -284,8 +274,6 @@ def queue_clear(command: BaseCommand, options: dict[str, Any]) -> None:
 
 
 def set_list(command: BaseCommand, options: dict[str, Any]) -> None:
-    from django_async_jobs import api
-
     kind = options["group"]
     page = api.page_of(api.set_key(kind), options["page"], options["limit"])
     if options["json"]:
@@ -309,8 +297,6 @@ def set_list(command: BaseCommand, options: dict[str, Any]) -> None:
 
 
 def job_enqueue(command: BaseCommand, options: dict[str, Any]) -> None:
-    from django_async_jobs import api
-
     try:
         args = json.loads(options["args_json"])
         kwargs = json.loads(options["kwargs"])
@@ -363,8 +349,6 @@ MAX_NEXT_RUNS = 100
 
 
 def cron_list(command: BaseCommand, options: dict[str, Any]) -> None:
-    from django_async_jobs import cron
-
     rows = cron.describe(count=max(0, min(options["next"], MAX_NEXT_RUNS)))
     if options["json"]:
         _dump(command, rows)

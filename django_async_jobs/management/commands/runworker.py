@@ -8,6 +8,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from django_async_jobs.conf import get_settings
 from django_async_jobs.worker.fetcher import select_queues
+from django_async_jobs.worker.launcher import Worker
+from django_async_jobs.worker.logs import DEFAULT_FORMAT, BatchedStreamHandler, WorkerFormatter
+from django_async_jobs.worker.supervisor import Supervisor
 
 
 class Command(BaseCommand):
@@ -41,15 +44,11 @@ class Command(BaseCommand):
         _configure_logging(options["verbosity"])
 
         def run_one() -> int:
-            from django_async_jobs.worker.launcher import Worker
-
             return Worker(queues=queues, concurrency=concurrency).run()
 
         if options["processes"] == 1:
             code = run_one()
         else:
-            from django_async_jobs.worker.supervisor import Supervisor
-
             code = Supervisor(options["processes"], run_one).run()
         sys.exit(code)
 
@@ -59,8 +58,6 @@ def _configure_logging(verbosity: int) -> None:
     root = logging.getLogger("django_async_jobs")
     if root.handlers or logging.getLogger().handlers:
         return
-    from django_async_jobs.worker.logs import DEFAULT_FORMAT, BatchedStreamHandler, WorkerFormatter
-
     handler = BatchedStreamHandler()
     handler.setFormatter(WorkerFormatter(DEFAULT_FORMAT))
     root.addHandler(handler)
