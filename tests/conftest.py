@@ -49,6 +49,17 @@ def worker(broker):
 
 
 @pytest.fixture
+def one_thread_worker(broker):
+    """An in-process worker with a single processor thread: jobs run one after the other."""
+    from django_async_jobs.worker.launcher import Worker
+
+    w = Worker(concurrency=1)
+    w.start()
+    yield w
+    w.stop(timeout=2)
+
+
+@pytest.fixture
 def redis_server(tmp_path):
     """A redis-server of this test's own; tests that kill Redis must never touch the shared one."""
     from tests.helpers import RedisServer

@@ -45,14 +45,6 @@ class CountUsersAsyncJob(ApplicationJob):
         get_broker().redis.rpush(key, await sync_to_async(threading.get_ident)())
 
 
-@pytest.fixture
-def one_thread_worker(broker):
-    worker = Worker(concurrency=1)
-    worker.start()
-    yield worker
-    worker.stop(timeout=2)
-
-
 def events(broker, key):
     return [item.decode() for item in broker.redis.lrange(key, 0, -1)]
 

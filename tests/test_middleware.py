@@ -43,14 +43,6 @@ def queued(broker, queue="default"):
     return [json.loads(p) for p in broker.redis.zrange(broker.keys.queue(queue), 0, -1)]
 
 
-@pytest.fixture
-def one_thread(broker):
-    worker = Worker(concurrency=1)
-    worker.start()
-    yield worker
-    worker.stop(timeout=5)
-
-
 # -- order -------------------------------------------------------------------------------------------
 
 
@@ -238,13 +230,13 @@ def test_the_enqueue_chain_runs_at_the_call_and_the_push_waits_for_the_commit(br
 # -- async jobs --------------------------------------------------------------------------------------
 
 
-def test_an_async_job_whose_layers_have_aperform_stays_on_the_event_loop(broker, key, one_thread):
+def test_an_async_job_whose_layers_have_aperform_stays_on_the_event_loop(broker, key, one_thread_worker):
     m.AsyncWhereJob.perform_later(key)
     trace = wait_for(lambda: len(traced(broker, key)) == 2 and traced(broker, key), 20, "the job")
     assert trace == ["where aperform async-jobs-event-loop", "perform async-jobs-event-loop"]
 
 
-def test_an_async_job_with_a_thread_only_middleware_runs_on_a_processor_thread(broker, key, one_thread):
+def test_an_async_job_with_a_thread_only_middleware_runs_on_a_processor_thread(broker, key, one_thread_worker):
     m.AsyncThreadOnlyJob.perform_later(key)
     trace = wait_for(lambda: len(traced(broker, key)) == 2 and traced(broker, key), 20, "the job")
     assert trace[0] == "thread-only async-jobs-processor-0"
@@ -319,7 +311,7 @@ def test_a_value_set_in_a_view_reaches_the_job(client, broker, key, carried):
         worker.stop(timeout=5)
 
 
-def test_two_jobs_on_one_thread_never_see_each_others_values(broker, key, carried, one_thread):
+def test_two_jobs_on_one_thread_never_see_each_others_values(broker, key, carried, one_thread_worker):
     token = m.request_id.set("first")
     try:
         m.LeakyContextJob.perform_later(key)  # sets the variable itself, too
@@ -335,7 +327,7 @@ def test_two_jobs_on_one_thread_never_see_each_others_values(broker, key, carrie
     assert trace == ["request_id leaked", "request_id None", "request_id third"]
 
 
-def test_async_jobs_on_the_event_loop_get_their_context_and_leak_none(broker, key, carried, one_thread):
+def test_async_jobs_on_the_event_loop_get_their_context_and_leak_none(broker, key, carried, one_thread_worker):
     token = m.request_id.set("loop")
     try:
         m.AsyncContextJob.perform_later(key)
