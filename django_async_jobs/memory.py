@@ -120,7 +120,8 @@ def count_perform(performs: int) -> int:
 
 
 def perform(record: EnqueuedJob) -> EnqueuedJob | None:
-    """Run one recorded job as a worker would; return its retry, if a ``retry_on`` rule asks."""
+    """Run one recorded job as a worker would; return its retry, if a ``retry_on`` rule asks
+    (or a ``Reschedule`` put it back)."""
     job_class = record.job_class
     if job_class is None:
         raise LookupError(f"no registered job is named {record.payload['job']!r}")
@@ -132,6 +133,8 @@ def perform(record: EnqueuedJob) -> EnqueuedJob | None:
     signals.send(signals.job_started, job_class, job=job)
     try:
         job.perform_now()
+    except retries.Reschedule as request:  # kept, as a worker would put it back
+        return EnqueuedJob.from_payload(decode_payload(retries.reschedule(job, request).payload))
     except Exception as exc:
         if retries.match(job._rules, exc) is None:
             raise

@@ -234,7 +234,9 @@ class Outcome:
 
     ``name`` is the log line's outcome: ``ok``, ``discarded`` (a discard rule, or a rule's
     ``on_exhausted`` callback took it), ``retry`` (``run_at``, and ``payload`` for the retry
-    set) or ``dead`` (``reason``, and ``data``: the payload with its executions).
+    set), ``dead`` (``reason``, and ``data``: the payload with its executions), or the outcome
+    of a ``Reschedule`` (``run_at``, 0 for now, and the new ``payload``). Any other name is
+    acknowledged (a layer that dropped the job sets its own, e.g. ``expired``).
     """
 
     name: str
@@ -247,6 +249,32 @@ class Outcome:
 
 
 SUCCEEDED = Outcome("ok")
+
+
+class Reschedule(Exception):  # noqa: N818  (a request, not an error)
+    """Raised in the perform chain to put the job back, ``delay`` seconds from now (0: at the
+    back of its queue now), with ``changes`` merged into its payload. Not a failure: no retry is
+    used, no error handler or failure signal runs, and the job is not counted as processed.
+
+    What a feature raises when the job cannot run yet (a rate limit) or should continue later
+    (a resumable job at a checkpoint); a subclass says which.
+    """
+
+    outcome = "rescheduled"
+
+    def __init__(self, delay: float = 0.0, changes: dict[str, Any] | None = None, message: str = "") -> None:
+        super().__init__(message or f"rescheduled in {delay:.3f}s")
+        self.delay = max(0.0, float(delay))
+        self.changes = changes or {}
+
+
+def reschedule(job: ApplicationJob, request: Reschedule) -> Outcome:
+    """The outcome of a ``Reschedule``: the job's payload, with the request's changes, back in
+    the schedule (or its queue when due now)."""
+    run_at = time.time() + request.delay
+    data = {**job.payload, **request.changes, "executions": job.executions}
+    data["at"] = round(run_at, 3)
+    return Outcome(request.outcome, run_at=run_at if request.delay else 0.0, payload=payload_bytes(data))
 
 
 def handle_failure(job: ApplicationJob, exc: BaseException) -> Outcome:
@@ -326,6 +354,9 @@ class RetryPolicy:
     def perform(self, job: ApplicationJob, call_next: Callable[[Any], Any]) -> Any:
         try:
             result = call_next(job)
+        except Reschedule as request:
+            job.outcome = reschedule(job, request)
+            return None
         except BaseException as exc:
             job.outcome = handle_failure(job, exc)
             return None
@@ -337,6 +368,9 @@ class RetryPolicy:
             result = await call_next(job)
         except (asyncio.CancelledError, GeneratorExit):
             raise
+        except Reschedule as request:
+            job.outcome = reschedule(job, request)
+            return None
         except BaseException as exc:  # SystemExit too: asyncio would re-raise it and end the loop
             # The rules call handlers and signal receivers, which may block: not on the loop.
             job.outcome = await sync_to_async(handle_failure, thread_sensitive=False)(job, exc)

@@ -306,3 +306,45 @@ def test_bad_rule_declarations_are_refused_when_the_class_is_defined():
         retry("Transient")
     with pytest.raises(TypeError, match="jitter"):
         retry(Transient, jitter=2)
+
+
+# -- Reschedule: put back, not a failure ---------------------------------------------------------
+
+
+def test_a_reschedule_puts_the_job_back_with_its_changes_and_is_not_a_failure(broker, worker, key):
+    from tests.testapp.jobs import ComeBackJob
+
+    failures = []
+    signals.job_failed.connect(receiver := lambda sender, **kw: failures.append(kw), weak=False)
+    try:
+        ComeBackJob.perform_later(key, 2)
+        wait_for(lambda: broker.redis.llen(key) == 3, 20, "three executions")
+    finally:
+        signals.job_failed.disconnect(receiver)
+    assert [v.decode() for v in broker.redis.lrange(key, 0, -1)] == [
+        "step 0 execution 1", "step 1 execution 2", "step 2 execution 3",
+    ]
+    wait_for(lambda: broker.inflight(worker.process_id) == {}, 10, "settled")
+    assert failures == [] and broker.stat("failed") == 0
+    assert broker.stat("processed") == 1  # the last execution only: the others were put back
+    assert broker.redis.zcard(broker.keys.retry) == 0
+
+
+def test_a_reschedule_with_a_delay_waits_in_the_schedule(broker, worker, key):
+    from tests.testapp.jobs import ComeBackJob
+
+    job = ComeBackJob.perform_later(key, 1, 3600)
+    [(member, score)] = wait_for(lambda: broker.redis.zrange(broker.keys.schedule, 0, -1, withscores=True), 20, "scheduled")
+    payload = json.loads(member)
+    assert (payload["jid"], payload["step"], payload["executions"]) == (job.job_id, 1, 1)
+    assert 3500 < score - time.time() <= 3600
+
+
+def test_a_reschedule_in_the_test_modes_keeps_the_job(key):
+    from django_async_jobs.testing import jobs_test_mode
+    from tests.testapp.jobs import ComeBackJob
+
+    with jobs_test_mode() as jobs:
+        ComeBackJob.perform_later(key, 1)
+        assert jobs.perform_enqueued_jobs() == 2
+        assert [record.payload.get("step", 0) for record in jobs.performed_jobs] == [0, 1]

@@ -387,7 +387,7 @@ class Broker:
             [
                 k.inflight(process_id), k.recoveries, k.retry,
                 k.stat("processed"), k.stat("processed", day),
-                k.stat("failed"), k.stat("failed", day),
+                k.stat("failed"), k.stat("failed", day), k.schedule,
             ],
             args,
         )

@@ -217,6 +217,8 @@ def settle(job: Any, raw: bytes) -> Settlement:
         return Settlement("retry", field, outcome.run_at, outcome.payload, failed=True)
     if outcome.name == "dead":
         return dead_record(field, raw, outcome.reason, outcome.error, outcome.data)
+    if outcome.payload:  # a Reschedule: back in the schedule, or its queue when due now
+        return Settlement("reschedule", field, outcome.run_at, outcome.payload)
     return Settlement("ack", field, failed=outcome.failed)
 
 

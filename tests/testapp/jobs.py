@@ -6,6 +6,7 @@ import time
 
 from django_async_jobs import ApplicationJob, signals
 from django_async_jobs.broker.client import get_broker
+from django_async_jobs.retries import Reschedule
 
 
 def _redis():
@@ -26,6 +27,16 @@ class RecordJob(ApplicationJob):
 
         _redis().rpush(key, json.dumps({"args": list(values), "kwargs": options, "executions": self.executions,
                                         "queue": self.queue_name, "pid": os.getpid()}))
+
+
+class ComeBackJob(ApplicationJob):
+    """Asks to be put back (``Reschedule``) with its step in the payload, ``times`` times."""
+
+    def perform(self, key, times=1, delay=0.0):
+        step = self.payload.get("step", 0)
+        _redis().rpush(key, f"step {step} execution {self.executions}")
+        if step < times:
+            raise Reschedule(delay, {"step": step + 1})
 
 
 class FailJob(ApplicationJob):

@@ -1,5 +1,6 @@
 -- Finish a batch of fetched jobs in one round trip. KEYS[4] = in-flight hash, KEYS[5] = recovery
--- counts, KEYS[6] = retry set, KEYS[7..10] = processed total/day, failed total/day.
+-- counts, KEYS[6] = retry set, KEYS[7..10] = processed total/day, failed total/day, KEYS[11] =
+-- the schedule.
 -- ARGV[3] = daily counter TTL, then groups of five: op, field, a, b, failed (1 when the job
 -- raised). Only settlements that apply are counted, so a job recovered elsewhere meanwhile is
 -- not counted twice.
@@ -7,6 +8,9 @@
 --   retry   : a = run-at score, b = payload for the retry set
 --   dead    : a = dead id, b = staged record (JSON)
 --   requeue : back to the head of its queue, untouched (a stopping worker's unfinished job)
+--   reschedule: a = run-at (0: now), b = the payload to put back: into the schedule (KEYS[11]),
+--             or at the back of its queue when due now. Not a failure and not processed (a
+--             rate limit's wait, a resumable job's checkpoint); its enqueue lock is kept.
 -- A follow-up happens only if the job was still ours: when another process already recovered
 -- it, a retry or dead record would duplicate it.
 local inflight, recoveries, retry = KEYS[4], KEYS[5], KEYS[6]
@@ -19,6 +23,18 @@ for i = 4, #ARGV, 5 do
     redis.call('HDEL', inflight, field)
     if op == 'requeue' then
       if hand_back(field, payload, now_seconds(), nil) then requeued = true end
+    elseif op == 'reschedule' then
+      redis.call('HDEL', recoveries, job_key(field))
+      local job = decode(b)
+      if job then release_locks(field, job, false) end
+      local at = tonumber(a) or 0
+      if at ~= at then at = 0 end
+      if job and at <= now_seconds() then
+        enqueue(b, job)
+        requeued = true
+      else
+        redis.call('ZADD', KEYS[11], at, b)  -- the poller moves it, or stages it dead if it names no queue
+      end
     else
       processed = processed + 1
       if ARGV[i + 4] == '1' then failed = failed + 1 end
