@@ -50,7 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--against",
         metavar="REF",
-        help="also run our worker from commit REF (a git worktree) in every cell, for A/B figures",
+        help="also run our worker (and enqueue-one client) from commit REF (a git worktree) in "
+        "every cell, for A/B figures; several refs separated by commas",
     )
     parser.add_argument(
         "--scaling", action="store_true", help="our drain over processes x threads, and the plot"
@@ -114,8 +115,9 @@ def run_comparison(args: argparse.Namespace) -> dict[str, Any]:
     if args.against:
         from bench.systems.ours import OursAt
 
-        systems.insert(1, OursAt(args.against, _worktree(args.against)))
-        args.system_list.insert(1, systems[1].name)
+        for offset, ref in enumerate(r.strip() for r in args.against.split(",") if r.strip()):
+            systems.insert(1 + offset, OursAt(ref, _worktree(ref)))
+            args.system_list.insert(1 + offset, systems[1 + offset].name)
     for system in systems:
         system.prepare()
     cells: list[dict[str, Any]] = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -53,10 +55,32 @@ def worker_command(processes: int, threads: int) -> list[str]:
     return cmd
 
 
+# The enqueue-one loop of harness.enqueue_one_rate, run by another commit's client code.
+_ENQUEUE_LOOP = """
+import json, sys, time
+import django
+django.setup()
+from bench.djapp.jobs import IncrJob
+n, limit = int(sys.argv[1]), float(sys.argv[2])
+for _ in range(200):
+    IncrJob.perform_later(0.0)  # warm up: connection, scripts, caches
+start = time.perf_counter()
+deadline, done = start + limit, 0
+while done < n:
+    for _ in range(100):
+        IncrJob.perform_later(0.0)
+    done += 100
+    if time.perf_counter() > deadline:
+        break
+print(json.dumps([done / (time.perf_counter() - start), done]))
+"""
+
+
 class OursAt(Ours):
-    """Our worker from a checkout of another commit, in the same cells as the current code
-    (``--against REF``): A/B figures for the worker side (drain, idle latency, RSS) finer than
-    the noise between runs. Enqueue rows time the current client code in both columns."""
+    """Our worker and client from a checkout of another commit, in the same cells as the
+    current code (``--against REF``): A/B figures finer than the noise between runs. The
+    enqueue-one row runs that commit's client in a process of its own; the bulk row and the
+    latency test's enqueues use the current client."""
 
     def __init__(self, ref: str, tree: Path) -> None:
         self.name = f"ours@{ref}"
@@ -68,6 +92,14 @@ class OursAt(Ours):
 
     def env(self) -> dict[str, str]:
         return {**super().env(), "PYTHONPATH": str(self.cwd)}
+
+    def enqueue_one_rate(self, n: int, limit: float) -> tuple[float, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", _ENQUEUE_LOOP, str(n), str(limit)],
+            cwd=self.cwd, env=self.env(), capture_output=True, text=True, check=True,
+        ).stdout
+        rate, done = json.loads(out.strip().splitlines()[-1])
+        return rate, done
 
 
 class OursNoJobLog(Ours):
