@@ -77,3 +77,31 @@ def private_redis(redis_server, settings, prefix):
     settings.ASYNC_JOBS = {**original, "REDIS_URL": redis_server.url}
     yield get_broker()
     settings.ASYNC_JOBS = original
+
+
+@pytest.fixture
+def sentinel_group(request, tmp_path):
+    """A master, a replica and three sentinels of this test's own; passwords on both sides.
+    Indirect parameters are more ``SentinelGroup`` options (``{"replicas": 2}``)."""
+    import shutil
+
+    from tests.helpers import SentinelGroup
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: the Sentinel tests start their own servers")
+    options = {"password": "master-pw", "sentinel_password": "sentinel-pw", **getattr(request, "param", {})}
+    group = SentinelGroup(tmp_path / "sentinel", **options)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def sentinel_broker(sentinel_group, settings, prefix):
+    """The broker on ``sentinel_group``'s master, found through its sentinels' URL."""
+    original = settings.ASYNC_JOBS
+    settings.ASYNC_JOBS = {**original, "REDIS_URL": sentinel_group.url()}
+    yield get_broker()
+    settings.ASYNC_JOBS = original

@@ -1,13 +1,16 @@
-"""Shared test helpers: deadlines instead of sleeps, worker subprocesses, private redis-servers."""
+"""Shared test helpers: deadlines instead of sleeps, worker subprocesses, private redis-servers
+(alone, or as a master, a replica and sentinels)."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,30 +98,45 @@ class RedisServer:
 
     ``persist``: an append-only file synced on every write (``"always"``, survives kill -9), or
     the fsync policy to use (``"everysec"``). ``debug``: allow ``DEBUG SLEEP`` (Redis 7 refuses
-    DEBUG unless the server enables it).
+    DEBUG unless the server enables it). ``args`` are more ``redis-server`` options
+    (``["--replicaof", "127.0.0.1", "7000"]``); ``password`` makes it require one (and use it
+    towards its master, as a replica).
     """
 
-    def __init__(self, workdir: Path, persist: bool | str = False, debug: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, persist: bool | str = False, debug: bool = False, args: Sequence[str] = (),
+        password: str | None = None,
+    ) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.fsync = persist if isinstance(persist, str) else "always" if persist else None
         self.debug = debug
+        self.args = list(args)
+        self.password = password
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
         aof = ["--appendonly", "yes", "--appendfsync", self.fsync] if self.fsync else ["--appendonly", "no"]
         debug = ["--enable-debug-command", "local"] if self.debug else []
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *aof, *debug, "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        wait_for(lambda: _pings(client), 5, "redis-server start")
+        auth = ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        return [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            *aof, *debug, "--dir", str(self.workdir), *auth, *self.args,
+        ]
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.client(socket_connect_timeout=0.2)
+        wait_for(lambda: _pings(client), 5, f"redis-server start on port {self.port}")
         client.close()
 
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password, **options)
+
     def stop(self) -> None:
+        """kill -9: nothing is saved, clients see their connections drop."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGCONT)  # a frozen server must not outlive the test
             self.proc.kill()
@@ -134,6 +152,179 @@ class RedisServer:
     def thaw(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+
+class SentinelServer(RedisServer):
+    """``redis-server --sentinel`` watching ``master`` as ``service``, from a config file of its
+    own in ``workdir`` (a sentinel rewrites it with what it learns, so a restart keeps that)."""
+
+    def __init__(
+        self, workdir: Path, master: RedisServer, service: str, *, down_after_ms: int, failover_timeout_ms: int,
+        password: str | None = None,
+    ) -> None:
+        super().__init__(workdir, password=password)
+        self.config = workdir / "sentinel.conf"
+        self.myid = secrets.token_hex(20)
+        self.service = service
+        self._lines = [
+            f"port {self.port}", "bind 127.0.0.1", f"dir {workdir}", f"sentinel myid {self.myid}",
+            f"sentinel monitor {service} 127.0.0.1 {master.port} 2",
+            f"sentinel down-after-milliseconds {service} {down_after_ms}",
+            f"sentinel failover-timeout {service} {failover_timeout_ms}",
+        ]
+        if master.password:
+            self._lines.append(f"sentinel auth-pass {service} {master.password}")
+        if password:  # the sentinels talk to each other with it too
+            self._lines += [f"requirepass {password}", f"sentinel sentinel-pass {password}"]
+
+    def know(self, replicas: Sequence[RedisServer], sentinels: Sequence[SentinelServer]) -> None:
+        """Start knowing these replicas and fellow sentinels, rather than learning of them over
+        the master (seconds of hello messages and INFO polls)."""
+        self._lines += [f"sentinel known-replica {self.service} 127.0.0.1 {r.port}" for r in replicas]
+        self._lines += [
+            f"sentinel known-sentinel {self.service} 127.0.0.1 {s.port} {s.myid}" for s in sentinels if s is not self
+        ]
+
+    def command(self) -> list[str]:
+        if not self.config.exists():
+            self.config.write_text("\n".join(self._lines) + "\n")
+        return ["redis-server", str(self.config), "--sentinel"]
+
+
+class SentinelGroup:
+    """A master, its ``replicas`` and three sentinels (quorum 2) of the test's own, on free ports.
+
+    Sentinels take the master for down after ``down_after_ms`` and promote a replica, so a
+    failover takes a few seconds. ``args`` are more options of the data servers
+    (``["--min-replicas-to-write", "1"]``); ``password`` protects them, ``sentinel_password``
+    the sentinels.
+    """
+
+    service = "mymaster"
+
+    def __init__(
+        self, workdir: Path, *, replicas: int = 1, args: Sequence[str] = (), password: str | None = None,
+        sentinel_password: str | None = None, down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
+    ) -> None:
+        self.password = password
+        self.sentinel_password = sentinel_password
+        # A replica syncs at once, not after the 5 s a master waits for more replicas by default.
+        sync = ["--repl-diskless-sync-delay", "0", *args]
+        first = RedisServer(workdir / "redis-0", password=password, args=sync)
+        self.servers = [first] + [
+            RedisServer(workdir / f"redis-{i}", password=password, args=[*sync, "--replicaof", "127.0.0.1", str(first.port)])
+            for i in range(1, replicas + 1)
+        ]
+        self.sentinels = [
+            SentinelServer(
+                workdir / f"sentinel-{i}", first, self.service, down_after_ms=down_after_ms,
+                failover_timeout_ms=failover_timeout_ms, password=sentinel_password,
+            )
+            for i in range(3)
+        ]
+        for sentinel in self.sentinels:
+            sentinel.know(self.servers[1:], self.sentinels)
+
+    def url(self, db: int = 9, query: str = "") -> str:
+        """The ``redis+sentinel://`` URL of this group, with both passwords when it has them."""
+        auth = f":{self.password}@" if self.password else ""
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        options = [f"sentinel_password={self.sentinel_password}"] if self.sentinel_password else []
+        options += [query] if query else []
+        return f"redis+sentinel://{auth}{hosts}/{self.service}/{db}" + ("?" + "&".join(options) if options else "")
+
+    def start(self, timeout: float = 30) -> None:
+        for server in self.servers:
+            server.start()
+        # Until a write reaches every replica: after a diskless sync the master streams writes
+        # to a replica only from its first acknowledgement, up to a second later, and a
+        # failover before then would lose what the test wrote.
+        master = self.servers[0].client()
+        replicas = len(self.servers) - 1
+
+        def replicated() -> bool:
+            try:
+                master.set("sentinel-group:probe", 1)
+                master.delete("sentinel-group:probe")
+            except redis.ResponseError:  # NOREPLICAS, with min-replicas-to-write
+                return False
+            return master.execute_command("WAIT", replicas, 100) == replicas
+
+        wait_for(replicated, timeout, "a write on every replica")
+        master.close()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until every sentinel knows the two others and every replica as live: only then can
+        they agree that the master is down and promote one."""
+
+        def ready(sentinel: SentinelServer) -> bool:
+            client = sentinel.client(socket_timeout=1)
+            try:
+                state = client.sentinel_master(self.service)
+                replicas = client.sentinel_slaves(self.service)
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+            alive = [r for r in replicas if not (r["is_sdown"] or r["is_odown"])]
+            return state["num-other-sentinels"] >= 2 and len(alive) == len(self.servers) - 1 and not state["is_sdown"]
+
+        wait_for(lambda: all(ready(s) for s in self.sentinels), timeout, "the sentinels ready for a failover")
+
+    def _named(self, sentinel: SentinelServer) -> int | None:
+        """The port of the master ``sentinel`` names, as clients ask it (``SENTINEL MASTERS``:
+        the failover's leader answers the old master until the failover ends)."""
+        client = sentinel.client(socket_timeout=1)
+        try:
+            return int(client.sentinel_master(self.service)["port"])
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+
+    def master(self) -> RedisServer:
+        """The server the sentinels name as master now (the first sentinel that answers)."""
+        for sentinel in self.sentinels:
+            port = self._named(sentinel)
+            if port is not None:
+                return next(s for s in self.servers if s.port == port)
+        raise AssertionError("no sentinel answers")
+
+    def failover(self) -> RedisServer:
+        """Ask a sentinel for a coordinated failover (``SENTINEL FAILOVER``: the master is not
+        down, and keeps running); returns the master it replaces."""
+        old = self.master()
+        client = self.sentinels[0].client(socket_timeout=5)
+        try:
+            client.execute_command("SENTINEL", "FAILOVER", self.service)
+        finally:
+            client.close()
+        return old
+
+    def wait_promoted(self, old: RedisServer, timeout: float = 30) -> RedisServer:
+        """Until every sentinel names another master than ``old`` and it takes writes."""
+
+        def promoted() -> RedisServer | None:
+            names = {self._named(sentinel) for sentinel in self.sentinels}
+            if len(names) != 1 or None in names or old.port in names:
+                return None
+            new = next(s for s in self.servers if s.port in names)
+            client = new.client(socket_timeout=1)
+            try:
+                return new if client.info("replication")["role"] == "master" else None
+            except redis.RedisError:
+                return None
+            finally:
+                client.close()
+
+        return wait_for(promoted, timeout, f"a master other than port {old.port}")
+
+    def stop(self) -> None:
+        for server in (*self.sentinels, *self.servers):
+            server.stop()
 
 
 def _pings(client: redis.Redis) -> bool:
