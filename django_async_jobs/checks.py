@@ -10,6 +10,7 @@ from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs import conf, cron, registry
+from django_async_jobs.broker import sentinel
 from django_async_jobs.deadjobs import retention
 from django_async_jobs.middleware import chain, context
 
@@ -35,14 +36,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         spec = None
     url = merged["REDIS_URL"]
     if not merged["CACHE_ALIAS"]:
-        parsed = urlparse(url) if isinstance(url, str) else None
-        if parsed is None or parsed.scheme not in URL_SCHEMES or (parsed.scheme in ("redis", "rediss") and not parsed.hostname):
-            shown = repr(conf.redact_url(url)) if isinstance(url, str) else repr(url)
-            errors.append(Error(
-                f"ASYNC_JOBS['REDIS_URL'] = {shown} is not a Redis URL.",
-                hint="Use redis://host:6379/0, rediss://... for TLS, or unix:///path/to/socket.",
-                id="async_jobs.E003",
-            ))
+        errors.extend(_check_url(url))
     prefix = merged["KEY_PREFIX"]
     if not conf.valid_queue_name(prefix):
         # "app*" would make the prefix's SCAN pattern match another application's keys.
@@ -99,6 +93,31 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     for message in cron.problems(raw.get("RECURRING"), spec.names if spec else None):
         errors.append(Error(f"ASYNC_JOBS: {message}", id="async_jobs.E020"))
     return errors
+
+
+def _check_url(url: Any) -> list[Any]:
+    shown = repr(conf.redact_url(url)) if isinstance(url, str) else repr(url)
+    if isinstance(url, str) and url.startswith(sentinel.PREFIX):
+        try:
+            sentinel.parse(url)
+        except ValueError as exc:
+            return [Error(
+                f"ASYNC_JOBS['REDIS_URL'] = {shown} is not a Sentinel URL: {exc}.",
+                hint=f"Use {sentinel.FORM}; the options are in the Deployment docs' Sentinel section.",
+                id="async_jobs.E003",
+            )]
+        return []
+    parsed = urlparse(url) if isinstance(url, str) else None
+    if parsed is None or parsed.scheme not in URL_SCHEMES or (parsed.scheme in ("redis", "rediss") and not parsed.hostname):
+        return [Error(
+            f"ASYNC_JOBS['REDIS_URL'] = {shown} is not a Redis URL.",
+            hint=(
+                "Use redis://host:6379/0, rediss://... for TLS, unix:///path/to/socket, "
+                f"or {sentinel.FORM} for Redis Sentinel."
+            ),
+            id="async_jobs.E003",
+        )]
+    return []
 
 
 @register(TAG, Tags.compatibility)

@@ -33,6 +33,14 @@ EMAIL = "ada@example.com"
         ("unix://:S3cretPW@/run/redis.sock?db=2", "unix://:***@/run/redis.sock?db=2"),
         ("unix:///run/redis.sock?db=2&password=S3cretPW", "unix:///run/redis.sock?db=2&password=***"),
         ("user:S3cretPW@host:6379", "user:***@host:6379"),
+        (
+            "redis+sentinel://:S3cretPW@h1:26379,h2:26379/mymaster/0?sentinel_password=S3cretPW&ssl=true",
+            "redis+sentinel://:***@h1:26379,h2:26379/mymaster/0?sentinel_password=***&ssl=true",
+        ),
+        (
+            "redis+sentinel://app:S3c/ret@PW@h1,h2/m?ssl=1&SENTINEL_PASSWORD=S3cretPW",
+            "redis+sentinel://app:***@h1,h2/m?ssl=1&SENTINEL_PASSWORD=***",
+        ),
         ("redis://localhost:6379/0", "redis://localhost:6379/0"),
         ("", ""),
     ],

@@ -20,6 +20,7 @@ import redis
 from django.core.signals import setting_changed
 from redis.exceptions import NoScriptError
 
+from django_async_jobs.broker import sentinel
 from django_async_jobs.broker.keys import Keys
 from django_async_jobs.conf import Settings, get_settings
 
@@ -43,7 +44,8 @@ def _script_source(name: str) -> str:
 
 
 def connect(settings: Settings) -> redis.Redis:
-    """The Redis client for these settings: from a django-redis cache alias, or from the URL."""
+    """The Redis client for these settings: from a django-redis cache alias, or from the URL
+    (a ``redis+sentinel://`` one: the master its sentinels name, see ``sentinel``)."""
     if settings.cache_alias:
         from django_redis import get_redis_connection
 
@@ -54,9 +56,10 @@ def connect(settings: Settings) -> redis.Redis:
         return fakeredis.FakeRedis(server=_fake_server())
     # A connect to a host that drops packets would otherwise wait for the kernel (minutes), and
     # a worker could not act on a stop signal meanwhile. Options in the URL still win.
-    return redis.Redis.from_url(
-        settings.redis_url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=READ_TIMEOUT
-    )
+    defaults = {"health_check_interval": 30, "socket_connect_timeout": 5, "socket_timeout": READ_TIMEOUT}
+    if settings.redis_url.startswith(sentinel.PREFIX):
+        return sentinel.connect(settings.redis_url, **defaults)
+    return redis.Redis.from_url(settings.redis_url, **defaults)
 
 
 @cache
@@ -122,8 +125,9 @@ class Broker:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.redis = connection if connection is not None else connect(settings)
-        # Plain redis-py clients get per-thread direct connections (see _command); fakes and
-        # other client classes go through their own execute_command.
+        # Plain redis-py clients get per-thread direct connections (see _command); fakes, other
+        # client classes and Sentinel's pools (whose connections find the master on every
+        # connect, and drop an old one) go through their own execute_command.
         self._direct = type(self.redis) is redis.Redis and type(self.redis.connection_pool) is redis.ConnectionPool
         self._local = threading.local()
         k = self.keys
