@@ -220,9 +220,9 @@ _QUERY_PASSWORD = re.compile(r"([?&](?:sentinel_)?password=)[^&#]*", re.IGNORECA
 
 def redact_url(url: str) -> str:
     """``url`` with its password, and any ``password=`` or ``sentinel_password=`` in its query,
-    replaced by ``***``: for every URL the library prints. Plain string work, so malformed URLs (``redis://:pw@/0``, a
-    password with an unescaped ``/``, ``?`` or ``@``) are masked too: everything up to the last
-    ``@`` is credentials, of which only a plain user name is kept."""
+    replaced by ``***``: for every URL the library prints. Plain string work, so malformed URLs
+    (``redis://:pw@/0``, a password with an unescaped ``/``, ``?`` or ``@``) are masked too:
+    everything up to the last ``@`` is credentials, of which only a plain user name is kept."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url

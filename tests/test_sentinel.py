@@ -168,7 +168,7 @@ def test_a_master_turned_replica_is_left_for_the_new_one(sentinel_group, sentine
     """After a coordinated failover Sentinel turns the old master, still running, into a replica
     (REPLICAOF, done here at once rather than seconds later). A connection still open to it gets
     READONLY: it is dropped and the command sent again to the master the sentinels name now,
-    where the scripts are not loaded yet. (redis-py 5 resends no pipeline, so the script goes
+    where the scripts are not loaded yet. (redis-py 5.0 resends no pipeline, so the script goes
     first: the single enqueue, pipelined, then finds the connection on the new master.)"""
     key = f"{prefix}:n"
     IncrJob.perform_later(key, 1)  # pipelined
@@ -195,7 +195,7 @@ def test_with_min_replicas_to_write_no_enqueue_is_lost_to_the_old_master(sentine
     """A coordinated failover leaves the old master running as master, without replicas, for
     the seconds until Sentinel turns it into a replica; a write it took then would be lost. With
     ``min-replicas-to-write 1`` it refuses them (NOREPLICAS), which sends the connection to the
-    new master. redis-py 5 does not resend a pipeline (the single enqueue) after a connection
+    new master. redis-py 5.0 does not resend a pipeline (the single enqueue) after a connection
     error: there that enqueue fails once, the next one goes to the new master."""
     key = f"{prefix}:n"
     IncrJob.perform_later(key, 1)
@@ -263,14 +263,14 @@ def test_killing_the_master_under_load(sentinel_group, sentinel_broker, spawn, p
         thread.join(10)
     # Errors only once the master was gone, then none once enqueues went through again.
     codes = "".join(events)
-    assert re.fullmatch(r"o+Ko?e+o+", codes), re.sub(r"(.)\1+", r"\1...", codes)
+    assert re.fullmatch(r"o+Ko*e+o+", codes), re.sub(r"(.)\1+", r"\1...", codes)
     FileJob.set(wait=0.5).perform_later(str(out), "scheduled")  # the poller's turn
     wait_for(lambda: set(acked) | {"scheduled"} <= set(ran()), 30, "every acknowledged job run")
     assert worker.alive()
     master = new.client(db=9)
     wait_for(lambda: not master.hlen(sentinel_broker.keys.inflight(process_id)), 30, "every job settled")
-    beat = master.zscore(sentinel_broker.keys.processes, process_id)
-    wait_for(lambda: master.zscore(sentinel_broker.keys.processes, process_id) > beat, 30, "a heartbeat")
+    beat = master.zscore(sentinel_broker.keys.processes, process_id) or 0
+    wait_for(lambda: (master.zscore(sentinel_broker.keys.processes, process_id) or 0) > beat, 30, "a heartbeat")
     channel = sentinel_broker.keys.notify
     wait_for(lambda: dict(master.pubsub_numsub(channel)).get(channel.encode()), 30, "the notify subscription")
     worker.send(signal.SIGTERM)

@@ -39,7 +39,7 @@ def _seconds(value: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
-        seconds = 0.0
+        raise ValueError("a positive number of seconds") from None
     if not 0 < seconds < float("inf"):
         raise ValueError("a positive number of seconds")
     return seconds
@@ -159,9 +159,8 @@ def _options(query: str) -> dict[str, Any]:
             raise ValueError(f"the option {name!r} is given twice")
         try:
             options[name] = OPTIONS[name][0](raw)
-        except ValueError as exc:
-            shown = "***" if name.endswith("password") else repr(raw)
-            raise ValueError(f"the option {name}={shown} must be {exc}") from None
+        except ValueError as exc:  # never a password: text options take any value
+            raise ValueError(f"the option {name}={raw!r} must be {exc}") from None
     return options
 
 
@@ -183,8 +182,8 @@ class MasterConnection(SentinelManagedConnection):
     """redis-py's connection to a Sentinel group's master, made to leave an old master.
 
     * A connection dropped in the middle of a command (a retry) reconnects through the
-      sentinels, as one taken from the pool does; redis-py 6+ reconnects it to the address it
-      had, which after a failover is the old master.
+      sentinels, as one taken from the pool does; recent redis-py (8.2) reconnects it to the
+      address it had, which after a failover is the old master.
     * A reply that says the server is no master any more drops the connection, and is raised
       as a ``ConnectionError``, which is retried: READONLY (a replica now), UNBLOCKED (a
       blocked command cut by the demotion), as redis-py does, and NOREPLICAS too. A demoted
@@ -204,7 +203,9 @@ class MasterConnection(SentinelManagedConnection):
         except redis.ResponseError as exc:
             if isinstance(exc, redis.ReadOnlyError) or str(exc).startswith(("NOREPLICAS", "UNBLOCKED")):
                 self.disconnect()
-                raise redis.ConnectionError(f"the master is no master any more ({exc}); asking the sentinels again") from exc
+                raise redis.ConnectionError(
+                    f"the master is no master any more ({exc}); asking the sentinels again"
+                ) from exc
             raise
 
 
