@@ -293,9 +293,22 @@ class SentinelGroup:
                 return next(s for s in self.servers if s.port == port)
         raise AssertionError("no sentinel answers")
 
+    def wait_replicated(self, timeout: float = 30) -> None:
+        """Until the replicas have every write the master took so far (its replication offset
+        now): a failover from here on cannot lose those."""
+        master = self.master()
+        written = master.client().info("replication")["master_repl_offset"]
+        for server in self.servers:
+            if server is not master and server.proc is not None:
+                replica = server.client()
+                wait_for(lambda: replica.info("replication")["master_repl_offset"] >= written, timeout, "replicas caught up")  # noqa: B023
+                replica.close()
+
     def failover(self) -> RedisServer:
         """Ask a sentinel for a coordinated failover (``SENTINEL FAILOVER``: the master is not
-        down, and keeps running); returns the master it replaces."""
+        down, and keeps running) once the replicas have every write so far, which Sentinel does
+        not wait for; returns the master it replaces."""
+        self.wait_replicated()
         old = self.master()
         client = self.sentinels[0].client(socket_timeout=5)
         try:

@@ -256,10 +256,8 @@ def test_killing_the_master_under_load(sentinel_group, sentinel_broker, spawn, p
     try:
         wait_for(lambda: len(ran()) >= 50, 30, "jobs running before the kill")
         old = sentinel_group.master()
-        replica = next(s for s in sentinel_group.servers if s is not old).client()
         events.append(("K", ""))
-        written = old.client().info("replication")["master_repl_offset"]  # every job before the mark
-        wait_for(lambda: replica.info("replication")["master_repl_offset"] >= written, 30, "the replica caught up")
+        sentinel_group.wait_replicated()  # every job acknowledged before the mark
         old.stop()  # kill -9
         new = sentinel_group.wait_promoted(old)
         after = len(events)
