@@ -54,3 +54,36 @@ def test_bad_scheduled_payload_is_staged_dead_by_the_poller(worker, broker, pref
     wait_for(lambda: broker.redis.hlen(broker.keys.dead) == 2, 30, "both bad payloads staged")
     assert {r["reason"] for r in dead_records(broker)} == {"malformed_payload"}
     assert broker.redis.zcard(broker.keys.schedule) == 0
+
+
+def test_a_client_bug_in_every_thread_does_not_end_the_worker(broker, prefix, monkeypatch):
+    """A non-Redis exception from the Redis client (redis-py 5.0 raised TypeError on a Sentinel
+    subscription) in the fetch, settle, poll and heartbeat loops: each logs it and goes on."""
+    import redis.connection
+
+    from django_async_jobs.worker.launcher import Worker
+
+    key = f"{prefix}:n"
+    worker = Worker()
+    worker.start()
+    try:
+        IncrJob.perform_later(key)
+        wait_for(lambda: broker.redis.get(key) == b"1", 20, "a first job")
+        send = redis.connection.AbstractConnection.send_packed_command
+        failures = {"left": 12}
+
+        def flaky(self, command, check_health=True):
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise TypeError("a client bug")
+            return send(self, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", flaky)
+        wait_for(lambda: failures["left"] == 0, 20, "the bug hit every thread's calls")
+        monkeypatch.undo()
+        IncrJob.perform_later(key)
+        wait_for(lambda: broker.redis.get(key) == b"2", 30, "a job after the bug")
+        threads = [*worker.processors, worker.acker, worker.heart, worker.poller]
+        assert all(thread.is_alive() for thread in threads)
+    finally:
+        worker.stop(timeout=5)

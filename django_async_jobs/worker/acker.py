@@ -12,8 +12,7 @@ import threading
 import time
 from typing import Any
 
-import redis
-
+from django_async_jobs.worker.logs import log_failure
 from django_async_jobs.worker.processor import Settlement
 
 logger = logging.getLogger("django_async_jobs.worker")
@@ -81,7 +80,7 @@ class Acker(threading.Thread):
             try:
                 self.broker.settle(self.process_id, ops)
                 return
-            except redis.RedisError as exc:
-                logger.warning("settling %d jobs failed, retrying in %.1fs: %s", len(batch), backoff, exc)
+            except Exception as exc:  # never end the thread: the jobs stay in flight meanwhile
+                log_failure(logger, exc, "settling %d jobs failed, retrying in %.1fs", len(batch), backoff)
                 threading.Event().wait(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -38,6 +38,7 @@ from typing import Any
 import redis
 
 from django_async_jobs.conf import QUEUE_NAME_RULE, QueueSpec, valid_queue_name
+from django_async_jobs.worker.logs import log_failure
 
 logger = logging.getLogger("django_async_jobs.worker")
 
@@ -226,8 +227,8 @@ class Fetcher:
             self._received = self._attempt
             self._dry = len(items) < free
             self._backoff = 0.1
-        except redis.RedisError as exc:
-            logger.warning("fetch failed, retrying in %.1fs: %s", self._backoff, exc)
+        except Exception as exc:  # a client bug too must not end the thread: the attempt stays owed
+            log_failure(logger, exc, "fetch failed, retrying in %.1fs", self._backoff)
             # Once stopping, only stop() ends the wait: a quiet process still owes the attempt.
             (self._closed if self.stopping.is_set() else self.stopping).wait(self._backoff)
             self._backoff = min(self._backoff * 2, 5.0)

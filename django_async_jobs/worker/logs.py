@@ -22,6 +22,8 @@ import threading
 import time
 from typing import TextIO
 
+import redis
+
 FLUSH_INTERVAL = 0.1  # seconds: how late an INFO line may appear
 DEFAULT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
 
@@ -151,3 +153,12 @@ def plain_output(logger: logging.Logger, level: int) -> BatchedStreamHandler | N
         node = node.parent
     return found
 
+
+def log_failure(logger: logging.Logger, exc: Exception, message: str, *args: object) -> None:
+    """How the loops of a worker's threads report a failed round and go on: a Redis error (an
+    outage, a timeout) as a warning with its message; anything else, a bug of ours or of the
+    client, with its traceback."""
+    if isinstance(exc, redis.RedisError):
+        logger.warning(message + ": %s", *args, exc)
+    else:
+        logger.exception(message, *args)

@@ -11,10 +11,9 @@ import logging
 import threading
 from typing import Any
 
-import redis
-
 from django_async_jobs.broker.client import POLL_BATCH
 from django_async_jobs.worker.cron import CronScheduler
+from django_async_jobs.worker.logs import log_failure
 
 logger = logging.getLogger("django_async_jobs.worker")
 
@@ -36,8 +35,8 @@ class Poller(threading.Thread):
                     until_tick = self.cron.run_due()
                     wait = until_tick if wait is None else min(wait, until_tick)
                 backoff = 0.1
-            except redis.RedisError as exc:
-                logger.warning("polling scheduled jobs failed, retrying in %.1fs: %s", backoff, exc)
+            except Exception as exc:  # never end the thread
+                log_failure(logger, exc, "polling scheduled jobs failed, retrying in %.1fs", backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue

@@ -15,9 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from django_async_jobs import locks
+from django_async_jobs.worker.logs import log_failure
 
 logger = logging.getLogger("django_async_jobs.worker")
 
@@ -96,5 +95,5 @@ class Heart(threading.Thread):
             try:
                 self.beat()
                 self.recover()
-            except redis.RedisError as exc:
-                logger.warning("heartbeat failed: %s", exc)
+            except Exception as exc:  # never end the thread: a process that stops beating is taken for dead
+                log_failure(logger, exc, "heartbeat failed")
