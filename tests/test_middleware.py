@@ -58,7 +58,8 @@ def test_enqueue_order_settings_then_class_then_callbacks_then_push(broker, key,
 def test_perform_order_in_the_worker(broker, key, chain_settings, worker):
     m.TracedJob.perform_later(key)
     wait_for(lambda: "outer perform out" in traced(broker, key), 20, "the job")
-    assert traced(broker, key)[7:] == [
+    # The worker may start the job before the enqueue chain has written its last lines.
+    assert [line for line in traced(broker, key) if "enqueue" not in line] == [
         "outer perform in", "inner perform in", "class perform in", "before_perform", "perform",
         "class perform out", "inner perform out", "outer perform out",
     ]
