@@ -139,3 +139,36 @@ class JobProgress(models.Model):
             "started_at": when(self.started_at), "completed_at": when(self.completed_at),
             "updated_at": when(self.updated_at),
         }
+
+
+# The channel the outbox's insert trigger notifies on PostgreSQL (migration 0004), and the relay
+# listens to: one notification per committed transaction that wrote rows.
+OUTBOX_CHANNEL = "django_async_jobs_outbox"
+
+
+class OutboxJob(models.Model):
+    """A job enqueued inside a transaction with the outbox on (``ASYNC_JOBS["OUTBOX"]``).
+
+    Written in the caller's transaction instead of being pushed to Redis, so the job exists
+    exactly when the transaction commits; a worker's relay pushes committed rows to Redis and
+    deletes them. The columns beside the payload are what the relay's push step needs without
+    decoding it: where the job goes, when, and a unique job's enqueue lock.
+    """
+
+    job_id = models.CharField(_("job id"), max_length=64)
+    queue = models.CharField(_("queue"), max_length=100)
+    priority = models.SmallIntegerField(_("priority"), default=0)
+    run_at = models.FloatField(_("run at (epoch seconds)"), null=True, blank=True)  # None: at once
+    # A unique job's enqueue lock (its Redis key) and TTL in ms, taken when the row is relayed.
+    lock = models.CharField(_("lock"), max_length=255, blank=True)
+    lock_ttl = models.PositiveBigIntegerField(_("lock TTL (ms)"), null=True, blank=True)
+    payload = models.TextField(_("payload"))
+    created = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = _("outbox job")
+        verbose_name_plural = _("outbox jobs")
+
+    def __str__(self) -> str:
+        return f"{self.job_id} -> {self.queue}"

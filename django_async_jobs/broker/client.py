@@ -34,6 +34,12 @@ READ_TIMEOUT = 30.0
 # Seconds a fetch record outlives its process's recovery (recover.lua): far beyond any delay
 # before Redis can run a late copy of that process's fetch (TCP gives up after ~15 minutes).
 FETCH_RECORD_TTL = 24 * 3600
+# Seconds the outbox relay remembers a job id it pushed, unless it forgets it sooner once the
+# row is deleted (relay.lua): what a relay that died between its push and its delete leaves.
+RELAYED_TTL = 24 * 3600
+# An outbox row as the relay step takes it: job id, queue, priority, run-at epoch (or None), a
+# unique job's enqueue lock key (or "") and its TTL in ms (or None), payload.
+RelayedRow = tuple[str, str, int, float | None, str, int | None, str]
 
 
 @cache
@@ -139,7 +145,7 @@ class Broker:
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
                 "renew_locks", "cron_push",
-                "pick",
+                "pick", "relay",
             )
         }
 
@@ -310,6 +316,35 @@ class Broker:
             conn.disconnect()  # replies still owed: never reuse this connection
             raise
         return pushed
+
+    def relay(
+        self, alias: str, holder: str, lease_ms: int, forget: list[str], rows: Iterable[RelayedRow]
+    ) -> tuple[int, int, list[tuple[str, str]]] | None:
+        """Push outbox rows of database ``alias`` into their queues (or the schedule), each job
+        id once, if ``holder`` holds that database's relay lease (renewed here); forget the ids
+        in ``forget``, whose rows are deleted. One round trip; see relay.lua.
+
+        Returns (pushed, skipped as relayed before, [(job id, holder) of each unique job whose
+        enqueue lock another job holds]), or None when the lease is not ``holder``'s.
+        """
+        k = self.keys
+        locks: list[str] = []
+        entries: list[Any] = []
+        for job_id, queue, priority, run_at, lock, lock_ttl, payload in rows:
+            index = 0
+            # Only this prefix's lock keys: a row is never a way to set any other key.
+            if lock and lock.startswith(k.lock_base) and lock_ttl:
+                locks.append(lock)
+                index = 6 + len(locks)
+            entries += (job_id, queue, priority, "" if run_at is None else repr(run_at), index, lock_ttl or 0, payload)
+        reply = self._run(
+            "relay", [k.outbox_lease(alias), k.outbox_relayed, k.schedule, *locks],
+            [holder, lease_ms, RELAYED_TTL, len(forget), *forget, *entries],
+        )
+        if reply[0] == -1:
+            return None
+        held = [value.decode() if isinstance(value, bytes) else value for value in reply[2:]]
+        return reply[0], reply[1], list(zip(held[::2], held[1::2], strict=True))
 
     def schedule(self, entries: list[tuple[str, float]], client: Any = None) -> int:
         """Delay jobs until their epoch times (the poller moves them when due)."""

@@ -23,7 +23,10 @@ key                                    type       holds
 ``p:runlock:<job>:<digest>``           string     a unique job's run lock; value = in-flight field
 ``p:cron:<name>``                      hash       a recurring entry's last tick, job id, time
 ``p:result:<id>``                      string     a django.tasks result (JSON), kept RESULT_TTL
-``p:lease:<chore>``                     string     which process does a chore now (dead flush, prune)
+``p:lease:<chore>``                     string     which process does a chore now (dead flush, prune,
+                                                  ``outbox:<alias>``: relaying that database's outbox)
+``p:outbox:relayed``                   zset       job ids the outbox relay pushed and whose rows may
+                                                  still exist -> time pushed (relay.lua)
 =====================================  =========  ===============================================
 """
 
@@ -109,6 +112,16 @@ class Keys:
     def lease(self, name: str) -> str:
         """A short lease so one process at a time does a housekeeping chore (flush, prune)."""
         return f"{self.prefix}:lease:{name}"
+
+    def outbox_lease(self, alias: str) -> str:
+        """Held by the one process relaying database ``alias``'s outbox rows to Redis."""
+        return self.lease(f"outbox:{alias}")
+
+    @property
+    def outbox_relayed(self) -> str:
+        """The ids of jobs relayed from an outbox: a relay that dies between its push and the
+        rows' delete never pushes them twice."""
+        return f"{self.prefix}:outbox:relayed"
 
     def stat(self, name: str, day: str | None = None) -> str:
         return f"{self.prefix}:stat:{name}" if day is None else f"{self.prefix}:stat:{name}:{day}"
