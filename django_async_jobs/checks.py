@@ -50,7 +50,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         least = 0 if key == "MAX_RECOVERIES" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             errors.append(Error(f"ASYNC_JOBS['{key}'] must be an integer of at least {least}, got {value!r}.", id="async_jobs.E004"))
-    for key in ("SHUTDOWN_TIMEOUT", "HEARTBEAT_TIMEOUT", "POLL_INTERVAL", "RESULT_TTL", "PROGRESS_SECONDS"):
+    for key in ("SHUTDOWN_TIMEOUT", "HEARTBEAT_TIMEOUT", "POLL_INTERVAL", "RESULT_TTL", "PROGRESS_SECONDS", "OUTBOX_POLL_INTERVAL"):
         try:
             ok = conf._seconds(merged[key]) > 0
         except (TypeError, ValueError):
@@ -82,6 +82,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         errors.append(Error(
             f"ASYNC_JOBS['PREFETCH'] must be None (as many as CONCURRENCY) or an integer of at least 0, got {prefetch!r}.",
             id="async_jobs.E009",
+        ))
+    if not isinstance(merged["OUTBOX"], bool):
+        errors.append(Error(f"ASYNC_JOBS['OUTBOX'] must be True or False, got {merged['OUTBOX']!r}.", id="async_jobs.E050"))
+    databases = merged["OUTBOX_DATABASES"]
+    aliases = list(django_settings.DATABASES)
+    if isinstance(databases, str) or not isinstance(databases, (list, tuple)) or any(a not in aliases for a in databases):
+        errors.append(Error(
+            f"ASYNC_JOBS['OUTBOX_DATABASES'] must be a list of database aliases, got {databases!r}.",
+            hint=f"The aliases of DATABASES are {aliases}.",
+            id="async_jobs.E051",
         ))
     if "DEAD_JOB_RETENTION" in raw:
         try:
@@ -162,3 +172,4 @@ def _check_job_queues(spec: conf.QueueSpec) -> list[Any]:
                 id="async_jobs.E010",
             ))
     return errors
+

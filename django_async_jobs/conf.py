@@ -49,6 +49,12 @@ DEFAULTS: dict[str, Any] = {
     # outside the built-in ones; and the contextvars CurrentContext carries into jobs.
     "MIDDLEWARE": ["django_async_jobs.middleware.CurrentContext"],
     "CONTEXT": [],
+    # The transactional outbox (outbox.py): a job enqueued in a transaction is a row of that
+    # transaction, relayed to Redis by the workers; they poll the databases listed here for
+    # rows every OUTBOX_POLL_INTERVAL seconds (PostgreSQL wakes them at each commit instead).
+    "OUTBOX": False,
+    "OUTBOX_POLL_INTERVAL": 1.0,
+    "OUTBOX_DATABASES": ["default"],
 }
 
 
@@ -111,6 +117,9 @@ class Settings:
     enqueue_after_commit: bool
     result_ttl: float
     async_concurrency: int
+    outbox: bool
+    outbox_poll_interval: float
+    outbox_databases: tuple[str, ...]
     raw: dict[str, Any] = field(repr=False, compare=False)
 
 
@@ -201,6 +210,9 @@ def build(raw: dict[str, Any]) -> Settings:
         enqueue_after_commit=bool(merged["ENQUEUE_AFTER_COMMIT"]),
         result_ttl=_seconds(merged["RESULT_TTL"]),
         async_concurrency=int(merged["ASYNC_CONCURRENCY"]),
+        outbox=bool(merged["OUTBOX"]),
+        outbox_poll_interval=_seconds(merged["OUTBOX_POLL_INTERVAL"]),
+        outbox_databases=tuple(merged["OUTBOX_DATABASES"]),
         raw=merged,
     )
 

@@ -6,11 +6,13 @@ step, ``deliver``, decides two things for each job, single or bulk:
 * *when*: inside ``transaction.atomic()`` only the push waits for the commit of that database
   (``ENQUEUE_AFTER_COMMIT``), as ActiveJob defers only the adapter's enqueue: a worker never
   looks for a row that is not committed yet, and a rollback (of the transaction or of the
-  savepoint the enqueue happened in) drops the job;
+  savepoint the enqueue happened in) drops the job. With the outbox (``outbox.py``), the job
+  does not wait: it is written at once as a row of that transaction, which a worker relays;
 * *where*: ``MODE`` "redis" pushes to Redis (a unique job through its lock step), one round trip
-  per job or per chunk of ``CHUNK`` jobs; "test" and "inline" hand the job to ``memory``.
+  per job or per chunk of ``CHUNK`` jobs; "test" and "inline" hand the job to ``memory``. A push
+  Redis cannot take (unreachable) goes to the outbox instead, for classes that use it.
 
-``job_enqueued`` is sent for each job that reached Redis (or the test modes' memory).
+``job_enqueued`` is sent for each job that reached Redis, an outbox, or the test modes' memory.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import redis
 from django.db import DEFAULT_DB_ALIAS, transaction
 
-from django_async_jobs import locks, memory, signals
+from django_async_jobs import locks, memory, outbox, signals
 from django_async_jobs.broker.client import get_broker
 from django_async_jobs.conf import get_settings, validate_queue_name
 from django_async_jobs.serialization import encode_job
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
 
 CHUNK = 1000
+# What a push raises when Redis is out of reach (refused, reset, no answer in time): the jobs
+# of classes that use the outbox are written there instead.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
 def deliver(job: ApplicationJob) -> ApplicationJob:
@@ -42,7 +48,10 @@ def deliver(job: ApplicationJob) -> ApplicationJob:
         return job
     alias = commit_alias(type(job), job._using)
     if alias is None:
-        send([job])
+        _send_now([job])
+    elif outbox.applies(type(job)):
+        outbox.write([job], alias)
+        _enqueued(job)
     else:
         encode_job(job.serialize())  # a bad argument fails here, in the caller, not at commit time
         # Not robust: if Redis is down at commit, the error reaches the code that committed.
@@ -52,22 +61,44 @@ def deliver(job: ApplicationJob) -> ApplicationJob:
 
 def deliver_all(jobs: Sequence[ApplicationJob], using: str | None) -> int:
     """Send jobs that went through their chains together: the ones whose class waits for a
-    commit when that database commits, the rest now. Returns how many were sent or deferred."""
-    groups: dict[str | None, list[ApplicationJob]] = {}
-    aliases: dict[type, str | None] = {}  # one transaction check per class, not per job
+    commit to that database's outbox or when it commits, the rest now. Returns how many were
+    sent, written or deferred."""
+    groups: dict[tuple[str | None, bool], list[ApplicationJob]] = {}
+    routes: dict[type, tuple[str | None, bool]] = {}  # one transaction check per class, not per job
     for job in jobs:
         kind = type(job)
-        if kind not in aliases:
-            aliases[kind] = commit_alias(kind, using)
-        groups.setdefault(aliases[kind], []).append(job)
-    for alias, group in groups.items():
+        route = routes.get(kind)
+        if route is None:
+            alias = commit_alias(kind, using)
+            route = routes[kind] = (alias, alias is not None and outbox.applies(kind))
+        groups.setdefault(route, []).append(job)
+    for (alias, via_outbox), group in groups.items():
         if alias is None:
-            send(group)
+            _send_now(group)
+        elif via_outbox:
+            outbox.write(group, alias)
+            for job in group:
+                _enqueued(job)
         else:
             for job in group:
                 encode_job(job.serialize())
             transaction.on_commit(lambda group=group: send(group), using=alias)
     return len(jobs)
+
+
+def _send_now(jobs: Sequence[ApplicationJob]) -> None:
+    """``send``, keeping in the outbox what Redis could not take, for classes that use it."""
+    try:
+        send(jobs)
+    except UNREACHABLE as error:
+        waiting = [job for job in jobs if job.successfully_enqueued is None]
+        for job in outbox.keep(waiting, error):
+            _enqueued(job)
+        if any(job.successfully_enqueued is None for job in waiting):
+            raise
+    else:
+        if outbox.OUTAGE.since is not None:
+            outbox.OUTAGE.ended()
 
 
 def send(jobs: Sequence[ApplicationJob]) -> None:
@@ -88,8 +119,6 @@ def send(jobs: Sequence[ApplicationJob]) -> None:
     plain = [job for job in jobs if job.lock_keys is None or "key" not in job.lock_keys]
     if plain:
         _push(plain)
-        for job in plain:
-            _enqueued(job)
     if len(plain) < len(jobs):
         for job in jobs:
             if job.lock_keys is not None and "key" in job.lock_keys:
@@ -113,13 +142,14 @@ def _routed(jobs: Sequence[ApplicationJob]) -> list[Any]:
 
 
 def _push(jobs: Sequence[ApplicationJob]) -> None:
-    """Push ready jobs and schedule delayed ones, CHUNK jobs per Redis call."""
+    """Push ready jobs and schedule delayed ones, CHUNK jobs per Redis call; each chunk's jobs
+    are marked enqueued once Redis took it (so a failure part-way says which were not)."""
     broker = get_broker()
+    chunks = [jobs[start : start + CHUNK] for start in range(0, len(jobs), CHUNK)]
     if all(job.scheduled_at is None for job in jobs):  # the usual case: stream the chunks
-        broker.push_stream(_routed(jobs[start : start + CHUNK]) for start in range(0, len(jobs), CHUNK))
+        broker.push_stream((_routed(chunk) for chunk in chunks), on_pushed=lambda index: _all_enqueued(chunks[index]))
         return
-    for start in range(0, len(jobs), CHUNK):
-        chunk = jobs[start : start + CHUNK]
+    for chunk in chunks:
         ready = _routed([job for job in chunk if job.scheduled_at is None])
         delayed = [(encode_job(job.serialize()), job.scheduled_at) for job in chunk if job.scheduled_at is not None]
         if ready and delayed:
@@ -131,6 +161,12 @@ def _push(jobs: Sequence[ApplicationJob]) -> None:
             broker.push_routed(ready)
         elif delayed:
             broker.schedule(delayed)
+        _all_enqueued(chunk)
+
+
+def _all_enqueued(jobs: Sequence[ApplicationJob]) -> None:
+    for job in jobs:
+        _enqueued(job)
 
 
 def commit_alias(job_class: type[ApplicationJob], using: str | None) -> str | None:

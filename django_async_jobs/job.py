@@ -111,6 +111,9 @@ class ApplicationJob:
     # None follows ASYNC_JOBS["ENQUEUE_AFTER_COMMIT"]; the alias is the database whose commit waits.
     enqueue_after_commit: ClassVar[bool | None] = None
     enqueue_using: ClassVar[str] = "default"
+    # None follows ASYNC_JOBS["OUTBOX"]: a job that waits for a commit is a row of that
+    # transaction instead (outbox.py), and Redis being down outside one writes the row too.
+    enqueue_via_outbox: ClassVar[bool | None] = None
     # This class's own middleware (paths, classes or instances), inside ASYNC_JOBS["MIDDLEWARE"].
     middleware: ClassVar[list[Any] | tuple[Any, ...]] = ()
 
@@ -248,7 +251,8 @@ class ApplicationJob:
     ) -> ConfiguredJob:
         """Options for one enqueue: ``Job.set(wait=timedelta(minutes=1)).perform_later(...)``.
 
-        ``using`` names the database alias whose transaction commit the push waits for.
+        ``using`` names the database alias whose transaction commit the push waits for (or
+        whose outbox the job is written to).
         """
         if queue is not None:
             validate_queue_name(queue, "queue")

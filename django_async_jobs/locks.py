@@ -148,15 +148,20 @@ def push(job: ApplicationJob, payload: str) -> bool:
     TTL counts from the run time of a scheduled job.
     """
     key = job.lock_keys["key"]
-    ttl_ms = type(job)._lock_ttl_ms
-    delay = 0.0
-    if job.scheduled_at is not None:
-        delay = max(0.0, job.scheduled_at - job.enqueued_at)
-    pushed, holder = get_broker().lock_push(key, job.job_id, ttl_ms + int(delay * 1000), payload, job.scheduled_at)
+    pushed, holder = get_broker().lock_push(key, job.job_id, enqueue_ttl_ms(job), payload, job.scheduled_at)
     if pushed:
         return True
     conflict(job, key, holder, "enqueued")
     return False
+
+
+def enqueue_ttl_ms(job: ApplicationJob) -> int:
+    """The TTL of a serialized unique job's enqueue lock: ``lock_ttl``, counted from the run
+    time of a scheduled job."""
+    delay = 0.0
+    if job.scheduled_at is not None:
+        delay = max(0.0, job.scheduled_at - job.enqueued_at)
+    return type(job)._lock_ttl_ms + int(delay * 1000)
 
 
 def conflict(job: ApplicationJob, key: str, holder: str | None, when: str) -> None:

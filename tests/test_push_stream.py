@@ -25,6 +25,16 @@ def test_push_stream_counts_what_it_pushed_and_leaves_the_connection_usable(brok
     assert broker.queue_size("default") == 6
 
 
+def test_push_stream_says_which_chunks_redis_took(broker):
+    jobs = [IncrJob(f"k{i}") for i in range(4)]
+    for job in jobs:
+        job.queue_name = "default"
+    chunks = (["default", 0, encode_payload(job.serialize())] for job in jobs)
+    answered = []
+    assert broker.push_stream(chunks, on_pushed=answered.append) == 4
+    assert answered == [0, 1, 2, 3]
+
+
 def test_one_push_routes_each_job_by_queue_and_priority_and_skips_unroutable_payloads(broker):
     def payload(jid, queue, priority=0):
         return encode_payload({"jid": jid, "job": IncrJob.job_name, "queue": queue, "args": [], "priority": priority})

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -284,20 +284,29 @@ class Broker:
         packed = [b"%s$%d\r\n%s\r\n%s" % (head, len(data), data, self._push_tail)]
         self._exchange(self._connection(), packed, 3, self._line_replies)
 
-    def push_stream(self, chunks: Iterable[list[Any]]) -> int:
+    def push_stream(self, chunks: Iterable[list[Any]], on_pushed: Callable[[int], Any] | None = None) -> int:
         """Push chunk after chunk of routed entries, the next built while Redis runs the previous.
 
         ``chunks`` is usually a generator that serializes as it goes: a bulk enqueue then pays
         for Python and Redis side by side instead of one after the other. A connection error
-        part-way leaves the chunks before it pushed, as a loop of ``push_routed`` calls would.
+        part-way leaves the chunks before it pushed, as a loop of ``push_routed`` calls would;
+        ``on_pushed(i)`` is called as Redis answers for chunk ``i`` (0 first), so the caller
+        knows which.
         """
         chunks = iter(chunks)
         first = next(chunks, None)
         if first is None:
             return 0
+        report = on_pushed or _ignore
         pushed = self.push_routed(first)  # also loads the script into a Redis that lost it
+        report(0)
+        done = 1
         if not self._direct:
-            return pushed + sum(self.push_routed(chunk) for chunk in chunks)
+            for chunk in chunks:
+                pushed += self.push_routed(chunk)
+                report(done)
+                done += 1
+            return pushed
         keys, args = self._frame([], [])
         head = ("EVALSHA", self._scripts["push"].sha, len(keys), *keys, *args)
         conn = self._connection()
@@ -309,9 +318,13 @@ class Broker:
                 if owed > 1:
                     pushed += conn.read_response()
                     owed -= 1
+                    report(done)
+                    done += 1
             while owed:
                 pushed += conn.read_response()
                 owed -= 1
+                report(done)
+                done += 1
         except BaseException:
             conn.disconnect()  # replies still owed: never reuse this connection
             raise
@@ -528,6 +541,10 @@ class Broker:
         for batch in _chunks(self.redis.scan_iter(match=self.keys.pattern, count=1000), 1000):
             deleted += self.redis.delete(*batch)
         return deleted
+
+
+def _ignore(index: int) -> None:
+    pass
 
 
 def _chunks(iterable: Any, size: int) -> Any:

@@ -1,8 +1,9 @@
 """One worker process: its threads, its signals, and how it stops.
 
 Threads: ``concurrency`` processors, which take turns fetching (see ``Fetcher``), an acker
-(batched settlements), a poller (scheduled/retry), a heart (heartbeat + recovery) and a dead
-writer (staged dead jobs -> database). Signals: TERM/INT stop gracefully,
+(batched settlements), a poller (scheduled/retry), a heart (heartbeat + recovery), a dead
+writer (staged dead jobs -> database) and, with the outbox in use, a relay per database
+(outbox rows -> Redis). Signals: TERM/INT stop gracefully,
 a second INT exits at once, TSTP quiets.
 
 A graceful stop hands back what the process still holds. Jobs that never reached a thread go
@@ -26,6 +27,7 @@ from typing import Any
 
 import redis
 
+from django_async_jobs import outbox
 from django_async_jobs.broker.client import Broker, get_broker
 from django_async_jobs.conf import QueueSpec, Settings, get_settings
 from django_async_jobs.worker.acker import Acker
@@ -35,6 +37,7 @@ from django_async_jobs.worker.fetcher import Fetcher, QueueOrder
 from django_async_jobs.worker.poller import Poller
 from django_async_jobs.worker.processor import Settlement, process
 from django_async_jobs.worker.recovery import Heart, Strays
+from django_async_jobs.worker.relay import STOP_TIMEOUT, Relay
 
 logger = logging.getLogger("django_async_jobs.worker")
 
@@ -97,6 +100,9 @@ class Worker:
         )
         self.poller = Poller(self.broker, s.poll_interval, self.stopping)
         self.dead_writer = DeadWriter(self.broker, self.stopped)
+        self.relays = [
+            Relay(self.broker, alias, s, self.stopped, self.process_id) for alias in s.outbox_databases
+        ] if outbox.in_use() else []
 
     # -- state -------------------------------------------------------------------------------
 
@@ -165,7 +171,7 @@ class Worker:
                 logger.warning("cannot reach Redis, retrying in %.1fs: %s", backoff, exc)
                 self._pause(backoff)  # a TERM while Redis is away still stops us
                 backoff = min(backoff * 2, 5.0)
-        for thread in (self.acker, *self.processors, self.heart, self.poller, self.dead_writer):
+        for thread in (self.acker, *self.processors, self.heart, self.poller, self.dead_writer, *self.relays):
             thread.start()
         logger.info(
             "worker %s started: queues=%s (%s) concurrency=%d",
@@ -209,6 +215,9 @@ class Worker:
         if self.heart.is_alive() and threading.current_thread() is not self.heart:
             self.heart.join(5)  # a beat in flight must not land after the release below
         released = self._release([*self._unstarted, *self.fetcher.unstarted()])
+        for relay in self.relays:  # its last delete, and the lease handed on
+            if relay.is_alive() and threading.current_thread() is not relay:
+                relay.join(STOP_TIMEOUT)
         self._released = settled and released is not None
         took = time.monotonic() - began
         if released is None:
