@@ -7,16 +7,19 @@ Rows are evidence, so the detail page is read-only for everyone; the only writes
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db.models import QuerySet
+from django.db.models import Count, Min, QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
+from django.utils.timesince import timesince
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
@@ -45,6 +48,15 @@ def _pretty(value: Any) -> str:
         text.encode()
     except (ValueError, RecursionError):  # too deep, or a lone surrogate: the payload shows it
         return "-"
+    return _pre(text)
+
+
+def _payload(payload: str) -> str:
+    try:
+        text = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+        text.encode()
+    except (ValueError, RecursionError):  # not JSON, too deep, or a "\ud800" escape: as stored
+        text = payload
     return _pre(text)
 
 
@@ -129,12 +141,7 @@ class DeadJobAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("payload"))
     def payload_display(self, obj: DeadJob) -> str:
-        try:
-            text = json.dumps(json.loads(obj.payload), indent=2, ensure_ascii=False)
-            text.encode()
-        except (ValueError, RecursionError):  # not JSON, too deep, or a "\ud800" escape: as stored
-            text = obj.payload
-        return _pre(text)
+        return _payload(obj.payload)
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -182,7 +189,7 @@ install_dashboard(admin.site)
 
 # -- job state: idempotency markers and progress --------------------------------------------------
 
-from django_async_jobs.models import IdempotencyMarker, JobProgress  # noqa: E402
+from django_async_jobs.models import IdempotencyMarker, JobProgress, OutboxJob  # noqa: E402
 
 
 @admin.register(IdempotencyMarker)
@@ -230,3 +237,64 @@ class JobProgressAdmin(admin.ModelAdmin):
     @admin.display(description=_("error details"))
     def errors_display(self, obj: JobProgress) -> str:
         return _pretty(obj.error_details) if obj.error_details else "-"
+
+
+@admin.register(OutboxJob)
+class OutboxJobAdmin(admin.ModelAdmin):
+    """Jobs written in a transaction and not yet relayed to Redis by a worker (transactions.md).
+
+    Read-only: a row is a committed job, and the relay deletes it once the job is in Redis. The
+    title says how many wait and how long the oldest has; a number that grows, or an age past a
+    few seconds, means no worker relays (none running, or Redis or the database out of reach).
+    """
+
+    list_display = ("created", "waiting", "job_class", "queue", "priority", "run_at_display", "job_id")
+    list_filter = ("queue",)
+    search_fields = ("job_id",)
+    ordering = ("pk",)
+    list_per_page = 100
+    show_full_result_count = False
+    fields = ("job_id", "queue", "priority", "run_at_display", "lock", "created", "payload_display")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: OutboxJob | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: OutboxJob | None = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        found = self.get_queryset(request).aggregate(count=Count("pk"), oldest=Min("created"))
+        count, oldest = found["count"], found["oldest"]
+        title = ngettext("%(count)d job in the outbox", "%(count)d jobs in the outbox", count) % {"count": count}
+        if oldest is not None:
+            title += _(", the oldest waiting for %(age)s") % {"age": timesince(oldest)}
+        return super().changelist_view(request, {"title": title, **(extra_context or {})})
+
+    @admin.display(description=_("waiting"))
+    def waiting(self, obj: OutboxJob) -> str:
+        return timesince(obj.created, timezone.now())
+
+    @admin.display(description=_("job class"))
+    def job_class(self, obj: OutboxJob) -> str:
+        try:
+            name = json.loads(obj.payload).get("job")
+        except (ValueError, AttributeError, RecursionError):
+            name = None
+        return name if isinstance(name, str) else "-"
+
+    @admin.display(description=_("run at"), ordering="run_at")
+    def run_at_display(self, obj: OutboxJob) -> str:
+        if obj.run_at is None:
+            return _("now")
+        try:
+            return f"{datetime.fromtimestamp(obj.run_at, UTC):%Y-%m-%d %H:%M:%S} UTC"
+        except (OverflowError, OSError, ValueError):  # not a time an enqueue writes
+            return str(obj.run_at)
+
+    @admin.display(description=_("payload"))
+    def payload_display(self, obj: OutboxJob) -> str:
+        return _payload(obj.payload)

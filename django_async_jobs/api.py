@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django_async_jobs import cron, registry
+from django_async_jobs import cron, outbox, registry
 from django_async_jobs.broker.client import Broker, get_broker
+from django_async_jobs.conf import get_settings
 from django_async_jobs.models import DeadJob
 
 SETS = ("scheduled", "retries")
@@ -491,6 +492,33 @@ def history(days: int = HISTORY_DAYS, broker: Broker | None = None) -> list[dict
         {"date": d, "processed": int(_number(p)), "failed": int(_number(f))}
         for d, p, f in zip(dates, processed, failed, strict=True)
     ]
+
+
+@dataclass(frozen=True)
+class OutboxState:
+    """Jobs written to the outboxes that the workers have not relayed to Redis yet."""
+
+    count: int
+    oldest: datetime | None  # when the oldest of them was written
+
+    def age(self, now: float | None = None) -> float | None:
+        """Seconds the oldest has waited."""
+        if self.oldest is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.oldest.timestamp())
+
+
+def outbox_state() -> OutboxState | None:
+    """The rows waiting in every relayed database's outbox; None when no job uses the outbox."""
+    if not outbox.in_use():
+        return None
+    count, oldest = 0, None
+    for alias in get_settings().outbox_databases:
+        waiting, first = outbox.summary(alias)
+        count += waiting
+        if first is not None and (oldest is None or first < oldest):
+            oldest = first
+    return OutboxState(count, oldest)
 
 
 # -- recurring ----------------------------------------------------------------------------------

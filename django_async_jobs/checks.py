@@ -8,8 +8,10 @@ from urllib.parse import urlparse
 from django.conf import settings as django_settings
 from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connections
+from django.db.migrations.recorder import MigrationRecorder
 
-from django_async_jobs import conf, cron, registry
+from django_async_jobs import conf, cron, outbox, registry
 from django_async_jobs.broker import sentinel
 from django_async_jobs.deadjobs import retention
 from django_async_jobs.middleware import chain, context
@@ -17,6 +19,7 @@ from django_async_jobs.middleware import chain, context
 TAG = "async_jobs"
 URL_SCHEMES = {"redis", "rediss", "unix", "fakeredis"}
 MODES = {"redis", "test", "inline"}
+OUTBOX_MIGRATION = ("django_async_jobs", "0004_outboxjob")
 
 
 @register(TAG, Tags.compatibility)
@@ -173,3 +176,31 @@ def _check_job_queues(spec: conf.QueueSpec) -> list[Any]:
             ))
     return errors
 
+
+@register(TAG, Tags.compatibility)
+def check_outbox(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """With the outbox in use, its table exists on every database it relays: a job written to
+    a missing table fails its caller's transaction. A database out of reach is not reported."""
+    try:
+        if not outbox.in_use():
+            return []
+        databases = conf.get_settings().outbox_databases
+    except (TypeError, ValueError):
+        return []  # check_settings reports it
+    warnings: list[Any] = []
+    for alias in databases:
+        if alias not in connections:
+            continue  # E051
+        try:
+            applied = MigrationRecorder(connections[alias]).applied_migrations()
+        except DatabaseError:
+            continue
+        if OUTBOX_MIGRATION not in applied:
+            warnings.append(Warning(
+                f"The outbox is on, but database {alias!r} has no outbox table yet "
+                f"(migration {'.'.join(OUTBOX_MIGRATION)} has not run): jobs enqueued in a transaction "
+                f"on it would fail.",
+                hint=f"Run: python manage.py migrate django_async_jobs --database {alias}",
+                id="async_jobs.W050",
+            ))
+    return warnings

@@ -340,7 +340,7 @@ def test_on_postgresql_a_commit_wakes_the_relay(broker, prefix, outbox_on, setti
     assert rows() == []
 
 
-# -- settings ---------------------------------------------------------------------------------------
+# -- visible: checks, admin, dashboard -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("key,value,code", [
@@ -355,3 +355,75 @@ def test_bad_outbox_settings_fail_the_check(settings, key, value, code):
     settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, key: value}
     assert code in [e.id for e in check_settings()]
 
+
+def test_the_check_warns_while_the_outbox_migration_has_not_run(outbox_on):
+    from django.db.migrations.recorder import MigrationRecorder
+
+    from django_async_jobs.checks import check_outbox
+
+    assert check_outbox() == []
+    recorder = MigrationRecorder(connection)
+    recorder.record_unapplied("django_async_jobs", "0004_outboxjob")
+    try:
+        [warning] = check_outbox()
+    finally:
+        recorder.record_applied("django_async_jobs", "0004_outboxjob")
+    assert warning.id == "async_jobs.W050" and "'default'" in warning.msg
+    assert warning.hint == "Run: python manage.py migrate django_async_jobs --database default"
+    outbox_on.ASYNC_JOBS = {**outbox_on.ASYNC_JOBS, "OUTBOX": False}
+    recorder.record_unapplied("django_async_jobs", "0004_outboxjob")
+    try:
+        assert check_outbox() == []  # not in use: nothing to say
+    finally:
+        recorder.record_applied("django_async_jobs", "0004_outboxjob")
+
+
+@pytest.fixture
+def staff(client):
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("staff", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_outboxjob"))
+    client.force_login(user)
+    return user
+
+
+def test_the_admin_lists_waiting_jobs_read_only_with_count_and_oldest_age(client, staff, prefix, outbox_on):
+    with transaction.atomic():
+        job = NoteJob.perform_later(f"{prefix}:k", 1)
+        NoteJob.set(wait=60).perform_later(f"{prefix}:k", 2)
+    OutboxJob.objects.filter(job_id=job.job_id).update(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 300)))
+    response = client.get("/admin/django_async_jobs/outboxjob/")
+    assert response.status_code == 200
+    assert response.context["title"] == "2 jobs in the outbox, the oldest waiting for 5\xa0minutes"
+    assert NoteJob.job_name.encode() in response.content and job.job_id.encode() in response.content
+    row = OutboxJob.objects.get(job_id=job.job_id)
+    detail = client.get(f"/admin/django_async_jobs/outboxjob/{row.pk}/change/")
+    assert detail.status_code == 200 and b'name="_save"' not in detail.content
+    assert client.post(f"/admin/django_async_jobs/outboxjob/{row.pk}/delete/").status_code == 403
+    assert client.get("/admin/django_async_jobs/outboxjob/add/").status_code == 403
+
+
+def test_the_admin_needs_the_view_permission(client, prefix, outbox_on):
+    from django.contrib.auth.models import User
+
+    client.force_login(User.objects.create_user("other", is_staff=True))
+    assert client.get("/admin/django_async_jobs/outboxjob/").status_code == 403
+
+
+def test_the_dashboard_shows_the_outbox_card(client, staff, broker, prefix, outbox_on):
+    with transaction.atomic():
+        NoteJob.perform_bulk([(f"{prefix}:k", i) for i in range(3)])
+    OutboxJob.objects.update(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 120)))
+    response = client.get("/admin/django_async_jobs/dashboard/")
+    assert response.context["outbox"] == {"outbox": 3, "outbox_age": "2 min ago"}
+    assert b'data-stat="outbox">3<' in response.content
+    assert b"/admin/django_async_jobs/outboxjob/" in response.content
+    stats = client.get("/admin/django_async_jobs/dashboard/stats.json").json()["stats"]
+    assert (stats["outbox"], stats["outbox_age"]) == (3, "2 min ago")
+
+
+def test_without_the_outbox_the_dashboard_has_no_card(client, staff, broker):
+    response = client.get("/admin/django_async_jobs/dashboard/")
+    assert response.context["outbox"] == {} and b'data-stat="outbox"' not in response.content
+    assert "outbox" not in client.get("/admin/django_async_jobs/dashboard/stats.json").json()["stats"]

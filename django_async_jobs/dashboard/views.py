@@ -204,17 +204,34 @@ def our_models(app_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- pages --------------------------------------------------------------------------------------
 
 
+def _outbox_stats() -> dict[str, Any]:
+    """The outbox card's numbers (none when no job uses the outbox): rows not yet relayed to
+    Redis, and how long the oldest has waited."""
+    state = api.outbox_state()
+    if state is None:
+        return {}
+    age = state.age()
+    return {"outbox": state.count, "outbox_age": "-" if age is None else _relative(-age)}
+
+
 def overview(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    outbox_url = None
+    if request.user.has_perm("django_async_jobs.view_outboxjob"):  # the rows hold arguments
+        try:
+            outbox_url = _url(site, "django_async_jobs_outboxjob_changelist")
+        except NoReverseMatch:
+            pass
     return _render(
         request, site, "overview.html", "overview", _("Background jobs"),
         stats=api.stats(), history=api.history(), stats_url=_url(site, "async_jobs_stats"),
+        outbox=_outbox_stats(), outbox_url=outbox_url,
     )
 
 
 def stats_json(request: HttpRequest, site: AdminSite) -> JsonResponse:
     """What the overview polls: the counters, the 30-day history and the live processes."""
     return JsonResponse({
-        "stats": api.stats().as_json(),
+        "stats": {**api.stats().as_json(), **_outbox_stats()},
         "history": api.history(),
         "queues": [q.as_json() for q in api.queues()],
     })
