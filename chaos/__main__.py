@@ -21,7 +21,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=["full", "short"], default="full")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
-                        help="run only this scenario (repeatable): kill9, restart, freeze, database, crafted")
+                        help="run only this scenario (repeatable): kill9, restart, outbox, freeze, database, crafted")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, Redis files)")
     options = parser.parse_args()
 
