@@ -131,10 +131,12 @@ class Relay(threading.Thread):
         if not self.holding:
             self.stopped.wait(self.lease / 3)
             return
-        connections[self.alias].close_if_unusable_or_obsolete()  # CONN_MAX_AGE, as a request would
         if self.listener is None:
+            connections[self.alias].close_if_unusable_or_obsolete()  # CONN_MAX_AGE, as a request would
             self.stopped.wait(min(self.poll_interval, self.lease / 3))
             return
+        # Listening, the connection stays open: a new one at each wake would cost the commit's
+        # job a connect (milliseconds on PostgreSQL). A broken one fails the round, which closes it.
         deadline = time.monotonic() + self.lease / 3
         while not self.stopped.is_set() and (left := deadline - time.monotonic()) > 0:
             woken = False
