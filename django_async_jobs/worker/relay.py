@@ -46,6 +46,7 @@ logger = logging.getLogger("django_async_jobs.worker")
 
 MAX_BACKOFF = 5.0
 LISTEN_SLICE = 0.5  # seconds per wait for a notification, so a stop is seen soon
+LISTEN_RETRY = 30.0  # seconds of polling after listening failed, before trying again
 STOP_TIMEOUT = 5.0  # seconds a stopping worker waits for its relays' last delete
 
 
@@ -63,7 +64,7 @@ class Relay(threading.Thread):
         self.forget: list[str] = []  # ids whose rows are deleted, for the next relay step
         self.undeleted: tuple[list[int], list[str]] | None = None  # pushed rows: keys, job ids
         self.listener: Any = None
-        self._listen_failed = False
+        self._listen_again = 0.0  # when to try listening again after a failure
 
     def run(self) -> None:
         backoff = 0.1
@@ -96,6 +97,7 @@ class Relay(threading.Thread):
                 return False
             self.holding = True
             logger.info("outbox relay (%s): this process relays the outbox", self.alias)
+        if self.listener is None and time.monotonic() >= self._listen_again:
             self._listen()  # before the read: a commit after it is notified
         keys, rows = outbox.pending(self.alias)
         result = self.broker.relay(self.alias, self.holder, self.lease_ms, self.forget, rows)
@@ -157,22 +159,23 @@ class Relay(threading.Thread):
 
     def _listen(self) -> None:
         connection = connections[self.alias]
-        if self.listener is not None or not _LISTENS or getattr(connection, "Database", None) is not psycopg:
+        if not _LISTENS or getattr(connection, "Database", None) is not psycopg:
+            self._listen_again = float("inf")  # this database is polled
             return
+        listener = None
         try:
             listener = psycopg.connect(**connection.get_connection_params(), autocommit=True)
-        except psycopg.Error as exc:
-            if not self._listen_failed:
-                logger.warning("outbox relay (%s): cannot listen for commits, polling: %s", self.alias, exc)
-            self._listen_failed = True
-            return
-        try:
             listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(OUTBOX_CHANNEL)))
-        except psycopg.Error:
-            listener.close()
-            raise
+        except psycopg.Error as exc:
+            logger.warning(
+                "outbox relay (%s): cannot listen for commits (%s); polling, and trying again in %.0fs",
+                self.alias, exc, LISTEN_RETRY,
+            )
+            self._listen_again = time.monotonic() + LISTEN_RETRY
+            if listener is not None:
+                listener.close()
+            return
         self.listener = listener
-        self._listen_failed = False
 
     def _unlisten(self) -> None:
         listener, self.listener = self.listener, None
