@@ -114,6 +114,24 @@ def test_set_options_and_bulk_enqueues_go_into_the_transaction(broker, prefix, o
     assert found[0].run_at == pytest.approx(time.time() + 60, abs=30)
 
 
+def test_the_row_is_the_enqueue_chains_last_step(broker, prefix, outbox_on):
+    # Middleware (routing, metadata) and callbacks have run when the row is written: it holds
+    # what they made, as a push to Redis would.
+    from tests.testapp import middleware_jobs as m
+
+    key = f"{prefix}:trace"
+    with transaction.atomic():
+        routed = m.RoutedJob(f"{prefix}:routed")
+        routed.meta["route"] = "low"
+        routed.enqueue()
+        traced = m.TracedJob.perform_later(key)
+    rows_by_job = {row.job_id: row for row in rows()}
+    assert (rows_by_job[routed.job_id].queue, rows_by_job[routed.job_id].priority) == ("low", 7)
+    assert json.loads(rows_by_job[routed.job_id].payload)["meta"] == {"route": "low"}
+    assert traced.job_id in rows_by_job
+    assert [t.decode() for t in broker.redis.lrange(key, 0, -1)] == ["class enqueue in", "before_enqueue", "class enqueue out"]
+
+
 def test_a_bad_argument_fails_in_the_caller_and_writes_nothing(broker, prefix, outbox_on):
     with transaction.atomic():
         with pytest.raises(SerializationError):
