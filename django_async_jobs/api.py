@@ -23,7 +23,7 @@ from typing import Any
 
 from django_async_jobs import cron, outbox, registry
 from django_async_jobs.broker.client import Broker, get_broker
-from django_async_jobs.conf import get_settings
+from django_async_jobs.conf import get_settings, validate_queue_name
 from django_async_jobs.models import DeadJob
 
 SETS = ("scheduled", "retries")
@@ -281,21 +281,29 @@ class QueueInfo:
     name: str
     size: int
     latency: float  # seconds since the job at the head was enqueued; 0 when empty
+    paused: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "latency": round(self.latency, 3)}
+        return {"name": self.name, "size": self.size, "latency": round(self.latency, 3), "paused": self.paused}
 
 
 def queue_names(broker: Broker | None = None) -> list[str]:
-    """Every queue pushed to, plus the configured ones (so an idle queue still shows)."""
-    broker = broker or get_broker()
-    known = {_text(n) for n in broker.redis.smembers(broker.keys.queues)}
-    return sorted(known | set(broker.settings.queues.names))
+    """Every queue pushed to or paused, plus the configured ones (so an idle queue still shows)."""
+    return _names_and_paused(broker or get_broker())[0]
+
+
+def _names_and_paused(broker: Broker) -> tuple[list[str], set[str]]:
+    with broker.redis.pipeline(transaction=False) as pipe:
+        pipe.smembers(broker.keys.queues)
+        pipe.smembers(broker.keys.paused)
+        known, paused = pipe.execute()
+    paused = {_text(n) for n in paused}
+    return sorted({_text(n) for n in known} | paused | set(broker.settings.queues.names)), paused
 
 
 def queues(broker: Broker | None = None) -> list[QueueInfo]:
     broker = broker or get_broker()
-    names = queue_names(broker)
+    names, paused = _names_and_paused(broker)
     with broker.redis.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.zcard(broker.keys.queue(name))
@@ -311,12 +319,27 @@ def queues(broker: Broker | None = None) -> list[QueueInfo]:
             enqueued = (data or {}).get("enqueued_at")
             if isinstance(enqueued, (int, float)) and not isinstance(enqueued, bool):
                 latency = max(0.0, now - enqueued)
-        result.append(QueueInfo(name, size, latency))
+        result.append(QueueInfo(name, size, latency, name in paused))
     return result
 
 
 def clear_queue(name: str, broker: Broker | None = None) -> int:
     return (broker or get_broker()).clear_queue(name)
+
+
+def pause_queue(name: str, broker: Broker | None = None) -> bool:
+    """Stop every worker fetching from queue ``name`` within a second; its jobs stay, new ones
+    join it, and the state outlives worker restarts. False when it was paused already."""
+    return (broker or get_broker()).pause_queue(validate_queue_name(name, "queue"))
+
+
+def resume_queue(name: str, broker: Broker | None = None) -> bool:
+    """Let workers fetch from queue ``name`` again. False when it was not paused."""
+    return (broker or get_broker()).resume_queue(validate_queue_name(name, "queue"))
+
+
+def paused_queues(broker: Broker | None = None) -> list[str]:
+    return sorted((broker or get_broker()).paused_queues())
 
 
 # -- processes ----------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def test_queues_show_size_and_latency(client, broker, viewer):
     oldest = json.loads(broker.redis.zrange(broker.keys.queue("default"), 0, 0)[0])
     broker.redis.zadd(broker.keys.queue("low"), {encode_payload({**oldest, "queue": "low", "enqueued_at": time.time() - 90}): 1})
     response = client.get(BASE + "queues/")
-    rows = {q.name: q for q, _, _ in response.context["rows"]}
+    rows = {q.name: q for q, *_ in response.context["rows"]}
     assert rows["default"].size == 1 and rows["default"].latency < 5
     assert rows["low"].size == 1 and 89 < rows["low"].latency < 100
     assert rows["critical"].size == 0  # configured, never used: still listed

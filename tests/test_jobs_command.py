@@ -37,7 +37,7 @@ def test_queues_lists_sizes(broker):
     data = {q["name"]: q for q in json.loads(run("queues", "--json"))}
     assert data["low"]["size"] == 3 and data["default"]["size"] == 0
     lines = run("queues").splitlines()
-    assert lines[0].split() == ["QUEUE", "SIZE", "LATENCY"]
+    assert lines[0].split() == ["QUEUE", "SIZE", "LATENCY", "STATE"]
     assert any(line.split()[:2] == ["low", "3"] for line in lines)
 
 

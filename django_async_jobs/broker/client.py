@@ -524,6 +524,21 @@ class Broker:
             size, _, _ = pipe.execute()
         return size
 
+    def pause_queue(self, name: str) -> bool:
+        """Stop every worker fetching from ``name``; its jobs stay. False if it was paused."""
+        return bool(self.redis.sadd(self.keys.paused, name))
+
+    def resume_queue(self, name: str) -> bool:
+        """Let workers fetch from ``name`` again, and wake idle ones. False if it was not paused."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.srem(self.keys.paused, name)
+            pipe.publish(self.keys.notify, "ready")
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    def paused_queues(self) -> set[str]:
+        return {name.decode() if isinstance(name, bytes) else name for name in self.redis.smembers(self.keys.paused)}
+
     def signal_process(self, process_id: str, signal: str, ttl: float) -> None:
         """Ask a worker process to ``quiet`` or ``stop``; it acts on its next heartbeat."""
         if signal not in ("quiet", "stop"):

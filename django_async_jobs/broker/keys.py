@@ -7,6 +7,7 @@ key                                    type       holds
 =====================================  =========  ===============================================
 ``p:queue:<name>``                     zset       ready jobs; score = priority band, then job id order
 ``p:queues``                           set        names of every queue ever pushed to
+``p:paused``                           set        names of paused queues: no worker fetches from them
 ``p:seq``                              string     fetch numbers (the in-flight fields' suffix)
 ``p:schedule``                         zset       delayed jobs; score = run-at epoch seconds
 ``p:retry``                            zset       jobs waiting for a retry; score = run-at
@@ -58,6 +59,11 @@ class Keys:
     @property
     def queues(self) -> str:
         return f"{self.prefix}:queues"
+
+    @property
+    def paused(self) -> str:
+        """Queues no worker fetches from (``api.pause_queue``); kept until resumed."""
+        return f"{self.prefix}:paused"
 
     @property
     def seq(self) -> str:

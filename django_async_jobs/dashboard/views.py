@@ -241,11 +241,32 @@ def queues(request: HttpRequest, site: AdminSite) -> HttpResponse:
     """Every queue; one whose name breaks the rule (jobs pushed before it) is listed without
     links, since no page may open it: ``jobs clear NAME`` deletes it."""
     rows = [
-        (q, _url(site, "async_jobs_queue", q.name), _url(site, "async_jobs_queue_clear", q.name))
-        if valid_queue_name(q.name) else (q, None, None)
+        (q, _url(site, "async_jobs_queue", q.name), _url(site, "async_jobs_queue_clear", q.name),
+         _url(site, "async_jobs_queue_pause", q.name))
+        if valid_queue_name(q.name) else (q, None, None, None)
         for q in api.queues()
     ]
     return _render(request, site, "queues.html", "queues", _("Queues"), rows=rows)
+
+
+def pause_queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
+    """POST ``pause=1`` or ``pause=0``: pause or resume a queue on every worker."""
+    name = _queue_name(name)
+    queues_url = _url(site, "async_jobs_queues")
+    if request.method != "POST":
+        return HttpResponseRedirect(queues_url)
+    _require_manage(request)
+    pause = request.POST.get("pause") == "1"
+    try:
+        (api.pause_queue if pause else api.resume_queue)(name)
+    except redis.RedisError as exc:
+        _redis_down(request, exc)
+    else:
+        messages.success(request, (
+            _("Paused queue %(name)s: workers stop fetching from it within a second; its jobs stay.") if pause
+            else _("Resumed queue %(name)s.")
+        ) % {"name": name})
+    return HttpResponseRedirect(queues_url)
 
 
 def _queue_name(name: str) -> str:
@@ -392,6 +413,7 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     ("queues/", queues, "async_jobs_queues"),
     ("queues/<str:name>/", queue, "async_jobs_queue"),
     ("queues/<str:name>/clear/", clear_queue, "async_jobs_queue_clear"),
+    ("queues/<str:name>/pause/", pause_queue, "async_jobs_queue_pause"),
     ("busy/", busy, "async_jobs_busy"),
     ("scheduled/", scheduled, "async_jobs_scheduled"),
     ("retries/", retries, "async_jobs_retries"),

@@ -44,6 +44,7 @@ logger = logging.getLogger("django_async_jobs.worker")
 
 IDLE_RECHECK = 1.0  # seconds: a missed "ready" message costs at most this much
 WAKE_CHECK = 0.2  # seconds: how soon a waiting fetch notices a stop or quiet
+PAUSED_RECHECK = 1.0  # seconds: how soon a paused (or resumed) queue is skipped (or fetched again)
 
 
 class QueueOrder:
@@ -132,6 +133,11 @@ class Fetcher:
         self._attempt = 0
         self._received = 0
         self._closed = threading.Event()  # stop() ran: not even a fetch of no new jobs any more
+        # Paused queues (``api.pause_queue``), read at most once a second in a call of its own,
+        # so a fetch neither waits for nor carries anything more; between reads, a fetch that
+        # finds none paused only compares two floats.
+        self._paused: frozenset[str] = frozenset()
+        self._paused_read_at = -PAUSED_RECHECK
 
     def take(self) -> tuple[str, bytes] | None:
         """The calling thread's next job, fetched by itself if it takes the role; None once
@@ -214,6 +220,14 @@ class Fetcher:
     def _fetch(self, new: bool) -> list[tuple[str, bytes]]:
         """One attempt: jobs for every free slot (``new``), or only those a lost reply owes us.
         The jobs an earlier attempt owes us come first and may exceed the free slots."""
+        queues = self.order.next()
+        if time.monotonic() - self._paused_read_at >= PAUSED_RECHECK:
+            self._read_paused()
+        if self._paused:
+            queues = [name for name in queues if name not in self._paused]
+            if not queues and new:  # every queue of ours is paused: wait as for empty ones
+                self._dry = True
+                return []
         with self._held_lock:
             free = self.capacity - self._held if new else 0
             self._held += free
@@ -221,7 +235,7 @@ class Fetcher:
         items: list[tuple[bytes, bytes]] = []
         try:
             items = self.broker.fetch(
-                self.process_id, self.order.next(), free, self._connection,
+                self.process_id, queues, free, self._connection,
                 attempt=self._attempt, received=self._received,
             )
             self._received = self._attempt
@@ -237,6 +251,13 @@ class Fetcher:
             with self._held_lock:
                 self._held -= free - len(items)
         return [(field.decode(), raw) for field, raw in items]
+
+    def _read_paused(self) -> None:
+        self._paused_read_at = time.monotonic()
+        try:
+            self._paused = frozenset(self.broker.paused_queues())
+        except redis.RedisError as exc:  # the fetch that follows meets the same trouble and backs off
+            logger.debug("reading the paused queues failed, keeping the last set: %s", exc)
 
     # -- the notify channel --------------------------------------------------------------------
 

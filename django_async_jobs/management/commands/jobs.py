@@ -1,8 +1,8 @@
 """``manage.py jobs <group> <action>``: look after the job system from a shell.
 
-Each group (``dead``; ``stats``, ``queues``, ``clear``, ``scheduled``, ``retries``, ``enqueue``)
-registers its own subparsers and handler functions, so a new group (cron) is one more ``add_*``
-function in ``GROUPS``; ``handle`` only dispatches.
+Each group (``dead``; ``stats``, ``queues``, ``clear``, ``scheduled``, ``retries``, ``enqueue``;
+``queue``; ``cron``) registers its own subparsers and handler functions, so a new group is one
+more ``add_*`` function in ``GROUPS``; ``handle`` only dispatches.
 """
 
 from __future__ import annotations
@@ -252,7 +252,10 @@ def queues_show(command: BaseCommand, options: dict[str, Any]) -> None:
     if options["json"]:
         _dump(command, [q.as_json() for q in rows])
         return
-    command.stdout.write(table(["QUEUE", "SIZE", "LATENCY"], [[q.name, q.size, f"{q.latency:.1f}s"] for q in rows]))
+    command.stdout.write(table(
+        ["QUEUE", "SIZE", "LATENCY", "STATE"],
+        [[q.name, q.size, f"{q.latency:.1f}s", "paused" if q.paused else "active"] for q in rows],
+    ))
 
 
 def queue_clear(command: BaseCommand, options: dict[str, Any]) -> None:
@@ -342,6 +345,36 @@ def add_operations(groups: Any) -> None:
     p.set_defaults(handler=job_enqueue)
 
 
+# -- jobs queue pause / resume -------------------------------------------------------------------
+
+
+def queue_pause(command: BaseCommand, options: dict[str, Any]) -> None:
+    name = options["queue"]
+    try:
+        changed = api.pause_queue(name) if options["action"] == "pause" else api.resume_queue(name)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    if options["action"] == "pause":
+        command.stdout.write(
+            f"Paused queue {name!r}: workers stop fetching from it within a second; its jobs stay."
+            if changed else f"Queue {name!r} was paused already."
+        )
+    else:
+        command.stdout.write(f"Resumed queue {name!r}." if changed else f"Queue {name!r} was not paused.")
+
+
+def add_queue(groups: Any) -> None:
+    queue = groups.add_parser("queue", help="Pause or resume a queue (every worker, on every host).")
+    actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("pause", "Stop fetching from a queue; its jobs stay and new ones join it."),
+        ("resume", "Fetch from a paused queue again."),
+    ):
+        p = actions.add_parser(action, help=text)
+        p.add_argument("queue", help="The queue's name.")
+        p.set_defaults(handler=queue_pause)
+
+
 # -- jobs cron ------------------------------------------------------------------------------------
 
 
@@ -364,7 +397,7 @@ def add_cron(groups: Any) -> None:
 
 
 # One entry per command group; each adds its parser and sets ``handler`` on its leaves.
-GROUPS: list[Callable[[Any], None]] = [add_dead, add_operations, add_cron]
+GROUPS: list[Callable[[Any], None]] = [add_dead, add_operations, add_queue, add_cron]
 
 
 class Command(BaseCommand):
