@@ -469,6 +469,7 @@ class Stats:
     processes: int
     busy: int
     concurrency: int
+    expired: int = 0  # dropped unstarted past their deadline (expires_in), since the start
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -486,18 +487,21 @@ def stats(broker: Broker | None = None) -> Stats:
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     names = queue_names(broker)
     with broker.redis.pipeline(transaction=False) as pipe:
-        pipe.mget([k.stat("processed"), k.stat("failed"), k.stat("processed", day), k.stat("failed", day)])
+        pipe.mget([
+            k.stat("processed"), k.stat("failed"), k.stat("processed", day), k.stat("failed", day), k.stat("expired"),
+        ])
         pipe.zcard(k.schedule)
         pipe.zcard(k.retry)
         for name in names:
             pipe.zcard(k.queue(name))
         counters, scheduled, retries, *sizes = pipe.execute()
     live = processes(with_jobs=False, broker=broker)
-    processed, failed, processed_today, failed_today = (int(_number(c)) for c in counters)
+    processed, failed, processed_today, failed_today, expired = (int(_number(c)) for c in counters)
     return Stats(
         processed=processed, failed=failed, processed_today=processed_today, failed_today=failed_today,
         enqueued=sum(sizes), scheduled=scheduled, retries=retries, dead=dead_count(broker),
         processes=len(live), busy=sum(p.busy for p in live), concurrency=sum(p.concurrency for p in live),
+        expired=expired,
     )
 
 

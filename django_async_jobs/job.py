@@ -19,7 +19,16 @@ from typing import Any, ClassVar
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from django_async_jobs import callbacks, dispatch, idempotency, locks, progress, registry, retries
+from django_async_jobs import (
+    callbacks,
+    dispatch,
+    flow,
+    idempotency,
+    locks,
+    progress,
+    registry,
+    retries,
+)
 from django_async_jobs.conf import (
     MAX_WAIT,
     MAX_WAIT_TEXT,
@@ -40,8 +49,8 @@ from django_async_jobs.serialization import (
 
 PRIORITY_RANGE = (-100, 100)
 # Payload fields that travel with a job when it enqueues itself again (``retry_job``): retry
-# counters, and the recurring entry and tick it runs for.
-CARRIED = ("retries", "retry_count", "cron")
+# counters, the recurring entry and tick it runs for, and its expiry deadline.
+CARRIED = ("retries", "retry_count", "cron", "expires_at")
 
 
 class _ClassOrInstance:
@@ -116,6 +125,9 @@ class ApplicationJob:
     enqueue_via_outbox: ClassVar[bool | None] = None
     # This class's own middleware (paths, classes or instances), inside ASYNC_JOBS["MIDDLEWARE"].
     middleware: ClassVar[list[Any] | tuple[Any, ...]] = ()
+    # Flow control (flow.py): a job not started this long after its enqueue (or run-at) is
+    # dropped; declaring it, None included, lets set(expires_in=...) set one per enqueue.
+    expires_in: ClassVar[float | timedelta | None] = None
 
     # Per enqueue, set by the chains: the unique lock's keys (UniqueJobs), whether the chain
     # reached its push (``dispatch.deliver``), where that push goes instead of Redis (a bulk, a
@@ -137,6 +149,8 @@ class ApplicationJob:
     _is_async: ClassVar[bool]
     _rules: ClassVar[tuple[retries.Rule, ...]]
     _lock_ttl_ms: ClassVar[int | None]
+    _expires_in: float | None  # seconds: the class's, or one enqueue's (set(expires_in=...))
+    _expiring: ClassVar[bool]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -161,6 +175,7 @@ class ApplicationJob:
                 raise ImproperlyConfigured(str(exc)) from None
         cls._rules = retries.compile_rules(cls)
         cls._lock_ttl_ms = locks.compile_lock(cls)
+        flow.compile_class(cls, ApplicationJob)
         # What this class's middleware and the built-in layers cannot serve (idempotency
         # markers on an async job) is refused now; ASYNC_JOBS["MIDDLEWARE"]'s, by a system check.
         chain.check_class(cls, (*chain.class_middleware(cls), *chain.BUILTIN_PERFORM))
@@ -248,15 +263,20 @@ class ApplicationJob:
         queue: str | None = None,
         priority: int | None = None,
         using: str | None = None,
+        expires_in: float | timedelta | None = None,
     ) -> ConfiguredJob:
         """Options for one enqueue: ``Job.set(wait=timedelta(minutes=1)).perform_later(...)``.
 
         ``using`` names the database alias whose transaction commit the push waits for (or
-        whose outbox the job is written to).
+        whose outbox the job is written to); ``expires_in`` replaces the class's (see flow.py).
         """
         if queue is not None:
             validate_queue_name(queue, "queue")
-        return ConfiguredJob(cls, wait=wait, wait_until=wait_until, queue=queue, priority=priority, using=using)
+        if expires_in is not None:
+            expires_in = flow.enqueue_expiry(cls, expires_in)
+        return ConfiguredJob(
+            cls, wait=wait, wait_until=wait_until, queue=queue, priority=priority, using=using, expires_in=expires_in
+        )
 
     @classmethod
     def perform_later(cls, *args: Any, **kwargs: Any) -> ApplicationJob:
@@ -288,11 +308,11 @@ class ApplicationJob:
     def perform_bulk(cls, items: Any, **options: Any) -> int:
         """``perform_all_later`` for one class: each item is an args list/tuple, a kwargs dict, or
         an ``(args, kwargs)`` pair; ``options`` are ``set()``'s (wait, queue, priority, ...)."""
-        unknown = set(options) - {"wait", "wait_until", "queue", "priority", "using"}
+        unknown = set(options) - {"wait", "wait_until", "queue", "priority", "using", "expires_in"}
         if unknown:
             raise TypeError(
                 f"perform_bulk() got unknown option(s) {sorted(unknown)}; it takes wait, wait_until, "
-                f"queue, priority and using."
+                f"queue, priority, using and expires_in."
             )
         if isinstance(items, (str, bytes, dict)):
             raise TypeError("perform_bulk() takes a list of argument lists, e.g. [(1,), (2,)].")
@@ -300,6 +320,9 @@ class ApplicationJob:
         if queue is not None:
             validate_queue_name(queue, "perform_bulk(queue=)")
         run_at = _run_at(options.get("wait"), options.get("wait_until"))
+        expires_in = options.get("expires_in")
+        if expires_in is not None:
+            expires_in = flow.enqueue_expiry(cls, expires_in)
         jobs = []
         for index, item in enumerate(items):
             args, kwargs = _call_arguments(item, index)
@@ -308,6 +331,8 @@ class ApplicationJob:
             if options.get("priority") is not None:
                 job.priority = options["priority"]
             job.scheduled_at = run_at
+            if expires_in is not None:
+                job._expires_in = expires_in
             jobs.append(job)
         return cls.perform_all_later(jobs, using=options.get("using"))
 
@@ -319,11 +344,14 @@ class ApplicationJob:
         queue: str | None = None,
         priority: int | None = None,
         using: str | None = None,
+        expires_in: float | timedelta | None = None,
     ) -> ApplicationJob:
         """Run this job through its class's enqueue chain to Redis (or the commit); the job,
         falsy when a middleware or callback halted it."""
         self._prepare_enqueue(queue, priority, using)
         self.scheduled_at = _run_at(wait, wait_until)
+        if expires_in is not None:
+            self._expires_in = flow.enqueue_expiry(type(self), expires_in)
         return self._run_enqueue_chain()
 
     def _prepare_enqueue(self, queue: str | None, priority: int | None, using: str | None) -> None:

@@ -14,6 +14,7 @@ job_failed = Signal()  # also exception=
 job_retried = Signal()  # also exception=, wait=
 job_discarded = Signal()  # also exception=
 job_died = Signal()  # also exception=, reason=
+job_expired = Signal()  # not started by its deadline (expires_in): dropped, never run
 
 
 def send(signal: Signal, job_class: type | None, **kwargs: object) -> None:

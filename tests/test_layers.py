@@ -14,7 +14,7 @@ LAYERS = {
     "storage": ["broker", "models", "deadjobs", "migrations"],
     "job API": [
         "__init__", "middleware", "job", "callbacks", "retries", "locks", "idempotency", "progress",
-        "dispatch", "outbox", "memory", "cron", "api",
+        "dispatch", "outbox", "memory", "cron", "api", "flow",
     ],
     "worker runtime": ["worker"],
     "Django surface": [

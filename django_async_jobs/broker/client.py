@@ -439,7 +439,7 @@ class Broker:
             [
                 k.inflight(process_id), k.recoveries, k.retry,
                 k.stat("processed"), k.stat("processed", day),
-                k.stat("failed"), k.stat("failed", day), k.schedule,
+                k.stat("failed"), k.stat("failed", day), k.schedule, k.stat("expired"),
             ],
             args,
         )

@@ -18,7 +18,8 @@ key                                    type       holds
 ``p:fetched:<id>``                     hash       a process's last fetch attempt and the fields it returned
 ``p:recoveries``                       hash       job id -> times handed back with a recovery counted
 ``p:dead``                             hash       dead jobs staged for the database
-``p:stat:<name>`` / ``:<YYYY-MM-DD>``  string     processed / failed counters, total and daily
+``p:stat:<name>`` / ``:<YYYY-MM-DD>``  string     processed / failed counters, total and daily;
+                                                  expired, total
 ``p:notify``                           channel    "work is ready" wake-ups for idle workers
 ``p:lock:<job>:<digest>``              string     a unique job's enqueue lock; value = job id
 ``p:runlock:<job>:<digest>``           string     a unique job's run lock; value = in-flight field

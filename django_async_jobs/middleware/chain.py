@@ -8,7 +8,7 @@ per layer that applies.
 Order, outermost first (``docs/middleware.md``):
 
 * enqueue: ``ASYNC_JOBS["MIDDLEWARE"]``, the class's ``middleware``, then the built-ins
-  ``BUILTIN_ENQUEUE`` (unique locks, callbacks); then the push;
+  ``BUILTIN_ENQUEUE`` (unique locks, callbacks, flow control); then the push;
 * perform: ``ASYNC_JOBS["MIDDLEWARE"]``, the class's ``middleware``, then ``BUILTIN_PERFORM``
   (idempotency markers, callbacks); then ``perform``. The worker wraps this chain in its own
   layers (the log line, database connections, signals, the retry rules, run locks).
@@ -25,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+from django_async_jobs import flow
 from django_async_jobs.callbacks import Callbacks
 from django_async_jobs.conf import get_settings
 from django_async_jobs.idempotency import Idempotency
@@ -34,7 +35,7 @@ Call = Callable[[Any], Any]
 ACall = Callable[[Any], Awaitable[Any]]
 
 # The built-in layers every class is checked against, innermost last.
-BUILTIN_ENQUEUE: tuple[Any, ...] = (UniqueJobs(), Callbacks("enqueue"))
+BUILTIN_ENQUEUE: tuple[Any, ...] = (UniqueJobs(), Callbacks("enqueue"), flow.Expiry())
 BUILTIN_PERFORM: tuple[Any, ...] = (Idempotency(), Callbacks("perform"))
 
 def load(entry: Any, where: str) -> Any:

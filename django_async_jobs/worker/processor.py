@@ -2,10 +2,11 @@
 
 The worker's chain for a job class is its perform chain (``middleware/chain.py``: the
 project's and the class's middleware, idempotency markers, callbacks) inside the worker's own
-layers, outermost first: ``JobLog`` (the log line), ``DatabaseConnections``, ``JobSignals``
-(``job_started`` / ``job_succeeded``), ``RetryPolicy`` (every exception becomes an outcome:
-retry, discard or dead) and ``UniqueJobs`` (run locks). The job's ``outcome`` then says how
-to settle it: ack, retry or dead, in the acker's next batch.
+layers, outermost first: ``JobLog`` (the log line), the flow-control layers (``flow.py``: a job
+past its deadline ends as expired), ``DatabaseConnections``, ``JobSignals`` (``job_started`` /
+``job_succeeded``), ``RetryPolicy`` (every exception becomes an outcome: retry, discard or dead)
+and ``UniqueJobs`` (run locks). The job's ``outcome`` then says how to settle it: ack, retry,
+dead, reschedule or expire, in the acker's next batch.
 
 Whatever bytes a payload holds, the job ends here: it runs, or it becomes a dead job with the
 reason and the raw payload. A payload that is not JSON is ``malformed_payload``; one naming no
@@ -30,7 +31,7 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
-from django_async_jobs import locks, registry, retries, signals
+from django_async_jobs import flow, locks, registry, retries, signals
 from django_async_jobs.middleware import chain
 from django_async_jobs.serialization import decode_payload, new_job_id, payload_bytes
 from django_async_jobs.worker.connections import DatabaseConnections
@@ -141,7 +142,7 @@ class JobSignals:
 
 
 # Outermost first; each layer applies only to the classes it serves (``applies_to``).
-WORKER_LAYERS: tuple[Any, ...] = (JobLog(), DatabaseConnections(), JobSignals(), retries.RetryPolicy(), locks.UniqueJobs())
+WORKER_LAYERS: tuple[Any, ...] = (JobLog(), flow.Expiry(), DatabaseConnections(), JobSignals(), retries.RetryPolicy(), locks.UniqueJobs())
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,8 @@ def settle(job: Any, raw: bytes) -> Settlement:
         return dead_record(field, raw, outcome.reason, outcome.error, outcome.data)
     if outcome.payload:  # a Reschedule: back in the schedule, or its queue when due now
         return Settlement("reschedule", field, outcome.run_at, outcome.payload)
+    if outcome is flow.EXPIRED:
+        return Settlement("expire", field)
     return Settlement("ack", field, failed=outcome.failed)
 
 

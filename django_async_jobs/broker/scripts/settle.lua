@@ -1,6 +1,6 @@
 -- Finish a batch of fetched jobs in one round trip. KEYS[4] = in-flight hash, KEYS[5] = recovery
 -- counts, KEYS[6] = retry set, KEYS[7..10] = processed total/day, failed total/day, KEYS[11] =
--- the schedule.
+-- the schedule, KEYS[12] = expired total.
 -- ARGV[3] = daily counter TTL, then groups of five: op, field, a, b, failed (1 when the job
 -- raised). Only settlements that apply are counted, so a job recovered elsewhere meanwhile is
 -- not counted twice.
@@ -11,11 +11,13 @@
 --   reschedule: a = run-at (0: now), b = the payload to put back: into the schedule (KEYS[11]),
 --             or at the back of its queue when due now. Not a failure and not processed (a
 --             rate limit's wait, a resumable job's checkpoint); its enqueue lock is kept.
+--   expire  : done without running: not started by its deadline (flow.py). Counted as expired
+--             (KEYS[12]), not as processed.
 -- A follow-up happens only if the job was still ours: when another process already recovered
 -- it, a retry or dead record would duplicate it.
 local inflight, recoveries, retry = KEYS[4], KEYS[5], KEYS[6]
 local requeued = false
-local processed, failed = 0, 0
+local processed, failed, expired = 0, 0, 0
 for i = 4, #ARGV, 5 do
   local op, field, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local payload = redis.call('HGET', inflight, field)
@@ -36,7 +38,7 @@ for i = 4, #ARGV, 5 do
         redis.call('ZADD', KEYS[11], at, b)  -- the poller moves it, or stages it dead if it names no queue
       end
     else
-      processed = processed + 1
+      if op == 'expire' then expired = expired + 1 else processed = processed + 1 end
       if ARGV[i + 4] == '1' then failed = failed + 1 end
       redis.call('HDEL', recoveries, job_key(field))
       if string.find(payload, '"lock":', 1, true) then
@@ -64,5 +66,6 @@ if failed > 0 then
   redis.call('INCRBY', KEYS[10], failed)
   redis.call('EXPIRE', KEYS[10], ttl)
 end
+if expired > 0 then redis.call('INCRBY', KEYS[12], expired) end
 if requeued then redis.call('PUBLISH', CHANNEL, 'ready') end
 return 1
