@@ -8,6 +8,7 @@ from django_async_jobs.callbacks import (
     before_enqueue,
     before_perform,
 )
+from django_async_jobs.flow import OverLimit, RateLimit
 from django_async_jobs.job import ApplicationJob, ConfiguredJob
 from django_async_jobs.retries import discard, polynomially_longer, retry
 from django_async_jobs.serialization import SerializationError
@@ -15,6 +16,8 @@ from django_async_jobs.serialization import SerializationError
 __all__ = [
     "ApplicationJob",
     "ConfiguredJob",
+    "OverLimit",
+    "RateLimit",
     "SerializationError",
     "after_enqueue",
     "after_perform",

@@ -1,4 +1,12 @@
-"""Flow control: expiring jobs (Sidekiq Pro's ``expires_in``).
+"""Flow control: shared rate limits (Sidekiq Enterprise's limiters) and expiring jobs (Sidekiq
+Pro's ``expires_in``).
+
+Rate limits: ``RateLimit.window / bucket / leaky / concurrent`` count calls across every process
+and host in Redis, one Lua step per call (``rate_limit.lua``). Over the limit, ``within_limit()``
+raises ``OverLimit``, a ``retries.Reschedule``: the worker puts the job back for later, with a
+backoff from the limiter's own wait and jitter that grows with the times it was limited. That
+is not a failure (no retry used, no error handler) until the job has waited ``max_limited`` in
+all; then ``OverLimit`` is the job's failure, for its retry rules.
 
 Expiry: a job not started by its deadline is dropped when a worker fetches it. The deadline is
 fixed at enqueue, ``expires_in`` after the enqueue (after the run-at of a scheduled job), and
@@ -11,15 +19,19 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import secrets
 import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs import retries, signals
-from django_async_jobs.conf import wait_seconds
+from django_async_jobs.broker.client import get_broker
+from django_async_jobs.conf import QUEUE_NAME_RULE, get_settings, valid_queue_name, wait_seconds
 
 if TYPE_CHECKING:
     from django_async_jobs.job import ApplicationJob
@@ -27,6 +39,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_async_jobs.job")
 
 EXPIRED = retries.Outcome("expired")
+
+DEFAULT_MAX_LIMITED = timedelta(days=1)
+# The jitter of a limited job's wait spans this many seconds at most (times the square root of
+# the times it was limited): the limiter's period, or a second for a concurrent limiter.
+MAX_SPREAD = 300.0
+CONCURRENT_SPREAD = 1.0
+CONCURRENT_POLL = 0.1  # seconds between tries of a concurrent limiter within wait_timeout
 
 
 def expiry_seconds(value: Any, what: str) -> float:
@@ -44,6 +63,8 @@ def compile_class(job_class: type, base: type) -> None:
     value = job_class.expires_in
     try:
         job_class._expires_in = None if value is None else expiry_seconds(value, f"{name}.expires_in")
+        limited = job_class.max_limited
+        job_class._max_limited = None if limited is None else wait_seconds(limited, f"{name}.max_limited")
     except (TypeError, ValueError) as exc:
         raise ImproperlyConfigured(str(exc)) from None
     # Declared on the class or a base of its own, ``None`` included: the class takes part.
@@ -97,3 +118,145 @@ def _expired(job: ApplicationJob) -> bool:
     logger.info("expired %s %s queue=%s: not started by %s", job.job_name, job.job_id, job.queue_name, when)
     signals.send(signals.job_expired, type(job), job=job)
     return True
+
+
+# -- rate limits -------------------------------------------------------------------------------
+
+
+class RateLimit:
+    """A limit shared by every process and host through Redis. Build one per limit (cheap: no
+    Redis call), at module level or per call for a dynamic name (``f"stripe-{account_id}"``),
+    and wrap the limited call in ``with limiter.within_limit():``.
+
+    ``wait_timeout`` (default 0): how long ``within_limit()`` may wait in the job's thread for
+    the limit before it raises ``OverLimit``; it waits only when the limiter says it will allow a
+    call within that time (a concurrent limiter cannot say: it tries again every 0.1 s).
+    """
+
+    KINDS = ("window", "bucket", "leaky", "concurrent")
+
+    def __init__(self, kind: str, name: str, count: int, period: Any, wait_timeout: Any = 0) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"RateLimit kind {kind!r}: use one of {', '.join(self.KINDS)}.")
+        where = f"RateLimit.{kind}({name!r}, ...)"
+        if not valid_queue_name(name):
+            raise ValueError(f"{where}: the name must be {QUEUE_NAME_RULE}.")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise TypeError(f"{where}: the count must be a positive integer, got {count!r}.")
+        what = "lock_timeout" if kind == "concurrent" else "per"
+        seconds = wait_seconds(period, f"{where}: {what}")
+        if seconds < 0.001:
+            raise ValueError(f"{where}: {what} must be at least a millisecond, got {period!r}.")
+        self.kind = kind
+        self.name = name
+        self.count = count
+        self.period = seconds
+        self.wait_timeout = wait_seconds(wait_timeout, f"{where}: wait_timeout")
+        self._period_ms = round(seconds * 1000)
+
+    @classmethod
+    def window(cls, name: str, n: int, per: float | timedelta = 1.0, *, wait_timeout: float | timedelta = 0) -> RateLimit:
+        """``n`` calls per window of ``per``, windows aligned to the clock (``per`` of a second:
+        each wall-clock second; of a minute: each minute)."""
+        return cls("window", name, n, per, wait_timeout)
+
+    @classmethod
+    def bucket(cls, name: str, n: int, per: float | timedelta = 1.0, *, wait_timeout: float | timedelta = 0) -> RateLimit:
+        """A bucket of ``n`` calls, refilled continuously at ``n`` per ``per``: a burst of up to
+        ``n`` after a quiet time, ``n`` per ``per`` on average."""
+        return cls("bucket", name, n, per, wait_timeout)
+
+    @classmethod
+    def leaky(cls, name: str, n: int, per: float | timedelta = 1.0, *, wait_timeout: float | timedelta = 0) -> RateLimit:
+        """``n`` calls per ``per`` at a smooth rate: one every ``per / n``, no burst."""
+        return cls("leaky", name, n, per, wait_timeout)
+
+    @classmethod
+    def concurrent(
+        cls, name: str, n: int, *, lock_timeout: float | timedelta = 30.0, wait_timeout: float | timedelta = 0
+    ) -> RateLimit:
+        """``n`` calls in progress at once. A call that has not ended ``lock_timeout`` after it
+        began (its process died, say) no longer counts: keep calls shorter than that."""
+        return cls("concurrent", name, n, lock_timeout, wait_timeout)
+
+    def __repr__(self) -> str:
+        what = "lock_timeout" if self.kind == "concurrent" else "per"
+        return f"RateLimit.{self.kind}({self.name!r}, {self.count}, {what}={self.period:g}s)"
+
+    @property
+    def key(self) -> str:
+        return get_broker().keys.limiter(self.kind, self.name)
+
+    @contextmanager
+    def within_limit(self) -> Iterator[None]:
+        """Run the block if the limit allows it now (or within ``wait_timeout``); else raise
+        ``OverLimit``, which a worker turns into a wait for later. In the test modes (``MODE``
+        "test" or "inline") nothing is limited."""
+        if get_settings().mode != "redis":
+            yield
+            return
+        token = self._take()
+        try:
+            yield
+        finally:
+            if token:
+                get_broker().rate_unlock(self.key, token)
+
+    def _take(self) -> str:
+        """One call counted (a concurrent limiter's lock token, else ""), or ``OverLimit``."""
+        broker = get_broker()
+        key = self.key
+        token = secrets.token_hex(8) if self.kind == "concurrent" else ""
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            allowed, wait_ms = broker.rate_limit(key, self.kind, self.count, self._period_ms, token)
+            if allowed:
+                return token
+            wait = wait_ms / 1000
+            left = deadline - time.monotonic()
+            pause = min(CONCURRENT_POLL, left) if self.kind == "concurrent" else wait
+            if left <= 0 or pause > left:
+                raise OverLimit(self, 0.0 if self.kind == "concurrent" else wait)
+            time.sleep(pause)
+
+    @property
+    def spread(self) -> float:
+        """The span of a limited job's jitter, before it grows with the times it was limited."""
+        return CONCURRENT_SPREAD if self.kind == "concurrent" else min(self.period, MAX_SPREAD)
+
+
+class OverLimit(retries.Reschedule):  # noqa: N818  (Sidekiq's name)
+    """Raised by ``within_limit()`` over the limit. In a worker the job goes back for later (see
+    the module docstring); anywhere else it is an exception like any other."""
+
+    outcome = "limited"
+
+    def __init__(self, limiter: RateLimit, wait: float) -> None:
+        super().__init__(wait, message=f"over the limit of {limiter!r}; it may allow a call in {wait:.3f}s")
+        self.limiter = limiter
+        self.wait = wait
+
+    def prepare(self, job: ApplicationJob) -> BaseException | None:
+        """The wait before the job runs again: the limiter's own wait, plus jitter over its
+        period that grows with the square root of the times the job was limited, so a crowd of
+        limited jobs spreads out instead of coming back at once. None past ``max_limited``: the
+        job has waited long enough, and this is its failure."""
+        now = time.time()
+        times, since = _limited(job.payload.get("limited"), now)
+        ceiling = type(job)._max_limited
+        if ceiling is not None and now - since >= ceiling:
+            return self
+        times += 1
+        self.delay = self.wait + random.uniform(0, self.limiter.spread * math.sqrt(times))
+        self.changes = {"limited": {"times": times, "since": round(since, 3)}}
+        return None
+
+
+def _limited(value: Any, now: float) -> tuple[int, float]:
+    """(times limited, since when) from a payload's ``limited``; anything else starts afresh. A
+    time ahead of this host's clock is taken up to an hour ahead (another host's clock)."""
+    if type(value) is dict:
+        times, since = value.get("times"), value.get("since")
+        if type(times) is int and times >= 0 and type(since) in (int, float) and since <= now + 3600:
+            return times, since
+    return 0, now

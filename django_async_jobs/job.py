@@ -128,6 +128,8 @@ class ApplicationJob:
     # Flow control (flow.py): a job not started this long after its enqueue (or run-at) is
     # dropped; declaring it, None included, lets set(expires_in=...) set one per enqueue.
     expires_in: ClassVar[float | timedelta | None] = None
+    # How long, in all, rate limits (OverLimit) may put a job back before it counts as failed.
+    max_limited: ClassVar[float | timedelta | None] = flow.DEFAULT_MAX_LIMITED
 
     # Per enqueue, set by the chains: the unique lock's keys (UniqueJobs), whether the chain
     # reached its push (``dispatch.deliver``), where that push goes instead of Redis (a bulk, a
@@ -151,6 +153,7 @@ class ApplicationJob:
     _lock_ttl_ms: ClassVar[int | None]
     _expires_in: float | None  # seconds: the class's, or one enqueue's (set(expires_in=...))
     _expiring: ClassVar[bool]
+    _max_limited: ClassVar[float | None]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

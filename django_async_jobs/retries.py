@@ -267,6 +267,12 @@ class Reschedule(Exception):  # noqa: N818  (a request, not an error)
         self.delay = max(0.0, float(delay))
         self.changes = changes or {}
 
+    def prepare(self, job: ApplicationJob) -> BaseException | None:
+        """Called by the worker before it puts the job back: a subclass may set ``delay`` and
+        ``changes`` from the job (a backoff from its payload), or return the exception to treat
+        as the job's failure instead (a ceiling reached). None: put it back."""
+        return None
+
 
 def reschedule(job: ApplicationJob, request: Reschedule) -> Outcome:
     """The outcome of a ``Reschedule``: the job's payload, with the request's changes, back in
@@ -355,7 +361,8 @@ class RetryPolicy:
         try:
             result = call_next(job)
         except Reschedule as request:
-            job.outcome = reschedule(job, request)
+            failure = request.prepare(job)
+            job.outcome = reschedule(job, request) if failure is None else handle_failure(job, failure)
             return None
         except BaseException as exc:
             job.outcome = handle_failure(job, exc)
@@ -369,7 +376,11 @@ class RetryPolicy:
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Reschedule as request:
-            job.outcome = reschedule(job, request)
+            failure = request.prepare(job)
+            if failure is None:
+                job.outcome = reschedule(job, request)
+                return None
+            job.outcome = await sync_to_async(handle_failure, thread_sensitive=False)(job, failure)
             return None
         except BaseException as exc:  # SystemExit too: asyncio would re-raise it and end the loop
             # The rules call handlers and signal receivers, which may block: not on the loop.

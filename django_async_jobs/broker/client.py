@@ -145,7 +145,7 @@ class Broker:
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
                 "renew_locks", "cron_push",
-                "pick", "relay",
+                "pick", "relay", "rate_limit",
             )
         }
 
@@ -403,6 +403,16 @@ class Broker:
         reply = self._run("cron_push", keys, [tick, job_id, payload, lock_ttl_ms])
         holder = reply[1] if len(reply) > 1 else None
         return int(reply[0]), holder.decode() if isinstance(holder, bytes) else holder
+
+    def rate_limit(self, key: str, kind: str, count: int, period_ms: int, token: str = "") -> tuple[bool, int]:
+        """One call of a rate limiter, counted if it may go ahead: (True, 0), or (False, the
+        wait in ms until it might). See rate_limit.lua."""
+        allowed, wait_ms = self._run("rate_limit", [key], [kind, count, period_ms, token])
+        return allowed == 1, int(wait_ms)
+
+    def rate_unlock(self, key: str, token: str) -> None:
+        """Give back a concurrent limiter's lock."""
+        self.redis.zrem(key, token)
 
     # -- worker side -------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ key                                    type       holds
                                                   ``outbox:<alias>``: relaying that database's outbox)
 ``p:outbox:relayed``                   zset       job ids the outbox relay pushed and whose rows may
                                                   still exist -> time pushed (relay.lua)
+``p:limit:<kind>:<name>``              varies     a rate limiter's state (window/bucket: hash; leaky:
+                                                  string; concurrent: zset of lock token -> timeout)
 =====================================  =========  ===============================================
 """
 
@@ -153,6 +155,11 @@ class Keys:
 
     def cron(self, name: str) -> str:
         return f"{self.prefix}:cron:{name}"
+
+    def limiter(self, kind: str, name: str) -> str:
+        """A rate limiter's state (flow.RateLimit); the kind is part of the key, as each keeps
+        a different type."""
+        return f"{self.prefix}:limit:{kind}:{name}"
 
     def result(self, result_id: str) -> str:
         return f"{self.prefix}:result:{result_id}"

@@ -1,7 +1,9 @@
 """Jobs of the flow-control tests (expiry, rate limits, concurrency limits): each reports
 through a Redis key the test names, so a worker in another process can be observed."""
 
-from django_async_jobs import ApplicationJob
+from datetime import timedelta
+
+from django_async_jobs import ApplicationJob, RateLimit
 from django_async_jobs.broker.client import get_broker
 
 
@@ -39,3 +41,42 @@ class FailingExpiringJob(ApplicationJob):
     def perform(self, key):
         _redis().rpush(key, f"ran {self.job_id}")
         raise RuntimeError("fails, to be retried")
+
+
+# -- rate limits -----------------------------------------------------------------------------------
+
+ONE_PER_SECOND = RateLimit.window("tests-one-per-second", 1, per=1)
+TEN_PER_SECOND = RateLimit.window("tests-ten-per-second", 10, per=timedelta(seconds=1))
+
+
+class WindowLimitedJob(ApplicationJob):
+    """Calls through ``TEN_PER_SECOND`` and records when it was let in: Redis's time (ms) just
+    before asking and just after, so a test can place each call in its window."""
+
+    def perform(self, key):
+        before = _now_ms()
+        with TEN_PER_SECOND.within_limit():
+            _redis().rpush(key, f"{before} {_now_ms()}")
+
+
+class OnePerSecondJob(ApplicationJob):
+    def perform(self, key):
+        _redis().rpush(key, f"try {self.job_id}")
+        with ONE_PER_SECOND.within_limit():
+            _redis().rpush(key, f"ran {self.job_id} {self.executions}")
+
+
+class NeverLimitedTwiceJob(ApplicationJob):
+    """Over the limit at once (``max_limited = 0``): the OverLimit is its failure."""
+
+    max_limited = 0
+    max_retries = 0
+
+    def perform(self, key):
+        with ONE_PER_SECOND.within_limit():
+            _redis().rpush(key, f"ran {self.job_id}")
+
+
+def _now_ms():
+    seconds, micros = _redis().time()
+    return seconds * 1000 + micros // 1000
