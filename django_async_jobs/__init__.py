@@ -8,7 +8,7 @@ from django_async_jobs.callbacks import (
     before_enqueue,
     before_perform,
 )
-from django_async_jobs.flow import OverLimit, RateLimit
+from django_async_jobs.flow import OverLimit, RateLimit, limit_concurrency
 from django_async_jobs.job import ApplicationJob, ConfiguredJob
 from django_async_jobs.retries import discard, polynomially_longer, retry
 from django_async_jobs.serialization import SerializationError
@@ -26,6 +26,7 @@ __all__ = [
     "before_enqueue",
     "before_perform",
     "discard",
+    "limit_concurrency",
     "polynomially_longer",
     "retry",
 ]

@@ -342,6 +342,52 @@ def paused_queues(broker: Broker | None = None) -> list[str]:
     return sorted((broker or get_broker()).paused_queues())
 
 
+# -- blocked jobs (concurrency limits) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockedLimit:
+    """A concurrency limit with jobs waiting for a place (flow.limit_concurrency)."""
+
+    limit_id: str  # "<job name>:<SHA-1 of the key>"
+    blocked: int
+    holding: int  # places taken (running jobs, and places kept for jobs moved to their queue)
+
+    @property
+    def job_class(self) -> str:
+        return self.limit_id.rpartition(":")[0]
+
+    @property
+    def key_digest(self) -> str:
+        return self.limit_id.rpartition(":")[2]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"limit": self.limit_id, "job": self.job_class, "blocked": self.blocked, "holding": self.holding}
+
+
+def blocked_limits(count: int = MAX_PER_PAGE, broker: Broker | None = None) -> list[BlockedLimit]:
+    """The limits with blocked jobs (at most ``count``), with how many wait and how many places
+    are taken: one pipelined round trip after the index."""
+    broker = broker or get_broker()
+    k = broker.keys
+    ids = [_text(i) for i in broker.redis.zrange(k.blocked, 0, max(1, count) - 1)]
+    with broker.redis.pipeline(transaction=False) as pipe:
+        for ident in ids:
+            pipe.zcard(k.concurrency_blocked(ident))
+            pipe.hlen(k.concurrency(ident))
+        replies = pipe.execute()
+    return [BlockedLimit(ident, replies[2 * i], replies[2 * i + 1]) for i, ident in enumerate(ids)]
+
+
+def blocked_key(limit_id: str, broker: Broker | None = None) -> str | None:
+    """The sorted set of a limit's blocked jobs, for ``page_of`` and ``act``; None for an id the
+    index does not list (a URL is never turned into another key)."""
+    broker = broker or get_broker()
+    if broker.redis.zscore(broker.keys.blocked, limit_id) is None:
+        return None
+    return broker.keys.concurrency_blocked(limit_id)
+
+
 # -- processes ----------------------------------------------------------------------------------
 
 

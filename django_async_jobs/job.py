@@ -49,8 +49,9 @@ from django_async_jobs.serialization import (
 
 PRIORITY_RANGE = (-100, 100)
 # Payload fields that travel with a job when it enqueues itself again (``retry_job``): retry
-# counters, the recurring entry and tick it runs for, and its expiry deadline.
-CARRIED = ("retries", "retry_count", "cron", "expires_at")
+# counters, the recurring entry and tick it runs for, its expiry deadline and its concurrency
+# limit (flow.py: set by the enqueue chain, and written with the payload from there).
+CARRIED = ("retries", "retry_count", "cron", "expires_at", "cc")
 
 
 class _ClassOrInstance:
@@ -125,8 +126,10 @@ class ApplicationJob:
     enqueue_via_outbox: ClassVar[bool | None] = None
     # This class's own middleware (paths, classes or instances), inside ASYNC_JOBS["MIDDLEWARE"].
     middleware: ClassVar[list[Any] | tuple[Any, ...]] = ()
-    # Flow control (flow.py): a job not started this long after its enqueue (or run-at) is
-    # dropped; declaring it, None included, lets set(expires_in=...) set one per enqueue.
+    # Flow control (flow.py): at most ``to`` running at once per key (limit_concurrency(...));
+    # a job not started this long after its enqueue (or run-at) is dropped, and declaring
+    # expires_in, None included, lets set(expires_in=...) set one per enqueue.
+    limits_concurrency: ClassVar[flow.ConcurrencyLimit | None] = None
     expires_in: ClassVar[float | timedelta | None] = None
     # How long, in all, rate limits (OverLimit) may put a job back before it counts as failed.
     max_limited: ClassVar[float | timedelta | None] = flow.DEFAULT_MAX_LIMITED

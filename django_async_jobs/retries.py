@@ -236,7 +236,8 @@ class Outcome:
     ``on_exhausted`` callback took it), ``retry`` (``run_at``, and ``payload`` for the retry
     set), ``dead`` (``reason``, and ``data``: the payload with its executions), or the outcome
     of a ``Reschedule`` (``run_at``, 0 for now, and the new ``payload``). Any other name is
-    acknowledged (a layer that dropped the job sets its own, e.g. ``expired``).
+    acknowledged (a layer that dropped the job sets its own, e.g. ``expired``), but ``blocked``
+    (its concurrency limit was full, see flow.py).
     """
 
     name: str
@@ -246,6 +247,7 @@ class Outcome:
     payload: bytes = b""
     reason: str = ""
     data: dict[str, Any] | None = None
+    keys: tuple[str, ...] = ()  # Redis keys the settle step needs for this job (a concurrency limit's)
 
 
 SUCCEEDED = Outcome("ok")

@@ -9,6 +9,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from django_async_jobs import ApplicationJob, api, flow, signals
+from django_async_jobs.middleware import chain
 from django_async_jobs.worker import processor
 from django_async_jobs.worker.connections import DatabaseConnections
 from django_async_jobs.worker.job_log import JobLog
@@ -129,9 +130,11 @@ def test_only_classes_that_declare_expires_in_get_the_layer():
         IncrJob.perform_bulk([("k",)], expires_in=30)
 
 
-def test_the_expiry_layer_sits_inside_the_log_line_and_outside_the_rest():
+def test_the_flow_layers_sit_inside_the_log_line_and_outside_the_rest():
     types = [type(layer) for layer in processor.WORKER_LAYERS]
-    assert types[:3] == [JobLog, flow.Expiry, DatabaseConnections]
+    assert types[:4] == [JobLog, flow.Expiry, flow.ConcurrencyLimits, DatabaseConnections]
+    enqueue = [type(layer) for layer in chain.BUILTIN_ENQUEUE]
+    assert enqueue[-2:] == [flow.Expiry, flow.ConcurrencyLimits]  # innermost: the final options
 
 
 @pytest.mark.parametrize("value", [0, -5, "1h", float("inf")])

@@ -145,7 +145,7 @@ class Broker:
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
                 "renew_locks", "cron_push",
-                "pick", "relay", "rate_limit",
+                "pick", "relay", "rate_limit", "concurrency",
             )
         }
 
@@ -404,6 +404,30 @@ class Broker:
         holder = reply[1] if len(reply) > 1 else None
         return int(reply[0]), holder.decode() if isinstance(holder, bytes) else holder
 
+    def concurrency_acquire(self, limit_id: str, field: str, job_id: str, process_id: str, to: int, ttl_ms: int) -> bool:
+        """Take a place of a concurrency limit for a job about to start (the one kept for it if it
+        left the blocked list, or a free one); False when the limit is full."""
+        return self._run(
+            "concurrency", [self.keys.concurrency(limit_id), self.keys.processes],
+            ["acquire", field, job_id, process_id, to, ttl_ms],
+        ) == 1
+
+    def concurrency_sweep(self, limit_id: str, to: int, again_ms: int) -> int:
+        """Move a limit's blocked jobs to their queues for places freed without a job finishing;
+        look again in ``again_ms`` while some are blocked. Returns how many moved."""
+        k = self.keys
+        return self._run(
+            "concurrency",
+            [k.concurrency(limit_id), k.processes, k.concurrency_blocked(limit_id), k.blocked],
+            ["sweep", limit_id, to, again_ms],
+        )
+
+    def due_blocked(self, count: int = 50) -> list[str]:
+        """Ids of concurrency limits with blocked jobs due for a look."""
+        seconds, micros = self.redis.time()
+        ids = self.redis.zrangebyscore(self.keys.blocked, "-inf", seconds * 1000 + micros // 1000, start=0, num=count)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
     def rate_limit(self, key: str, kind: str, count: int, period_ms: int, token: str = "") -> tuple[bool, int]:
         """One call of a rate limiter, counted if it may go ahead: (True, 0), or (False, the
         wait in ms until it might). See rate_limit.lua."""
@@ -434,25 +458,25 @@ class Broker:
         )
         return list(zip(flat[::2], flat[1::2], strict=True))
 
-    def settle(self, process_id: str, ops: list[tuple[str, str, Any, Any, int]]) -> None:
+    def settle(self, process_id: str, ops: list[tuple[str, str, Any, Any, int]], limit_keys: Iterable[str] = ()) -> None:
         """Acknowledge, retry, bury or hand back a batch of this process's jobs atomically.
 
-        Each op is (op, in-flight field, a, b, failed); see settle.lua.
+        Each op is (op, in-flight field, a, b, failed); see settle.lua. ``limit_keys``: the keys
+        of the concurrency limits of the batch's limited jobs, whose places the step frees.
         """
         k = self.keys
         day = today()
         args: list[Any] = [DAILY_STATS_TTL]
         for op in ops:
             args.extend(op)
-        self._run(
-            "settle",
-            [
-                k.inflight(process_id), k.recoveries, k.retry,
-                k.stat("processed"), k.stat("processed", day),
-                k.stat("failed"), k.stat("failed", day), k.schedule, k.stat("expired"),
-            ],
-            args,
-        )
+        keys = [
+            k.inflight(process_id), k.recoveries, k.retry,
+            k.stat("processed"), k.stat("processed", day),
+            k.stat("failed"), k.stat("failed", day), k.schedule, k.stat("expired"),
+        ]
+        if limit_keys:
+            keys += [k.processes, k.blocked, *dict.fromkeys(limit_keys)]
+        self._run("settle", keys, args)
 
     def heartbeat(
         self, process_id: str, info: dict[str, Any], ttl: float, stranded: Iterable[str] = (), max_recoveries: int = 0

@@ -29,6 +29,10 @@ key                                    type       holds
                                                   ``outbox:<alias>``: relaying that database's outbox)
 ``p:outbox:relayed``                   zset       job ids the outbox relay pushed and whose rows may
                                                   still exist -> time pushed (relay.lua)
+``p:concurrency:<id>``                  hash       a concurrency limit's places: in-flight field (or
+                                                  "@<job id>", kept) -> "<expiry ms> <process id>"
+``p:concurrency:<id>:blocked``          zset       its blocked jobs; score = when blocked (ms)
+``p:blocked``                          zset       ids of limits with blocked jobs -> next look (ms)
 ``p:limit:<kind>:<name>``              varies     a rate limiter's state (window/bucket: hash; leaky:
                                                   string; concurrent: zset of lock token -> timeout)
 =====================================  =========  ===============================================
@@ -155,6 +159,19 @@ class Keys:
 
     def cron(self, name: str) -> str:
         return f"{self.prefix}:cron:{name}"
+
+    def concurrency(self, limit_id: str) -> str:
+        """A concurrency limit's places (flow.limit_concurrency); ``limit_id`` is
+        ``<job name>:<digest of the key>``."""
+        return f"{self.prefix}:concurrency:{limit_id}"
+
+    def concurrency_blocked(self, limit_id: str) -> str:
+        return f"{self.prefix}:concurrency:{limit_id}:blocked"
+
+    @property
+    def blocked(self) -> str:
+        """Ids of the concurrency limits that have blocked jobs, scored by when to look again."""
+        return f"{self.prefix}:blocked"
 
     def limiter(self, kind: str, name: str) -> str:
         """A rate limiter's state (flow.RateLimit); the kind is part of the key, as each keeps

@@ -44,6 +44,7 @@ TABS = (
     ("scheduled", "async_jobs_scheduled", gettext_lazy("Scheduled")),
     ("retries", "async_jobs_retries", gettext_lazy("Retries")),
     ("recurring", "async_jobs_recurring", gettext_lazy("Recurring")),
+    ("blocked", "async_jobs_blocked", gettext_lazy("Blocked")),
 )
 QUEUE_OPS = ("delete",)
 SET_OPS = {
@@ -395,6 +396,35 @@ def recurring(request: HttpRequest, site: AdminSite) -> HttpResponse:
     return _render(request, site, "recurring.html", "recurring", _("Recurring jobs"), entries=entries, problem=problem)
 
 
+def blocked(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    """Concurrency limits with jobs waiting for a place, and how many places are taken."""
+    rows = [(limit, _url(site, "async_jobs_blocked_jobs", limit.limit_id)) for limit in api.blocked_limits()]
+    return _render(request, site, "blocked.html", "blocked", _("Blocked jobs"), rows=rows)
+
+
+def blocked_jobs(request: HttpRequest, site: AdminSite, limit_id: str) -> HttpResponse:
+    """One limit's blocked jobs, oldest first; delete one or a selection."""
+    key = api.blocked_key(limit_id)
+    if key is None:
+        raise Http404
+    here = _url(site, "async_jobs_blocked_jobs", limit_id)
+    if request.method == "POST":
+        _require_manage(request)
+        refs = _chosen(request, QUEUE_OPS)[1]
+        try:
+            count = api.act(key, "delete", refs)
+        except redis.RedisError as exc:
+            _redis_down(request, exc)
+        else:
+            messages.success(request, OP_DONE["delete"](count) % {"n": count})
+        return _redirect_back(request, here)
+    return _render(
+        request, site, "blocked_jobs.html", "blocked", _("Blocked by %(limit)s") % {"limit": limit_id},
+        limit_id=limit_id, **_page(request, key, None), buttons=_buttons(QUEUE_OPS),
+        blocked_url=_url(site, "async_jobs_blocked"),
+    )
+
+
 # -- wiring -------------------------------------------------------------------------------------
 
 
@@ -418,4 +448,6 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     ("scheduled/", scheduled, "async_jobs_scheduled"),
     ("retries/", retries, "async_jobs_retries"),
     ("recurring/", recurring, "async_jobs_recurring"),
+    ("blocked/", blocked, "async_jobs_blocked"),
+    ("blocked/<str:limit_id>/", blocked_jobs, "async_jobs_blocked_jobs"),
 ]

@@ -35,7 +35,7 @@ Call = Callable[[Any], Any]
 ACall = Callable[[Any], Awaitable[Any]]
 
 # The built-in layers every class is checked against, innermost last.
-BUILTIN_ENQUEUE: tuple[Any, ...] = (UniqueJobs(), Callbacks("enqueue"), flow.Expiry())
+BUILTIN_ENQUEUE: tuple[Any, ...] = (UniqueJobs(), Callbacks("enqueue"), flow.Expiry(), flow.ConcurrencyLimits())
 BUILTIN_PERFORM: tuple[Any, ...] = (Idempotency(), Callbacks("perform"))
 
 def load(entry: Any, where: str) -> Any:

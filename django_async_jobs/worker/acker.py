@@ -75,10 +75,11 @@ class Acker(threading.Thread):
 
     def _settle(self, batch: list[Settlement]) -> None:
         ops = [s.args() for s in batch]
+        keys = [key for s in batch if s.keys for key in s.keys]
         backoff = 0.1
         while True:
             try:
-                self.broker.settle(self.process_id, ops)
+                self.broker.settle(self.process_id, ops, keys)
                 return
             except Exception as exc:  # never end the thread: the jobs stay in flight meanwhile
                 log_failure(logger, exc, "settling %d jobs failed, retrying in %.1fs", len(batch), backoff)

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from django_async_jobs import outbox
+from django_async_jobs import flow, outbox
 from django_async_jobs.broker.client import Broker, get_broker
 from django_async_jobs.conf import QueueSpec, Settings, get_settings
 from django_async_jobs.worker.acker import Acker
@@ -160,6 +160,7 @@ class Worker:
 
     def start(self) -> bool:
         """Register, then start the threads; False if a stop signal came before Redis did."""
+        flow.running_in(self.process_id)  # the places of concurrency limits its jobs take are its own
         backoff = 0.1
         while True:  # register before fetching: in-flight jobs must belong to a live process
             try:

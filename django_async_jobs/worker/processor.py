@@ -3,7 +3,7 @@
 The worker's chain for a job class is its perform chain (``middleware/chain.py``: the
 project's and the class's middleware, idempotency markers, callbacks) inside the worker's own
 layers, outermost first: ``JobLog`` (the log line), the flow-control layers (``flow.py``: a job
-past its deadline ends as expired), ``DatabaseConnections``, ``JobSignals`` (``job_started`` /
+past its deadline ends as expired, one whose concurrency limit is full as blocked), ``DatabaseConnections``, ``JobSignals`` (``job_started`` /
 ``job_succeeded``), ``RetryPolicy`` (every exception becomes an outcome: retry, discard or dead)
 and ``UniqueJobs`` (run locks). The job's ``outcome`` then says how to settle it: ack, retry,
 dead, reschedule or expire, in the acker's next batch.
@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -46,13 +46,15 @@ class UnknownJobClass(LookupError):
 
 @dataclass(frozen=True)
 class Settlement:
-    """One entry of the settle script: op, in-flight field, two op arguments, and counters."""
+    """One entry of the settle script: op, in-flight field, two op arguments, and counters;
+    ``keys``: the Redis keys of the job's concurrency limit, which the step frees a place of."""
 
     op: str
     field: str
     a: Any = ""
     b: Any = ""
     failed: bool = False
+    keys: tuple[str, ...] = ()
 
     def args(self) -> tuple[str, str, Any, Any, int]:
         return (self.op, self.field, self.a, self.b, int(self.failed))
@@ -143,7 +145,7 @@ class JobSignals:
 
 
 # Outermost first; each layer applies only to the classes it serves (``applies_to``).
-WORKER_LAYERS: tuple[Any, ...] = (JobLog(), flow.Expiry(), DatabaseConnections(), JobSignals(), retries.RetryPolicy(), locks.UniqueJobs())
+WORKER_LAYERS: tuple[Any, ...] = (JobLog(), flow.Expiry(), flow.ConcurrencyLimits(), DatabaseConnections(), JobSignals(), retries.RetryPolicy(), locks.UniqueJobs())
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,12 @@ def start(field: str, raw: bytes) -> Settlement | Any:
 
 def settle(job: Any, raw: bytes) -> Settlement:
     """How to settle a job its chain ran: from its ``outcome``."""
+    settlement = _settlement(job, raw)
+    keys = job.outcome.keys
+    return replace(settlement, keys=keys) if keys else settlement
+
+
+def _settlement(job: Any, raw: bytes) -> Settlement:
     outcome = job.outcome
     field = job.fetched_as
     if outcome.name == "retry":
@@ -221,8 +229,10 @@ def settle(job: Any, raw: bytes) -> Settlement:
         return dead_record(field, raw, outcome.reason, outcome.error, outcome.data)
     if outcome.payload:  # a Reschedule: back in the schedule, or its queue when due now
         return Settlement("reschedule", field, outcome.run_at, outcome.payload)
-    if outcome is flow.EXPIRED:
+    if outcome.name == flow.EXPIRED:
         return Settlement("expire", field)
+    if outcome.name == "blocked":
+        return Settlement("block", field)
     return Settlement("ack", field, failed=outcome.failed)
 
 

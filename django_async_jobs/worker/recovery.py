@@ -15,7 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from django_async_jobs import locks
+import redis
+
+from django_async_jobs import flow, locks
 from django_async_jobs.worker.logs import log_failure
 
 logger = logging.getLogger("django_async_jobs.worker")
@@ -89,6 +91,12 @@ class Heart(threading.Thread):
                 "recovered %d job(s) from %d stopped worker process(es); %d poison pill(s) set aside",
                 requeued, gone, dead,
             )
+        # Places of concurrency limits freed without a job finishing (a process taken for dead,
+        # a duration up): blocked jobs go to their queues. Only where a class has a limit.
+        if flow.limited_classes():
+            moved = flow.sweep_blocked(self.broker, self.timeout)
+            if moved:
+                logger.info("moved %d blocked job(s) to their queues: places of their limits came free", moved)
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):

@@ -1,9 +1,10 @@
 """Jobs of the flow-control tests (expiry, rate limits, concurrency limits): each reports
 through a Redis key the test names, so a worker in another process can be observed."""
 
+import time
 from datetime import timedelta
 
-from django_async_jobs import ApplicationJob, RateLimit
+from django_async_jobs import ApplicationJob, RateLimit, limit_concurrency
 from django_async_jobs.broker.client import get_broker
 
 
@@ -80,3 +81,48 @@ class NeverLimitedTwiceJob(ApplicationJob):
 def _now_ms():
     seconds, micros = _redis().time()
     return seconds * 1000 + micros // 1000
+
+
+# -- concurrency limits ----------------------------------------------------------------------------
+
+
+class AccountJob(ApplicationJob):
+    """At most two at once per account. Counts how many run at once for its account (INCR after
+    its place is taken, DECR before it is freed) and records each count it saw."""
+
+    limits_concurrency = limit_concurrency(to=2, key=lambda job: job.arguments[0], duration=60)
+
+    def perform(self, account, key, seconds=0.05):
+        redis = _redis()
+        running = redis.incr(f"{key}:running:{account}")
+        redis.rpush(f"{key}:seen", running)
+        time.sleep(seconds)
+        redis.decr(f"{key}:running:{account}")
+        redis.rpush(f"{key}:done", self.job_id)
+
+
+class GatedAccountJob(ApplicationJob):
+    """One at a time per account; waits at ``gate`` (a Redis list) until the test pushes to it."""
+
+    limits_concurrency = limit_concurrency(to=1, key=lambda job: job.arguments[0], duration=60)
+
+    def perform(self, account, key, gate=None):
+        _redis().rpush(f"{key}:start", self.job_id)
+        if gate:
+            _redis().blpop(gate, timeout=20)
+        _redis().rpush(f"{key}:end", self.job_id)
+
+
+class DiscardingAccountJob(GatedAccountJob):
+    limits_concurrency = limit_concurrency(to=1, key=lambda job: job.arguments[0], on_conflict="discard")
+
+
+class WholeClassLimitJob(ApplicationJob):
+    limits_concurrency = limit_concurrency(to=1)
+
+    def perform(self, key):
+        _redis().rpush(key, self.job_id)
+
+
+class ExpiringAccountJob(GatedAccountJob):
+    expires_in = 60

@@ -106,3 +106,106 @@ local function recover_job(recoveries, field, payload, now, max_recoveries)
   redis.call('HDEL', recoveries, key)
   return false
 end
+
+-- Concurrency limits (flow.py). A limit's holders hash (p:concurrency:<id>) maps a running job's
+-- in-flight field to "<expiry ms> <process id>", or "@<job id>" (a place kept for a job moved
+-- from the blocked list to its queue) to "<expiry ms> -". A holder counts while its time is not
+-- up and its process is registered in PROCESSES: a process taken for dead, or stopped, frees its
+-- places at once. Its blocked jobs wait in p:concurrency:<id>:blocked (scored by when they were
+-- blocked); the ids of limits with blocked jobs are in p:blocked (scored by when to look again).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- How many holders of a limit still count, after dropping those that no longer do.
+local function live_holders(holders, processes, now)
+  local entries = redis.call('HGETALL', holders)
+  local live = 0
+  for i = 1, #entries, 2 do
+    local expiry, pid = string.match(entries[i + 1], '^(%S+) (%S+)$')
+    expiry = tonumber(expiry)
+    if expiry == nil or expiry <= now or (pid ~= '-' and not redis.call('ZSCORE', processes, pid)) then
+      redis.call('HDEL', holders, entries[i])
+    else
+      live = live + 1
+    end
+  end
+  return live
+end
+
+-- Keep a place of the limit for job id jid until it starts, for its limit's duration (ms).
+local function reserve(holders, jid, ttl, now)
+  ttl = tonumber(ttl) or 0
+  if ttl ~= ttl or ttl < 1000 then ttl = 1000 end
+  redis.call('HSET', holders, '@' .. tostring(jid), tostring(now + ttl) .. ' -')
+  if redis.call('PTTL', holders) < ttl then redis.call('PEXPIRE', holders, ttl) end
+end
+
+-- Move blocked jobs to their queues while the limit has room, keeping a place for each so no
+-- job enqueued later takes it first. Returns how many moved.
+local function unblock(holders, blocked, processes, index, id, to, now)
+  local moved = 0
+  local room = to - live_holders(holders, processes, now)
+  while room > 0 do
+    local popped = redis.call('ZPOPMIN', blocked)
+    if #popped == 0 then break end
+    local job = decode(popped[1])
+    if job then
+      reserve(holders, job.jid, type(job.cc) == 'table' and job.cc.ttl, now)
+      enqueue(popped[1], job)
+      moved = moved + 1
+      room = room - 1
+    else
+      stage_dead(redis.sha1hex(popped[1]) .. ':' .. now, '', popped[1], 'malformed_payload', now / 1000)
+    end
+  end
+  if redis.call('ZCARD', blocked) == 0 then redis.call('ZREM', index, id) end
+  return moved
+end
+
+-- The settle step's part. KEYS[13] = PROCESSES, KEYS[14] = p:blocked, KEYS[15..] = the holders and
+-- blocked keys of the batch's limited jobs: a payload's keys are used only if they were passed.
+local LIMIT_KEYS = nil
+local function limit_of(payload)
+  if LIMIT_KEYS == nil then
+    LIMIT_KEYS = {}
+    for i = 15, #KEYS do LIMIT_KEYS[KEYS[i]] = true end
+  end
+  local job = decode(payload)
+  local cc = job and job.cc
+  if type(cc) ~= 'table' or type(cc.id) ~= 'string' or not LIMIT_KEYS[cc.h] or not LIMIT_KEYS[cc.b] then
+    return nil, job
+  end
+  local to = tonumber(cc.to)
+  if to == nil or to ~= to or to < 1 then return nil, job end
+  return cc, job
+end
+
+-- A limited job is done with its place (finished, failed, put back, expired before it started):
+-- free it, or the one kept for it, and move blocked jobs to their queues for the room there is
+-- now. Returns true when a job moved.
+local function concurrency_release(field, payload)
+  local cc, job = limit_of(payload)
+  if not cc then return false end
+  redis.call('HDEL', cc.h, field, '@' .. tostring(job.jid))
+  return unblock(cc.h, cc.b, KEYS[13], KEYS[14], cc.id, tonumber(cc.to), now_ms()) > 0
+end
+
+-- A limited job found its limit full when it was about to start: into the blocked list. If a
+-- place came free meanwhile, it goes back to the head of its queue instead, with that place
+-- kept for it. Returns true when it went to a queue.
+local function concurrency_block(field, payload)
+  local cc, job = limit_of(payload)
+  local now = now_ms()
+  if not cc then
+    return hand_back(field, payload, now / 1000, nil)
+  end
+  if live_holders(cc.h, KEYS[13], now) < tonumber(cc.to) then
+    reserve(cc.h, job.jid, cc.ttl, now)
+    return hand_back(field, payload, now / 1000, nil)
+  end
+  redis.call('ZADD', cc.b, now, payload)
+  redis.call('ZADD', KEYS[14], 'NX', now, cc.id)
+  return false
+end

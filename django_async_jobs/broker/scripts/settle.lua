@@ -1,6 +1,7 @@
 -- Finish a batch of fetched jobs in one round trip. KEYS[4] = in-flight hash, KEYS[5] = recovery
 -- counts, KEYS[6] = retry set, KEYS[7..10] = processed total/day, failed total/day, KEYS[11] =
--- the schedule, KEYS[12] = expired total.
+-- the schedule, KEYS[12] = expired total; KEYS[13..] only when the batch holds jobs with a
+-- concurrency limit: the processes zset, p:blocked, and those limits' keys (lib.lua).
 -- ARGV[3] = daily counter TTL, then groups of five: op, field, a, b, failed (1 when the job
 -- raised). Only settlements that apply are counted, so a job recovered elsewhere meanwhile is
 -- not counted twice.
@@ -13,9 +14,14 @@
 --             rate limit's wait, a resumable job's checkpoint); its enqueue lock is kept.
 --   expire  : done without running: not started by its deadline (flow.py). Counted as expired
 --             (KEYS[12]), not as processed.
+--   block   : not started, its concurrency limit full: into the limit's blocked jobs (or back to
+--             the head of its queue if a place came free meanwhile). Not processed.
+-- A job with a concurrency limit ("cc" in its payload) that leaves otherwise frees its place,
+-- and as many blocked jobs of its limit as there is room for go to their queues.
 -- A follow-up happens only if the job was still ours: when another process already recovered
 -- it, a retry or dead record would duplicate it.
 local inflight, recoveries, retry = KEYS[4], KEYS[5], KEYS[6]
+local limits = #KEYS > 12
 local requeued = false
 local processed, failed, expired = 0, 0, 0
 for i = 4, #ARGV, 5 do
@@ -23,7 +29,12 @@ for i = 4, #ARGV, 5 do
   local payload = redis.call('HGET', inflight, field)
   if payload then
     redis.call('HDEL', inflight, field)
-    if op == 'requeue' then
+    if limits and op ~= 'requeue' and op ~= 'block' and string.find(payload, '"cc":', 1, true) then
+      if concurrency_release(field, payload) then requeued = true end
+    end
+    if op == 'block' then
+      if concurrency_block(field, payload) then requeued = true end
+    elseif op == 'requeue' then
       if hand_back(field, payload, now_seconds(), nil) then requeued = true end
     elseif op == 'reschedule' then
       redis.call('HDEL', recoveries, job_key(field))
