@@ -13,7 +13,8 @@
 #   DEMO_PORT          port of the admin (default: 8000)
 #
 # The carrier's API is deliveries/fake_carrier.py, started on a free port and stopped at exit; the
-# demo gives it a 1-second timeout and a tenth of the guide's retry waits.
+# demo gives it a 1-second timeout and a tenth of the guide's retry waits, and it refuses calls
+# past twice the project's own limit a second (CARRIER_API_RATE_LIMIT, default 10).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -119,8 +120,9 @@ port="$(free_port)"
 export CARRIER_API_URL="http://127.0.0.1:$port"
 export CARRIER_API_TIMEOUT="${CARRIER_API_TIMEOUT:-1}"
 export CARRIER_API_RETRY_WAIT_SCALE="${CARRIER_API_RETRY_WAIT_SCALE:-0.1}"
-log "starting the fake carrier on $CARRIER_API_URL (log: example_project/.demo/carrier.log)"
-"$PY" -m deliveries.fake_carrier --port "$port" --slow 3 >"$RUN_DIR/carrier.log" 2>&1 &
+export CARRIER_API_RATE_LIMIT="${CARRIER_API_RATE_LIMIT:-10}"
+log "starting the fake carrier on $CARRIER_API_URL, allowing $((2 * CARRIER_API_RATE_LIMIT)) calls a second (log: example_project/.demo/carrier.log)"
+"$PY" -m deliveries.fake_carrier --port "$port" --slow 3 --rate-limit "$((2 * CARRIER_API_RATE_LIMIT))" >"$RUN_DIR/carrier.log" 2>&1 &
 CARRIER_PID=$!
 for _ in $(seq 1 50); do
     carrier_answers "$CARRIER_API_URL" && break

@@ -2,8 +2,9 @@
 
 Everything that differs between a laptop, CI and production comes from the environment:
 ``REDIS_URL``, ``ASYNC_JOBS_KEY_PREFIX``, ``DATABASE_URL`` (SQLite in this folder when unset),
-``WORKER_CONCURRENCY``, the carrier's ``CARRIER_API_URL``, ``CARRIER_API_TIMEOUT`` and
-``CARRIER_API_RETRY_WAIT_SCALE``, ``DJANGO_DEBUG`` and ``DJANGO_SECRET_KEY``.
+``WORKER_CONCURRENCY``, the carrier's ``CARRIER_API_URL``, ``CARRIER_API_TIMEOUT``,
+``CARRIER_API_RETRY_WAIT_SCALE`` and ``CARRIER_API_RATE_LIMIT``, ``DJANGO_DEBUG`` and
+``DJANGO_SECRET_KEY``.
 """
 
 import os
@@ -119,11 +120,15 @@ ASYNC_JOBS = {
 
 # The carrier's API (deliveries.carrier). The demo and the tests run deliveries.fake_carrier
 # instead; they also shrink RETRY_WAIT_SCALE, the factor on the waits of the carrier jobs'
-# retry rules, so that retries the guide spaces by minutes show within seconds.
+# retry rules, so that retries the guide spaces by minutes show within seconds. RATE_LIMIT is
+# how many calls a second all the workers together make to it (deliveries.jobs.carrier_api):
+# half of what the carrier allows (20; the fake one enforces it with --rate-limit), since a
+# window's calls reach the carrier a moment later, maybe in its next second.
 CARRIER_API = {
     "URL": os.environ.get("CARRIER_API_URL", "http://127.0.0.1:8765"),
     "TIMEOUT": float(os.environ.get("CARRIER_API_TIMEOUT", "5")),
     "RETRY_WAIT_SCALE": float(os.environ.get("CARRIER_API_RETRY_WAIT_SCALE", "1")),
+    "RATE_LIMIT": int(os.environ.get("CARRIER_API_RATE_LIMIT", "10")),
 }
 
 LOGGING = {

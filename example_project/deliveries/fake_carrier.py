@@ -6,6 +6,7 @@ carrier would, or, when told to, slowly, with a 5xx, a 429, a 4xx, or by droppin
 Standard library only, so it starts in a blink:
 
     python -m deliveries.fake_carrier --port 8765        # from example_project/
+    python -m deliveries.fake_carrier --rate-limit 20    # and a 429 past 20 calls a second
 
 The carrier's endpoints (``<tracking>`` is a task's tracking number):
 
@@ -25,6 +26,10 @@ Controls (what ``CarrierControl`` sends):
 Faults: ``slow`` (answer after ``--slow`` seconds, longer than any client's timeout), ``error``
 (503), ``rate_limit`` (429 with ``Retry-After: 1``), ``client_error`` (422), ``not_found``
 (404), ``gone`` (410), ``drop`` (close the connection without an answer).
+
+Like a real partner, it can also enforce a rate limit of its own (``--rate-limit N``): past N
+calls to its endpoints in one wall-clock second, it answers 429 with ``Retry-After: 1``, logged
+with the fault ``over_limit``. The jobs stay under it with a shared ``RateLimit``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,26 @@ FAULT_MESSAGE = {
     "not_found": "unknown tracking number",
     "gone": "shipment was cancelled",
 }
+
+
+class RateCounter:
+    """Calls per wall-clock second, as a partner counts them: past ``limit``, the call is refused."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._second = 0
+        self._count = 0
+
+    def allows(self) -> bool:
+        if self.limit is None:
+            return True
+        second = int(time.time())
+        with self._lock:
+            if second != self._second:
+                self._second, self._count = second, 0
+            self._count += 1
+            return self._count <= self.limit
 
 
 class FaultPlan:
@@ -159,6 +184,10 @@ class CarrierHandler(BaseHTTPRequestHandler):
         if answer is None:
             self._send(404, {"error": f"no endpoint {request}"})
             return
+        if not self.server.rate.allows():
+            self.server.faults.record(request, "over_limit", 429)
+            self._send(429, {"error": "rate limit exceeded"}, {"Retry-After": "1"})
+            return
         fault = self.server.faults.next(request)
         if fault == "drop":
             self.server.faults.record(request, fault, None)
@@ -209,10 +238,11 @@ class FakeCarrier(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, port: int = 0, slow_seconds: float = 3.0) -> None:
+    def __init__(self, port: int = 0, slow_seconds: float = 3.0, rate_limit: int | None = None) -> None:
         super().__init__(("127.0.0.1", port), CarrierHandler)
         self.faults = FaultPlan()
         self.slow_seconds = slow_seconds
+        self.rate = RateCounter(rate_limit)
         self._thread: threading.Thread | None = None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -273,8 +303,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="A fake carrier API with faults on demand.")
     parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free one)")
     parser.add_argument("--slow", type=float, default=3.0, help="seconds a 'slow' answer takes (default 3)")
+    parser.add_argument(
+        "--rate-limit", type=int, default=None, metavar="N", help="answer 429 past N calls in one second (default: none)"
+    )
     args = parser.parse_args()
-    server = FakeCarrier(args.port, args.slow)
+    server = FakeCarrier(args.port, args.slow, args.rate_limit)
     print(f"fake carrier on {server.url}", flush=True)
     try:
         server.serve_forever()

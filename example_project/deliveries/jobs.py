@@ -30,7 +30,14 @@ from django.utils import timezone
 
 from deliveries import carrier, services
 from deliveries.models import ErrorReport, Import, JobRun, OutboxMessage, Payment, Recipient, Task
-from django_async_jobs import ApplicationJob, around_perform, polynomially_longer, retry
+from django_async_jobs import (
+    ApplicationJob,
+    OverLimit,
+    RateLimit,
+    around_perform,
+    polynomially_longer,
+    retry,
+)
 from django_async_jobs.idempotency import prune as prune_idempotency_markers
 
 logger = logging.getLogger("deliveries.jobs")
@@ -58,7 +65,9 @@ class DeliveryJob(ApplicationJob):
             run.status = JobRun.Status.FAILED
             run.error = f"{type(exc).__name__}: {exc}"
             run.finished_at = timezone.now()
-            run.save(update_fields=["status", "error", "finished_at"])
+            # Over a rate limit the worker puts the job back for later: not a failure.
+            run.outcome = JobRun.Outcome.LIMITED if isinstance(exc, OverLimit) else ""
+            run.save(update_fields=["status", "error", "finished_at", "outcome"])
             raise
         run.status = JobRun.Status.SUCCEEDED
         run.result = "" if result is None else str(result)
@@ -193,6 +202,11 @@ class SendWelcomeEmailJob(DeliveryJob):
 
 # -- integrations --------------------------------------------------------------------------------
 
+# The carrier allows so many calls a second to all of our workers together; every call to it
+# goes through this limiter, shared in Redis by every worker process and host, so the carrier
+# never has to answer 429 for our load. Over the limit, the job is put back for a moment.
+carrier_api = RateLimit.window("carrier-api", settings.CARRIER_API["RATE_LIMIT"], per=timedelta(seconds=1))
+
 
 def carrier_wait(wait: float | Callable[[int], float]) -> Callable[[int], float]:
     """A retry wait for a carrier rule: the guide's wait times ``CARRIER_API["RETRY_WAIT_SCALE"]``.
@@ -228,7 +242,8 @@ class ExternalApiJob(DeliveryJob):
         task = Task.objects.get(pk=task_id)
         if task.carrier_reference:
             return f"skipped: already booked as {task.carrier_reference}"
-        reference = carrier.book_shipment(task.tracking_number)  # booking twice is harmless
+        with carrier_api.within_limit():
+            reference = carrier.book_shipment(task.tracking_number)  # booking twice is harmless
         Task.objects.filter(pk=task_id).update(carrier_reference=reference)
         return f"booked {task.tracking_number} as {reference}"
 
@@ -245,7 +260,8 @@ class SyncExternalDataJob(DeliveryJob):
 
     def perform(self, task_id: int) -> str:
         task = Task.objects.get(pk=task_id)
-        data = carrier.fetch_tracking(task.tracking_number)
+        with carrier_api.within_limit():  # over the limit: the job waits, then runs again
+            data = carrier.fetch_tracking(task.tracking_number)
         Task.objects.filter(pk=task_id).update(external_data=data, synced_at=timezone.now())
         moved = Task.objects.filter(pk=task_id, status=Task.Status.CREATED).update(status=data["status"])
         return f"carrier says {data['status']} at {data['location']}" + (" (status updated)" if moved else "")
@@ -264,7 +280,8 @@ class ManualRetryJob(ErrorHandling, DeliveryJob):
         if task.pickup_at is not None:
             return "skipped: pickup already booked"
         try:
-            pickup_at = carrier.request_pickup(task.tracking_number)
+            with carrier_api.within_limit():
+                pickup_at = carrier.request_pickup(task.tracking_number)
         except carrier.CarrierRateLimited as exc:
             wait = exc.retry_after or self.default_wait
             again = type(self).set(wait=wait).perform_later(task_id)

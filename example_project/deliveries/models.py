@@ -133,6 +133,7 @@ class JobRun(models.Model):
         RETRIED = "retried", "retry scheduled"
         DISCARDED = "discarded"
         DEAD = "dead"
+        LIMITED = "limited", "over a rate limit: put back for later"
 
     job_id = models.CharField(max_length=32, db_index=True)
     job_class = models.CharField(max_length=200)
@@ -141,7 +142,7 @@ class JobRun(models.Model):
     execution = models.PositiveIntegerField(default=1)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     outcome = models.CharField(
-        max_length=16, choices=Outcome.choices, blank=True, help_text="What the retry rules did after a failure."
+        max_length=16, choices=Outcome.choices, blank=True, help_text="What the retry rules did after a failure (or a rate limit, after an OverLimit)."
     )
     result = models.TextField(blank=True)
     error = models.TextField(blank=True)
@@ -158,6 +159,7 @@ class JobRun(models.Model):
 
     @property
     def fate(self) -> str:
-        """running, succeeded, retried, discarded or dead; failed while the rules have not decided
-        (or for ``perform_now``, which has no rules)."""
+        """running, succeeded, retried, discarded, dead, or limited (a rate limit put the job back
+        to run again); failed while the rules have not decided (or for ``perform_now``, which has
+        no rules)."""
         return self.outcome or self.status

@@ -28,9 +28,11 @@ def broker(prefix):
 def carrier(settings):
     """The fake carrier on a free port, with retry waits a fiftieth of the guide's. The timeout
     is short, yet long enough that an answer that is not meant to be slow always comes in time,
-    however loaded the machine; a slow answer takes twice as long."""
-    server = FakeCarrier(port=0, slow_seconds=4.0).start()
-    settings.CARRIER_API = {"URL": server.url, "TIMEOUT": 2.0, "RETRY_WAIT_SCALE": 0.02}
+    however loaded the machine; a slow answer takes twice as long. It refuses calls past twice
+    the project's own limit per second, as in the demo."""
+    limit = settings.CARRIER_API["RATE_LIMIT"]
+    server = FakeCarrier(port=0, slow_seconds=4.0, rate_limit=2 * limit).start()
+    settings.CARRIER_API = {"URL": server.url, "TIMEOUT": 2.0, "RETRY_WAIT_SCALE": 0.02, "RATE_LIMIT": limit}
     yield CarrierControl(server.url)
     server.stop()
 

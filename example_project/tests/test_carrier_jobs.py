@@ -1,11 +1,15 @@
 """The jobs that call the carrier, against the fake carrier over real HTTP and a real worker:
-each retry rule, the discards, a death, and the manual retry of ``ManualRetryJob``."""
+each retry rule, the discards, a death, the manual retry of ``ManualRetryJob``, and the shared
+limiter that keeps every worker together under the carrier's own rate limit."""
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from deliveries import carrier as carrier_api
 from deliveries import jobs
 from deliveries.models import ErrorReport, JobRun, Task
+from django_async_jobs import ApplicationJob
 from django_async_jobs.models import DeadJob
 from django_async_jobs.retries import match
 
@@ -157,3 +161,36 @@ def test_error_wrapper_completes_a_job_whose_row_is_gone(db):
     run = JobRun.objects.get()
     assert run.status == "succeeded" and run.result.startswith("skipped: record not found")
     assert not ErrorReport.objects.exists()
+
+
+# -- the carrier's rate limit ----------------------------------------------------------------------
+
+
+def test_the_fake_carrier_refuses_calls_past_its_own_limit(carrier):
+    """Without the project's limiter, a burst goes over what the carrier allows a second."""
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        list(pool.map(lambda _: _try_fetch(), range(90)))
+    over = [r for r in carrier.requests() if r["fault"] == "over_limit"]
+    assert over and all(r["status"] == 429 for r in over)
+
+
+def _try_fetch():
+    try:
+        carrier_api.fetch_tracking("T-burst")
+    except carrier_api.CarrierRateLimited:
+        pass
+
+
+def test_the_shared_limiter_keeps_the_carrier_from_answering_429(recipient, carrier, worker, wait_for):
+    tasks = [Task.objects.create(tracking_number=f"T-{n:03d}", recipient=recipient) for n in range(40)]
+    ApplicationJob.perform_all_later([jobs.SyncExternalDataJob(task.pk) for task in tasks])
+
+    def synced():
+        return Task.objects.filter(synced_at__isnull=False).count() == len(tasks)
+
+    wait_for(synced, timeout=120, what="every task synced")
+    requests = carrier.requests()
+    assert [r for r in requests if r["fault"] == "over_limit"] == []  # the carrier never had to say 429
+    assert len(requests) == len(tasks) and all(r["status"] == 200 for r in requests)
+    limited = JobRun.objects.filter(job_class="SyncExternalDataJob", outcome=JobRun.Outcome.LIMITED)
+    assert all(run.error.startswith("OverLimit: over the limit of RateLimit.window('carrier-api'") for run in limited)

@@ -1,7 +1,8 @@
 """``manage.py demo``: sample data, every job of the project in the situations the guide covers
 (a retry that succeeds, a discard, a death, a CSV import with progress, a unique job enqueued
-twice, the recurring jobs run now), and with ``--wait`` a summary of what the worker did, which
-fails unless every scenario ended as expected. ``example_project/demo.sh`` runs it next to a
+twice, the recurring jobs run now, a burst of carrier calls kept under the carrier's rate limit),
+and with ``--wait`` a summary of what the worker did, which fails unless every scenario ended as
+expected. ``example_project/demo.sh`` runs it next to a
 worker and the fake carrier."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 from deliveries import jobs
 from deliveries.fake_carrier import CarrierControl
 from deliveries.models import ErrorReport, Import, JobRun, OutboxMessage, Payment, Recipient, Task
-from django_async_jobs import api
+from django_async_jobs import ApplicationJob, api
 from django_async_jobs.broker.client import get_broker
 from django_async_jobs.conf import get_settings
 from django_async_jobs.models import DeadJob, JobProgress
@@ -37,6 +38,7 @@ REMINDER_DELAY = timedelta(seconds=3)
 IMPORT_ROWS = 500
 IMPORT_BAD_LINES = {23: "no tracking number", 57: "bad email", 101: "no name", 350: "bad email", 488: "no name"}
 IMPORT_NAMES = ["Dana Roe", "Eli Park", "Femi Ade", "Gus Lee", "Hana Sato"]
+BURST = 3  # syncs of every task at once: more calls than the carrier takes in a second
 
 # What a scenario should end as.
 SUCCEEDED = "succeeded"
@@ -72,6 +74,8 @@ class Scenario:
     enqueued_at: float
     # A job that enqueues a copy of itself (ManualRetryJob): the copy's runs count as its own.
     follow_copies: bool = False
+    # Jobs enqueued together with this one (a burst): the scenario ends when they all have.
+    together: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -231,6 +235,13 @@ class Command(BaseCommand):
         run("pickup, 429 once", REENQUEUED, lambda: J.ManualRetryJob.perform_later(t[0]), follow_copies=True)
         fault("PUT /pickups", 1, "gone")
         run("pickup, carrier says 410", SUCCEEDED, lambda: J.ManualRetryJob.perform_later(t[1]))
+        # More syncs at once than the carrier takes in a second: the shared limiter spreads them.
+        burst = [J.SyncExternalDataJob(pk) for pk in t * BURST]
+        ApplicationJob.perform_all_later(burst)
+        scenarios.append(Scenario(
+            f"{len(burst)} syncs at once", "SyncExternalDataJob", burst[0].queue_name or "", SUCCEEDED,
+            burst[0].job_id, time.time(), together=[job.job_id for job in burst[1:]],
+        ))
 
         run("bulk status update", SUCCEEDED, lambda: J.BulkUpdateJob.perform_later(t[2:5], {"status": "in_transit"}))
         run(f"import {IMPORT_ROWS} rows", SUCCEEDED, start_import)
@@ -251,6 +262,8 @@ class Command(BaseCommand):
     def observe(self, scenario: Scenario) -> Observed:
         if scenario.job_id is None:
             return Observed(REFUSED)
+        if scenario.together:
+            return self.observe_together(scenario)
         runs = list(JobRun.objects.filter(job_id=scenario.job_id).order_by("started_at"))
         if scenario.follow_copies and runs:
             runs += JobRun.objects.filter(
@@ -266,6 +279,14 @@ class Command(BaseCommand):
             return Observed("retrying", runs)  # its copy has not started yet
         state = {JobRun.Outcome.RETRIED: "retrying"}.get(last, last)
         return Observed(state, runs)
+
+    def observe_together(self, scenario: Scenario) -> Observed:
+        """Jobs enqueued together: succeeded once each has; else how the first unfinished is."""
+        ids = [scenario.job_id, *scenario.together]
+        runs = list(JobRun.objects.filter(job_id__in=ids).order_by("started_at"))
+        last = {run.job_id: run.fate for run in runs}
+        pending = [last.get(job_id, "waiting") for job_id in ids if last.get(job_id) != SUCCEEDED]
+        return Observed(pending[0] if pending else SUCCEEDED, runs)
 
     def wait(self, scenarios: list[Scenario], source: Import, timeout: float) -> list[str]:
         """Until every scenario is final and the queues, schedule and retries are empty; returns
@@ -327,13 +348,17 @@ class Command(BaseCommand):
         write(
             f"run       {sum(fates.values())} times: {fates[JobRun.Status.SUCCEEDED]} succeeded, "
             f"{fates[JobRun.Outcome.RETRIED]} retried, {fates[JobRun.Outcome.DISCARDED]} discarded, "
-            f"{fates[JobRun.Outcome.DEAD]} dead ({dead_rows} in the dead jobs table)"
+            f"{fates[JobRun.Outcome.DEAD]} dead ({dead_rows} in the dead jobs table), "
+            f"{fates[JobRun.Outcome.LIMITED]} put back by the carrier's rate limit"
         )
         reports = Counter(ErrorReport.objects.filter(reported_at__gte=since).values_list("source", flat=True))
         write("reported  " + (", ".join(f"{n} {what}" for what, n in sorted(reports.items())) or "nothing"))
         requests = control.requests()
         faults = Counter(r["fault"] for r in requests)
         write(f"carrier   {len(requests)} requests" + "".join(f", {n} {f}" for f, n in faults.most_common()))
+        # The carrier's own limit (its 429s not planned as faults): never reached, thanks to the limiter.
+        write(f"          {faults['over_limit']} over the carrier's own rate limit (429) with {jobs.carrier_api!r}")
+        ok &= faults["over_limit"] == 0
 
         progress = JobProgress.objects.filter(job_id=source.job_id).first()
         if progress is None:
