@@ -18,7 +18,7 @@ from tests.testapp.jobs import FailJob, IncrJob, TraceJob
 pytestmark = pytest.mark.django_db
 
 BASE = "/admin/django_async_jobs/dashboard/"
-PAGES = ["", "stats.json", "queues/", "queues/default/", "queues/default/clear/", "busy/", "scheduled/", "retries/"]
+PAGES = ["", "stats.json", "queues/", "queues/default/", "queues/default/clear/", "busy/", "scheduled/", "retries/", "blocked/"]
 
 
 @pytest.fixture

@@ -213,27 +213,24 @@ def start(field: str, raw: bytes) -> Settlement | Any:
     return job
 
 
+# Outcomes of the flow-control layers that are not an ack: the settle step's op for each.
+FLOW_OPS = {flow.EXPIRED: "expire", flow.BLOCKED: "block"}
+
+
 def settle(job: Any, raw: bytes) -> Settlement:
-    """How to settle a job its chain ran: from its ``outcome``."""
-    settlement = _settlement(job, raw)
-    keys = job.outcome.keys
-    return replace(settlement, keys=keys) if keys else settlement
-
-
-def _settlement(job: Any, raw: bytes) -> Settlement:
+    """How to settle a job its chain ran: from its ``outcome`` (whose ``keys`` are a concurrency
+    limit's, for the step to free the job's place)."""
     outcome = job.outcome
     field = job.fetched_as
     if outcome.name == "retry":
-        return Settlement("retry", field, outcome.run_at, outcome.payload, failed=True)
+        return Settlement("retry", field, outcome.run_at, outcome.payload, failed=True, keys=outcome.keys)
     if outcome.name == "dead":
-        return dead_record(field, raw, outcome.reason, outcome.error, outcome.data)
+        return replace(dead_record(field, raw, outcome.reason, outcome.error, outcome.data), keys=outcome.keys)
     if outcome.payload:  # a Reschedule: back in the schedule, or its queue when due now
-        return Settlement("reschedule", field, outcome.run_at, outcome.payload)
-    if outcome.name == flow.EXPIRED:
-        return Settlement("expire", field)
-    if outcome.name == "blocked":
-        return Settlement("block", field)
-    return Settlement("ack", field, failed=outcome.failed)
+        return Settlement("reschedule", field, outcome.run_at, outcome.payload, keys=outcome.keys)
+    if outcome.name in FLOW_OPS:
+        return Settlement(FLOW_OPS[outcome.name], field, keys=outcome.keys)
+    return Settlement("ack", field, failed=outcome.failed, keys=outcome.keys)
 
 
 def worker_error(job: Any, raw: bytes, failure: Exception) -> Settlement:
