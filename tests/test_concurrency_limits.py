@@ -117,6 +117,35 @@ def test_places_are_taken_up_to_the_limit_and_the_settle_step_frees_them(broker,
     assert broker.stat("processed") == 1  # the ack; a block is not processed
 
 
+def test_a_job_put_back_by_a_rate_limit_frees_its_place(broker, key):
+    jobs = [AccountJob.perform_later("a", key) for _ in range(2)]
+    fields = [in_flight(broker, "p1", job)[0] for job in jobs]
+    assert all(acquire(broker, j, f) for j, f in zip(jobs, fields, strict=True))
+    holders = broker.keys.concurrency(limit_of(jobs[0]))
+    later = json.dumps({**jobs[0].payload, "jid": jobs[0].job_id, "job": AccountJob.job_name, "queue": "default",
+                        "args": ["a", key]})
+    broker.settle("p1", [("reschedule", fields[0], time.time() + 60, later, 0)],
+                  (holders, broker.keys.concurrency_blocked(limit_of(jobs[0]))))
+    assert broker.redis.hkeys(holders) == [fields[1].encode()]
+    assert broker.redis.zcard(broker.keys.schedule) == 1
+
+
+@pytest.mark.parametrize("cc", [
+    "x", {"id": 1, "to": 1, "ttl": 60_000}, {"id": "a:b", "to": "2", "ttl": 60_000},
+    {"id": "a:b", "to": 1, "ttl": 60_000, "h": "QUEUE", "b": "QUEUE"},  # keys that are not the limit's
+])
+def test_a_payload_whose_limit_is_not_ours_runs_unlimited_and_touches_no_other_key(broker, key, worker, cc):
+    if isinstance(cc, dict) and cc.get("h") == "QUEUE":
+        cc = {**cc, "h": broker.keys.queue("unread"), "b": broker.keys.queue("unread")}
+    broker.redis.zadd(broker.keys.queue("unread"), {"keep me": 1})
+    payload = {"jid": "crafted01", "job": GatedAccountJob.job_name, "queue": "default", "args": ["a", key], "cc": cc}
+    broker.push([json.dumps(payload)])
+    wait_for(lambda: texts(broker, f"{key}:end") == ["crafted01"], 30, "the job to run")
+    wait_for(lambda: broker.inflight(worker.process_id) == {}, 10, "settled")
+    assert broker.redis.zrange(broker.keys.queue("unread"), 0, -1) == [b"keep me"]
+    assert broker.stat("processed") == 1
+
+
 def test_a_block_with_a_place_free_meanwhile_goes_back_to_its_queue(broker, key):
     job = AccountJob.perform_later("a", key)
     field, _ = in_flight(broker, "p1", job)
