@@ -1,4 +1,4 @@
-"""The issue's measurements, on real worker processes (2 processes x 10 threads): a window limit
+"""Flow control measured on real worker processes (2 processes x 10 threads): a window limit
 of 10 a second lets 100 jobs through in about 10 s with never more than 10 in one wall-clock
 second, and a concurrency limit of 2 never has 3 jobs running at once. The limits are asserted;
 the times are printed (``pytest -s``), since the machine running the suite may be loaded."""
