@@ -256,8 +256,8 @@ class Fetcher:
         self._paused_read_at = time.monotonic()
         try:
             self._paused = frozenset(self.broker.paused_queues())
-        except redis.RedisError as exc:  # the fetch that follows meets the same trouble and backs off
-            logger.debug("reading the paused queues failed, keeping the last set: %s", exc)
+        except Exception as exc:  # the fetch that follows meets the same trouble and backs off
+            log_failure(logger, exc, "reading the paused queues failed, keeping the last set")
 
     # -- the notify channel --------------------------------------------------------------------
 

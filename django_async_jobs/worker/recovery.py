@@ -15,8 +15,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from django_async_jobs import flow, locks
 from django_async_jobs.worker.logs import log_failure
 
