@@ -161,7 +161,7 @@ def test_the_dashboard_and_the_jobs_command_read_through_the_sentinels(sentinel_
     assert {q["name"]: q["size"] for q in json.loads(out.getvalue())}["low"] == 3
     client.force_login(User.objects.create_user("viewer", is_staff=True))
     response = client.get("/admin/django_async_jobs/dashboard/queues/")
-    assert {q.name: q.size for q, _, _ in response.context["rows"]}["low"] == 3
+    assert {q.name: q.size for q, *_ in response.context["rows"]}["low"] == 3
 
 
 def test_a_master_turned_replica_is_left_for_the_new_one(sentinel_group, sentinel_broker, prefix):
