@@ -276,6 +276,15 @@ class Reschedule(Exception):  # noqa: N818  (a request, not an error)
         return None
 
 
+class Drop(Exception):  # noqa: N818  (a request, not an error)
+    """Raised in the perform chain to end the job here, neither a success nor a failure: it is
+    acknowledged with the outcome a subclass names (``outcome``), without a retry, an error
+    handler or a failure signal. What a running job that was cancelled raises at a checkpoint.
+    """
+
+    outcome = "dropped"
+
+
 def reschedule(job: ApplicationJob, request: Reschedule) -> Outcome:
     """The outcome of a ``Reschedule``: the job's payload, with the request's changes, back in
     the schedule (or its queue when due now)."""
@@ -356,7 +365,8 @@ class RetryPolicy:
 
     Everything inside it (the other middleware, the callbacks, ``perform``) raises into the
     rules above; ``SystemExit`` from a job too. A cancelled coroutine is not a failure: the
-    worker is stopping, and the job is handed back.
+    worker is stopping, and the job is handed back. ``Reschedule`` and ``Drop`` are requests,
+    not failures: the job is put back, or acknowledged with the outcome they name.
     """
 
     def perform(self, job: ApplicationJob, call_next: Callable[[Any], Any]) -> Any:
@@ -365,6 +375,9 @@ class RetryPolicy:
         except Reschedule as request:
             failure = request.prepare(job)
             job.outcome = reschedule(job, request) if failure is None else handle_failure(job, failure)
+            return None
+        except Drop as request:
+            job.outcome = Outcome(request.outcome)
             return None
         except BaseException as exc:
             job.outcome = handle_failure(job, exc)
@@ -383,6 +396,9 @@ class RetryPolicy:
                 job.outcome = reschedule(job, request)
                 return None
             job.outcome = await sync_to_async(handle_failure, thread_sensitive=False)(job, failure)
+            return None
+        except Drop as request:
+            job.outcome = Outcome(request.outcome)
             return None
         except BaseException as exc:  # SystemExit too: asyncio would re-raise it and end the loop
             # The rules call handlers and signal receivers, which may block: not on the loop.

@@ -330,6 +330,40 @@ def test_a_reschedule_puts_the_job_back_with_its_changes_and_is_not_a_failure(br
     assert broker.redis.zcard(broker.keys.retry) == 0
 
 
+def test_a_reschedule_sends_no_success_signal(broker, worker, key):
+    from tests.testapp.jobs import ComeBackJob
+
+    succeeded = []
+    signals.job_succeeded.connect(receiver := lambda sender, job, **kw: succeeded.append(job.executions), weak=False)
+    try:
+        ComeBackJob.perform_later(key, 1)
+        wait_for(lambda: broker.redis.llen(key) == 2, 20, "two executions")
+        wait_for(lambda: broker.inflight(worker.process_id) == {}, 10, "settled")
+    finally:
+        signals.job_succeeded.disconnect(receiver)
+    assert succeeded == [2]  # the execution that was put back did not succeed
+
+
+def test_a_drop_acknowledges_the_job_with_its_outcome_and_is_not_a_failure(broker, worker, key, caplog):
+    from tests.testapp.jobs import DropJob
+
+    sent = []
+    receivers = [lambda sender, name=name, **kw: sent.append(name) for name in ("failed", "succeeded", "died")]
+    for name, receiver in zip(("failed", "succeeded", "died"), receivers, strict=True):
+        getattr(signals, f"job_{name}").connect(receiver, weak=False)
+    try:
+        with caplog.at_level("INFO", "django_async_jobs.job"):
+            job = DropJob.perform_later(key)
+            wait_for(lambda: broker.stat("processed") == 1, 20, "the job settled")
+    finally:
+        for name, receiver in zip(("failed", "succeeded", "died"), receivers, strict=True):
+            getattr(signals, f"job_{name}").disconnect(receiver)
+    assert broker.redis.lrange(key, 0, -1) == [b"execution 1"]
+    assert sent == [] and broker.stat("failed") == 0
+    assert broker.redis.zcard(broker.keys.retry) == 0 and broker.redis.hlen(broker.keys.dead) == 0
+    assert f"{job.job_id} queue=default" in caplog.text and "outcome=skipped" in caplog.text
+
+
 def test_a_reschedule_with_a_delay_waits_in_the_schedule(broker, worker, key):
     from tests.testapp.jobs import ComeBackJob
 

@@ -125,21 +125,20 @@ def bury(field: str, raw: bytes, reason: str, exc: BaseException, data: dict[str
 
 
 class JobSignals:
-    """``job_started`` before the job, ``job_succeeded`` after one that neither failed nor was
-    put back for later (a ``Reschedule``: a rate limit's wait); the retry rules send the
-    failure signals."""
+    """``job_started`` before the job, ``job_succeeded`` after one that succeeded (the retry
+    rules send the failure signals; a job put back or dropped, e.g. at a checkpoint, has neither)."""
 
     def perform(self, job: Any, call_next: Callable[[Any], Any]) -> Any:
         signals.send(signals.job_started, type(job), job=job)
         result = call_next(job)
-        if not job.outcome.failed and not job.outcome.payload:
+        if job.outcome is retries.SUCCEEDED:
             signals.send(signals.job_succeeded, type(job), job=job)
         return result
 
     async def aperform(self, job: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
         signals.send(signals.job_started, type(job), job=job)
         result = await call_next(job)
-        if not job.outcome.failed and not job.outcome.payload:
+        if job.outcome is retries.SUCCEEDED:
             signals.send(signals.job_succeeded, type(job), job=job)
         return result
 

@@ -6,7 +6,7 @@ import time
 
 from django_async_jobs import ApplicationJob, signals
 from django_async_jobs.broker.client import get_broker
-from django_async_jobs.retries import Reschedule
+from django_async_jobs.retries import Drop, Reschedule
 
 
 def _redis():
@@ -37,6 +37,18 @@ class ComeBackJob(ApplicationJob):
         _redis().rpush(key, f"step {step} execution {self.executions}")
         if step < times:
             raise Reschedule(delay, {"step": step + 1})
+
+
+class Skipped(Drop):  # noqa: N818
+    outcome = "skipped"
+
+
+class DropJob(ApplicationJob):
+    """Ends itself with a ``Drop`` after recording that it ran."""
+
+    def perform(self, key):
+        _redis().rpush(key, f"execution {self.executions}")
+        raise Skipped("nothing to do")
 
 
 class FailJob(ApplicationJob):
