@@ -145,7 +145,7 @@ class Broker:
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
                 "renew_locks", "cron_push",
-                "pick", "relay", "rate_limit", "concurrency",
+                "pick", "relay", "rate_limit", "concurrency", "checkpoint",
             )
         }
 
@@ -521,6 +521,28 @@ class Broker:
         moved, wait = self._run("poll", [self.keys.schedule, self.keys.retry], [POLL_BATCH])
         wait = float(wait)
         return moved, (None if wait < 0 else wait)
+
+    def checkpoint(self, process_id: str, field: str, payload: bytes) -> bool:
+        """Replace a running job's in-flight payload (its progress saved, see resumable.py), only
+        while the job is still in this process's hash; False when it no longer is."""
+        return bool(self._run("checkpoint", [self.keys.inflight(process_id)], [field, payload]))
+
+    def cancelled_in_flight(self, process_id: str) -> frozenset[str]:
+        """The ids of the jobs this process holds that ``mark_cancelled`` marked: two round
+        trips, at each heartbeat (one when it holds nothing)."""
+        fields = self.redis.hkeys(self.keys.inflight(process_id))
+        if not fields:
+            return frozenset()
+        ids = sorted({(f.decode() if isinstance(f, bytes) else f).rpartition(":")[0] for f in fields})
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.exists(self.keys.cancel(job_id))
+            found = pipe.execute()
+        return frozenset(job_id for job_id, marked in zip(ids, found, strict=True) if marked)
+
+    def mark_cancelled(self, job_id: str, ttl: float) -> None:
+        """Mark a job cancelled for ``ttl`` seconds (``api.cancel``)."""
+        self.redis.set(self.keys.cancel(job_id), int(time.time()), ex=max(1, int(ttl)))
 
     def pubsub(self) -> Any:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)

@@ -35,6 +35,7 @@ key                                    type       holds
 ``p:blocked``                          zset       ids of limits with blocked jobs -> next look (ms)
 ``p:limit:<kind>:<name>``              varies     a rate limiter's state (window/bucket: hash; leaky:
                                                   string; concurrent: zset of lock token -> timeout)
+``p:cancel:<job id>``                   string     a job cancelled by ``api.cancel``; expires after CANCEL_TTL
 =====================================  =========  ===============================================
 """
 
@@ -177,6 +178,11 @@ class Keys:
         """A rate limiter's state (flow.RateLimit); the kind is part of the key, as each keeps
         a different type."""
         return f"{self.prefix}:limit:{kind}:{name}"
+
+    def cancel(self, job_id: str) -> str:
+        """Marks a job cancelled (``api.cancel``): a worker holding it drops it or stops it at
+        its next checkpoint (``resumable.py``)."""
+        return f"{self.prefix}:cancel:{job_id}"
 
     def result(self, result_id: str) -> str:
         return f"{self.prefix}:result:{result_id}"
