@@ -216,10 +216,10 @@ class JobProgressAdmin(admin.ModelAdmin):
     search_fields = ("job_id", "job_class", "name")
     list_select_related = ("started_by",)
     readonly_fields = (
-        "job_id", "name", "job_class", "status", "progress_bar", "total", "processed", "error_count",
-        "errors_display", "started_by", "created", "started_at", "completed_at", "updated_at",
+        "job_id", "name", "job_class", "status", "progress_bar", "total", "processed", "cursor_display",
+        "error_count", "errors_display", "started_by", "created", "started_at", "completed_at", "updated_at",
     )
-    exclude = ("error_details", "percent")
+    exclude = ("error_details", "percent", "cursor")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -233,6 +233,10 @@ class JobProgressAdmin(admin.ModelAdmin):
             '<progress value="{}" max="100" style="width: 10em" title="{}%"></progress> {}%',
             obj.percent, obj.percent, f"{obj.percent:.0f}",
         )
+
+    @admin.display(description=_("cursor"))
+    def cursor_display(self, obj: JobProgress) -> str:
+        return _pretty(obj.cursor)
 
     @admin.display(description=_("error details"))
     def errors_display(self, obj: JobProgress) -> str:

@@ -91,6 +91,7 @@ class ProgressStatus(models.TextChoices):
     COMPLETED = "completed", _("Completed")
     COMPLETED_WITH_ERRORS = "completed_with_errors", _("Completed with errors")
     FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
 
 
 class JobProgress(models.Model):
@@ -107,6 +108,9 @@ class JobProgress(models.Model):
     error_count = models.PositiveIntegerField(_("errors"), default=0)
     error_details = models.JSONField(_("error details"), default=list, blank=True)
     percent = models.FloatField(_("percent"), default=0.0)
+    cursor = models.JSONField(
+        _("cursor"), null=True, blank=True, help_text=_("Where an iterable job is: the cursor of its last item done.")
+    )
     started_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, verbose_name=_("started by"), null=True, blank=True,
         on_delete=models.SET_NULL, related_name="+",
@@ -135,7 +139,7 @@ class JobProgress(models.Model):
         return {
             "job_id": self.job_id, "name": self.name, "job_class": self.job_class, "status": self.status,
             "total": self.total, "processed": self.processed, "percent": self.percent,
-            "error_count": self.error_count, "error_details": self.error_details,
+            "error_count": self.error_count, "error_details": self.error_details, "cursor": self.cursor,
             "started_at": when(self.started_at), "completed_at": when(self.completed_at),
             "updated_at": when(self.updated_at),
         }

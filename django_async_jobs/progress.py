@@ -7,6 +7,10 @@ final state (completed, completed with errors, or failed on an exception) is alw
 Each write is one ``UPDATE`` on the default database connection of the worker thread. Inside a
 ``transaction.atomic()`` block (for instance a job with ``idempotency_key``) other connections
 see the writes only when it commits.
+
+An iterable job's tracker (``IterableJob``) goes on across executions: it starts from the
+counts its continuation saved (``resume``), keeps the error details those counts cover, and an
+interruption leaves the row ``processing``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
+from django_async_jobs import retries
 from django_async_jobs.conf import get_settings
 
 if TYPE_CHECKING:
@@ -82,9 +87,11 @@ class Tracker:
         self.processed = 0
         self.error_count = 0
         self.error_details: list[dict[str, Any]] = []
+        self.cursor: Any = None
         self.every, self.seconds = _throttle()
         self._written = 0
         self._written_at = 0.0
+        self._resumed = False
         self.row: JobProgress | None = None
 
     # -- the job's side ----------------------------------------------------------------------
@@ -101,6 +108,20 @@ class Tracker:
             self.error_details.append({"row": row, "error": str(error)})
         self.processed += advance
         self._maybe_write()
+
+    def reached(self, processed: int, cursor: Any = None) -> None:
+        """``processed`` items handled in all, the last one's ``cursor`` (an iterable job, after
+        each iteration: errors recorded with ``error()`` do not count twice)."""
+        self.processed = processed
+        self.cursor = cursor
+        self._maybe_write()
+
+    def resume(self, processed: int, errors: int, cursor: Any) -> None:
+        """Before entering: go on from counts an earlier execution saved, instead of starting over."""
+        self.processed = self._written = processed
+        self.error_count = errors
+        self.cursor = cursor
+        self._resumed = True
 
     def set_total(self, total: int) -> None:
         """When the total is known only after starting (e.g. after counting a file's rows)."""
@@ -124,7 +145,7 @@ class Tracker:
 
         fields = {
             "total": self.total, "processed": self.processed, "percent": self.percent,
-            "error_count": self.error_count, "error_details": self.error_details,
+            "error_count": self.error_count, "error_details": self.error_details, "cursor": self.cursor,
             "updated_at": timezone.now(), **final,
         }
         JobProgress.objects.filter(pk=self.row.pk).update(**fields)
@@ -134,15 +155,24 @@ class Tracker:
     def __enter__(self) -> Tracker:
         from django_async_jobs.models import JobProgress, ProgressStatus
 
-        # A retried or recovered job starts over: same row, counters reset, owner kept.
-        self.row, _ = JobProgress.objects.update_or_create(
-            job_id=self.job.job_id, name=self.name,
-            defaults={
-                "job_class": self.job.job_name, "status": ProgressStatus.PROCESSING, "total": self.total,
-                "processed": 0, "percent": 0.0, "error_count": 0, "error_details": [],
-                "started_at": timezone.now(), "completed_at": None,
-            },
+        defaults: dict[str, Any] = {
+            "job_class": self.job.job_name, "status": ProgressStatus.PROCESSING, "total": self.total,
+            "completed_at": None,
+        }
+        if not self._resumed:
+            # A retried or recovered job starts over: same row, counters reset, owner kept.
+            defaults.update(
+                processed=0, percent=0.0, error_count=0, error_details=[], cursor=None, started_at=timezone.now()
+            )
+        self.row, created = JobProgress.objects.update_or_create(
+            job_id=self.job.job_id, name=self.name, defaults=defaults
         )
+        if self._resumed:
+            # The details the saved count covers; those after it are recorded again as the
+            # items they belong to are done again.
+            details = [] if created or not isinstance(self.row.error_details, list) else self.row.error_details
+            self.error_details = details[: min(self.error_count, MAX_ERROR_DETAILS)]
+            self._write(**({"started_at": timezone.now()} if created else {}))
         self._written_at = time.monotonic()
         return self
 
@@ -151,7 +181,11 @@ class Tracker:
     ) -> None:
         from django_async_jobs.models import ProgressStatus
 
-        if exc is not None:
+        if isinstance(exc, retries.Reschedule):  # interrupted: it goes on in a later execution
+            status = ProgressStatus.PROCESSING
+        elif isinstance(exc, retries.Drop):
+            status = ProgressStatus.CANCELLED
+        elif exc is not None:
             self.error_details.append({"row": None, "error": f"{type(exc).__name__}: {exc}"})
             status = ProgressStatus.FAILED
         elif self.error_count:
@@ -161,7 +195,7 @@ class Tracker:
         if exc is None and self.total is None:
             self.total = self.processed
         try:
-            self._write(status=status, completed_at=timezone.now())
+            self._write(status=status, completed_at=None if status == ProgressStatus.PROCESSING else timezone.now())
         except Exception:
             if exc is None:
                 raise

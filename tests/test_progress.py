@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.contrib.auth.models import User
 from django.urls import include, path, reverse
 
-from django_async_jobs import ApplicationJob, checks
+from django_async_jobs import ApplicationJob, checks, retries
 from django_async_jobs import progress as progress_module
 from django_async_jobs.models import JobProgress, ProgressStatus
 from django_async_jobs.progress import perform_later_with_progress
@@ -106,6 +106,36 @@ def test_a_crash_marks_it_failed_with_the_error(db, throttle):
     job.perform_now()
     row.refresh_from_db()
     assert (row.status, row.processed, row.error_details) == ("completed", 5, [])
+
+
+def test_a_tracker_goes_on_from_saved_counts_keeping_the_details_they_cover(db, throttle):
+    throttle(100, 60)
+    job = ImportJob([])
+    with pytest.raises(ConnectionError), progress_module.Tracker(job, total=10) as tracker:
+        tracker.error(row=1, error="one")
+        tracker.reached(4, cursor=4)
+        tracker.error(row=5, error="five")  # after the last saved count: done again on resume
+        raise ConnectionError("lost")
+    assert JobProgress.objects.get(job_id=job.job_id).status == "failed"
+    tracker = progress_module.Tracker(job, total=10)
+    tracker.resume(processed=4, errors=1, cursor=4)
+    with pytest.raises(retries.Reschedule), tracker:
+        row = JobProgress.objects.get(job_id=job.job_id)
+        assert (row.status, row.processed, row.error_count, row.error_details, row.completed_at) == (
+            "processing", 4, 1, [{"row": 1, "error": "one"}], None,
+        )
+        tracker.error(row=5, error="five")
+        tracker.reached(7, cursor=7)
+        raise retries.Reschedule(0)  # interrupted: it goes on later, nothing failed
+    row.refresh_from_db()
+    assert (row.status, row.processed, row.cursor, row.error_count, row.completed_at) == ("processing", 7, 7, 2, None)
+    tracker = progress_module.Tracker(job, total=10)
+    tracker.resume(processed=7, errors=2, cursor=7)
+    with pytest.raises(retries.Drop), tracker:
+        raise retries.Drop()
+    row.refresh_from_db()
+    assert (row.status, row.processed, row.percent, row.cursor) == ("cancelled", 7, 70.0, 7)
+    assert [d["row"] for d in row.error_details] == [1, 5]
 
 
 @pytest.mark.django_db(transaction=True)
