@@ -9,6 +9,7 @@ from django_async_jobs.callbacks import (
     before_perform,
 )
 from django_async_jobs.flow import OverLimit, RateLimit, limit_concurrency
+from django_async_jobs.iterable import IterableJob
 from django_async_jobs.job import ApplicationJob, ConfiguredJob
 from django_async_jobs.retries import discard, polynomially_longer, retry
 from django_async_jobs.serialization import SerializationError
@@ -16,6 +17,7 @@ from django_async_jobs.serialization import SerializationError
 __all__ = [
     "ApplicationJob",
     "ConfiguredJob",
+    "IterableJob",
     "OverLimit",
     "RateLimit",
     "SerializationError",

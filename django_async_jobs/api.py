@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django_async_jobs import cron, outbox, registry
+from django_async_jobs import cron, outbox, registry, resumable, signals
 from django_async_jobs.broker.client import Broker, get_broker
+from django_async_jobs.broker.keys import escape_glob
 from django_async_jobs.conf import get_settings, validate_queue_name
 from django_async_jobs.models import DeadJob
 
@@ -271,6 +272,83 @@ def act(key: str, op: str, refs: Iterable[str], broker: Broker | None = None) ->
     if not picks:
         return 0
     return (broker or get_broker()).pick(key, op, picks)
+
+
+# -- cancelling a job ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What ``cancel`` found: where the job was taken out of (``"queue default"``,
+    ``"scheduled"``, ``"retries"``), and the processes holding it (running it, or about to)."""
+
+    job_id: str
+    removed: list[str]
+    running: list[str]
+
+    @property
+    def found(self) -> bool:
+        return bool(self.removed or self.running)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "removed": self.removed, "running": self.running}
+
+
+def cancel(job_id: str, broker: Broker | None = None) -> Cancellation:
+    """Cancel one job, wherever it is (Sidekiq's ``cancel!``, for any job).
+
+    The job is marked cancelled first (``p:cancel:<job id>``, for ``resumable.CANCEL_TTL``),
+    then taken out of the schedule, the retry set and the queues: a job that waited there never
+    runs, and ``job_cancelled`` is sent for it. A job a worker holds stops at its next
+    checkpoint (an iterable or stepped job), is dropped if it had not started, and sees
+    ``self.cancelled`` become true, once that worker's next heartbeat reads the mark (see
+    resumable.py). Nothing is recorded as dead.
+
+    Finding a job by id reads every queue (``ZSCAN``, a page at a time): an operator's action,
+    not one for a hot path. The sets are read in the order jobs move between them (schedule and
+    retries to queues, queues to workers), so a job moving meanwhile is found, or is held by a
+    worker by the time the mark is read.
+    """
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise ValueError(f"cancel(): {job_id!r} is not a job id (letters, digits, '-', '_', '.' and ':').")
+    broker = broker or get_broker()
+    keys = broker.keys
+    broker.mark_cancelled(job_id, resumable.CANCEL_TTL)
+    places = [("scheduled", keys.schedule), ("retries", keys.retry)]
+    places += [(f"queue {name}", keys.queue(name)) for name in queue_names(broker)]
+    pattern = "*" + escape_glob(f'"{job_id}"') + "*"  # Redis keeps only the members holding the id
+    removed = []
+    for place, key in places:
+        for member, score in broker.redis.zscan_iter(key, match=pattern, count=1000):
+            if entry(member, score).job_id == job_id and _remove(broker, key, repr(score), job_id):
+                removed.append(place)
+    running = []
+    for process in processes(broker=broker):
+        if any(job.field.rpartition(":")[0] == job_id for job in process.jobs):
+            running.append(process.process_id)
+    return Cancellation(job_id, removed, running)
+
+
+def cancel_refs(key: str, refs: Iterable[str], broker: Broker | None = None) -> int:
+    """Cancel the jobs ``refs`` name in a queue, the schedule or the retry set (the dashboard's
+    Cancel): each is marked cancelled, as ``cancel`` does, and taken out. Returns how many were."""
+    broker = broker or get_broker()
+    count = 0
+    for score, job_id in parse_refs(refs):
+        broker.mark_cancelled(job_id, resumable.CANCEL_TTL)
+        count += _remove(broker, key, score, job_id)
+    return count
+
+
+def _remove(broker: Broker, key: str, score: str, job_id: str) -> bool:
+    """Take one job out of a sorted set and send ``job_cancelled``; False if it was gone."""
+    found = [entry(member, 0.0) for member in broker.redis.zrangebyscore(key, score, score)]
+    names = [job.job_class for job in found if job.job_id == job_id]
+    if not broker.pick(key, "delete", [(score, job_id)]):
+        return False
+    job_class = registry.lookup(names[0]) if names else None
+    signals.send(signals.job_cancelled, job_class, job=None, job_id=job_id)
+    return True
 
 
 # -- queues -------------------------------------------------------------------------------------

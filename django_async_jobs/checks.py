@@ -60,6 +60,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             ok = False
         if not ok:
             errors.append(Error(f"ASYNC_JOBS['{key}'] must be a positive number of seconds or a timedelta.", id="async_jobs.E005"))
+    try:
+        ok = conf._seconds(merged["CHECKPOINT_INTERVAL"]) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        errors.append(Error(
+            "ASYNC_JOBS['CHECKPOINT_INTERVAL'] must be a number of seconds (or a timedelta) of at least 0.",
+            hint="0 saves a resumable job's progress at every checkpoint; the default is 5.",
+            id="async_jobs.E013",
+        ))
     if merged["HEARTBEAT_INTERVAL"] is not None:
         # A beat as slow as the timeout makes live workers look dead: their jobs would run twice.
         try:
@@ -160,11 +170,19 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return errors
 
 
+def _abstract(job_class: type) -> bool:
+    """A base class: ``ApplicationJob``'s ``perform``, or ``IterableJob``'s ``build_enumerator``."""
+    build = getattr(job_class, "build_enumerator", None)
+    return job_class.perform.__qualname__ == "ApplicationJob.perform" or (
+        build is not None and build.__qualname__ == "IterableJob.build_enumerator"
+    )
+
+
 def _check_job_queues(spec: conf.QueueSpec) -> list[Any]:
     errors = []
     for name, job_class in sorted(registry.all_jobs().items()):
-        if job_class.perform.__qualname__ == "ApplicationJob.perform":
-            continue  # an abstract base: never enqueued itself
+        if _abstract(job_class):
+            continue  # never enqueued itself
         # Inherited too: a job without queue_as goes to "default", which QUEUES may not list.
         queue_as = getattr(job_class, "queue_as", None)
         if isinstance(queue_as, str) and queue_as not in spec.names:

@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     # Job progress rows are written every N items or T seconds, whichever comes first.
     "PROGRESS_EVERY": 100,
     "PROGRESS_SECONDS": 2.0,
+    # A resumable job saves its progress where a crash's recovery finds it at most this often
+    # (seconds); the progress also goes back whole whenever the job is interrupted.
+    "CHECKPOINT_INTERVAL": 5.0,
     # Job middleware (docs/middleware.md), outermost first, inside the worker's own layers and
     # outside the built-in ones; and the contextvars CurrentContext carries into jobs.
     "MIDDLEWARE": ["django_async_jobs.middleware.CurrentContext"],

@@ -172,8 +172,8 @@ def _all_enqueued(jobs: Sequence[ApplicationJob]) -> None:
 def commit_alias(job_class: type[ApplicationJob], using: str | None) -> str | None:
     """The database alias whose commit this enqueue must wait for, or None to push now.
 
-    The atomic blocks Django's ``TestCase`` wraps each test in are not the application's
-    transactions: only those count, so ``perform_later`` in a test body enqueues at once.
+    Only the application's transactions count (``in_transaction``), so ``perform_later`` in a
+    test body enqueues at once.
     """
     wanted = job_class.enqueue_after_commit
     if wanted is None:
@@ -182,8 +182,14 @@ def commit_alias(job_class: type[ApplicationJob], using: str | None) -> str | No
         return None
     alias = using or job_class.enqueue_using or DEFAULT_DB_ALIAS
     connection = transaction.get_connection(alias)
-    if not connection.in_atomic_block:
+    if not connection.in_atomic_block:  # the usual case, without a call
         return None
-    if all(getattr(block, "_from_testcase", False) for block in connection.atomic_blocks):
-        return None
-    return alias
+    return alias if in_transaction(connection) else None
+
+
+def in_transaction(connection: Any) -> bool:
+    """Whether ``connection`` is inside an application's ``transaction.atomic()``: the atomic
+    blocks Django's ``TestCase`` wraps each test in do not count."""
+    return connection.in_atomic_block and not all(
+        getattr(block, "_from_testcase", False) for block in connection.atomic_blocks
+    )

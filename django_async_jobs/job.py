@@ -27,6 +27,7 @@ from django_async_jobs import (
     locks,
     progress,
     registry,
+    resumable,
     retries,
 )
 from django_async_jobs.conf import (
@@ -166,7 +167,7 @@ class ApplicationJob:
     @classmethod
     def _prepare(cls) -> None:
         cls._callbacks = callbacks.collect(cls)
-        signature = inspect.signature(cls.perform)
+        signature = cls._arguments_signature()
         cls._signature = signature
         cls._shapes_that_fit = set()
         cls._positional_names = tuple(
@@ -185,6 +186,11 @@ class ApplicationJob:
         # What this class's middleware and the built-in layers cannot serve (idempotency
         # markers on an async job) is refused now; ASYNC_JOBS["MIDDLEWARE"]'s, by a system check.
         chain.check_class(cls, (*chain.class_middleware(cls), *chain.BUILTIN_PERFORM))
+
+    @classmethod
+    def _arguments_signature(cls) -> inspect.Signature:
+        """What the job's arguments must fit (``self`` first): ``perform``'s signature."""
+        return inspect.signature(cls.perform)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.arguments: list[Any] = list(args)
@@ -239,6 +245,29 @@ class ApplicationJob:
         """``with self.track_progress(total=n) as progress:`` then ``progress.advance()`` and
         ``progress.error(row=..., error=...)``: a ``JobProgress`` row others can watch."""
         return progress.Tracker(self, total=total, name=name)
+
+    def step(self, fn: Callable[..., Any], *, start: Any = None, name: str | None = None) -> Any:
+        """Run one step of ``perform``, unless an earlier execution completed it (ActiveJob's
+        ``step``): ``self.step(self.download)``, then ``self.step(self.rows, start=0)``.
+
+        ``fn`` takes no argument, or the ``Step`` (``step.cursor``, ``step.set(cursor)``,
+        ``step.advance()``, ``step.checkpoint()``); the step's name is the method's (or
+        ``name``). The completed steps and the cursor of the one in progress travel in the
+        payload, so an interrupted or retried job resumes there; see resumable.py.
+        """
+        return resumable.continuation(self).run_step(fn, name, start)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once ``api.cancel`` reached the worker running this job (at its next
+        heartbeat): a long ``perform`` can check it and stop. Always False outside a worker."""
+        return resumable.cancelled(self)
+
+    @property
+    def resumptions(self) -> int:
+        """How many times this job went on from progress an earlier execution saved (steps or
+        iterations; 0 the first time)."""
+        return resumable.continuation(self).resumptions
 
     def after_discard(self, exc: BaseException) -> None:
         """Called when a ``discard_on`` rule drops this job; override to clean up or notify."""

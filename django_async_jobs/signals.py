@@ -15,6 +15,7 @@ job_retried = Signal()  # also exception=, wait=
 job_discarded = Signal()  # also exception=
 job_died = Signal()  # also exception=, reason=
 job_expired = Signal()  # not started by its deadline (expires_in): dropped, never run
+job_cancelled = Signal()  # also job_id=; job= is None for a job taken out of a queue or set
 
 
 def send(signal: Signal, job_class: type | None, **kwargs: object) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from django_async_jobs import flow, outbox
+from django_async_jobs import flow, outbox, resumable
 from django_async_jobs.broker.client import Broker, get_broker
 from django_async_jobs.conf import QueueSpec, Settings, get_settings
 from django_async_jobs.worker.acker import Acker
@@ -80,6 +80,8 @@ class Worker:
         self._unstarted: list[str] = []  # fields handed back untouched once stopping
         self._released: bool | None = None  # stop()'s outcome, once it ran
         self.strays = Strays()  # fields a crashed processor thread let go of
+        # What a running job may ask of this worker (resumable.py): set in each processor thread.
+        self.state = resumable.WorkerState(self.process_id, self.stopping)
         self._stop_requested = threading.Event()
         self._stop_signalled = False  # set by signal handlers only; run() acts on them
         self._quiet_signalled = False
@@ -96,7 +98,7 @@ class Worker:
         s = self.settings
         self.heart = Heart(
             self.broker, self.process_id, self.info, s.heartbeat_interval, s.heartbeat_timeout,
-            s.max_recoveries, self.stopped, on_signal=self._on_signal, strays=self.strays,
+            s.max_recoveries, self.stopped, on_signal=self._on_signal, strays=self.strays, state=self.state,
         )
         self.poller = Poller(self.broker, s.poll_interval, self.stopping)
         self.dead_writer = DeadWriter(self.broker, self.stopped)
@@ -128,6 +130,7 @@ class Worker:
     # -- threads -----------------------------------------------------------------------------
 
     def _process_loop(self) -> None:
+        resumable.current_worker.set(self.state)  # this thread's, for every job it runs
         while True:
             item = self.fetcher.take()
             if item is None:

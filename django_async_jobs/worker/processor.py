@@ -3,10 +3,12 @@
 The worker's chain for a job class is its perform chain (``middleware/chain.py``: the
 project's and the class's middleware, idempotency markers, callbacks) inside the worker's own
 layers, outermost first: ``JobLog`` (the log line), the flow-control layers (``flow.py``: a job
-past its deadline ends as expired, one whose concurrency limit is full as blocked), ``DatabaseConnections``, ``JobSignals`` (``job_started`` /
-``job_succeeded``), ``RetryPolicy`` (every exception becomes an outcome: retry, discard or dead)
-and ``UniqueJobs`` (run locks). The job's ``outcome`` then says how to settle it: ack, retry,
-dead, reschedule or expire, in the acker's next batch.
+past its deadline ends as expired, one whose concurrency limit is full as blocked),
+``DatabaseConnections``, ``JobSignals`` (``job_started`` / ``job_succeeded``), ``RetryPolicy``
+(every exception becomes an outcome: retry, discard or dead), ``Cancellation`` (a cancelled
+job dropped or stopped, ``job_cancelled``) and ``UniqueJobs`` (run locks). The job's
+``outcome`` then says how to settle it: ack, retry, dead, reschedule or expire, in the acker's
+next batch.
 
 Whatever bytes a payload holds, the job ends here: it runs, or it becomes a dead job with the
 reason and the raw payload. A payload that is not JSON is ``malformed_payload``; one naming no
@@ -31,7 +33,7 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
-from django_async_jobs import flow, locks, registry, retries, signals
+from django_async_jobs import flow, locks, registry, resumable, retries, signals
 from django_async_jobs.middleware import chain
 from django_async_jobs.serialization import decode_payload, new_job_id, payload_bytes
 from django_async_jobs.worker.connections import DatabaseConnections
@@ -144,7 +146,10 @@ class JobSignals:
 
 
 # Outermost first; each layer applies only to the classes it serves (``applies_to``).
-WORKER_LAYERS: tuple[Any, ...] = (JobLog(), flow.Expiry(), flow.ConcurrencyLimits(), DatabaseConnections(), JobSignals(), retries.RetryPolicy(), locks.UniqueJobs())
+WORKER_LAYERS: tuple[Any, ...] = (
+    JobLog(), flow.Expiry(), flow.ConcurrencyLimits(), DatabaseConnections(), JobSignals(), retries.RetryPolicy(),
+    resumable.Cancellation(), locks.UniqueJobs(),
+)
 
 
 @dataclass(frozen=True)

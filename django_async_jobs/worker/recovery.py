@@ -6,6 +6,9 @@ one Lua step, so two processes recovering at once cannot hand back a job twice.
 A live process's own strays (jobs in its in-flight hash that a crashed processor thread let go
 of) go back with its next beat, counted as a recovery like a dead process's jobs: a job that
 keeps doing it ends as a poison pill instead of sitting in flight until the process stops.
+
+After each beat the heart also learns which of the process's jobs were cancelled
+(``resumable.WorkerState.refresh``): the jobs themselves then see it without a round trip.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from django_async_jobs import flow, locks
+from django_async_jobs import flow, locks, resumable
 from django_async_jobs.worker.logs import log_failure
 
 logger = logging.getLogger("django_async_jobs.worker")
@@ -53,6 +56,7 @@ class Heart(threading.Thread):
         stopping: threading.Event,
         on_signal: Callable[[str], None] | None = None,
         strays: Strays | None = None,
+        state: resumable.WorkerState | None = None,
     ) -> None:
         super().__init__(name="async-jobs-heartbeat", daemon=True)
         self.broker = broker
@@ -64,6 +68,7 @@ class Heart(threading.Thread):
         self.stopping = stopping
         self.on_signal = on_signal
         self.strays = strays or Strays()
+        self.state = state  # told, each beat, which of the process's jobs were cancelled
 
     def beat(self) -> None:
         stranded = self.strays.pending()
@@ -101,5 +106,7 @@ class Heart(threading.Thread):
             try:
                 self.beat()
                 self.recover()
+                if self.state is not None:
+                    self.state.refresh(self.broker)
             except Exception as exc:  # never end the thread: a process that stops beating is taken for dead
                 log_failure(logger, exc, "heartbeat failed")
