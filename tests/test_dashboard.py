@@ -494,3 +494,53 @@ def test_recurring_shows_a_broken_setting_instead_of_failing(client, broker, vie
     response = client.get(BASE + "recurring/")
     assert response.status_code == 200 and b"is not a cron expression" in response.content
     assert client.post(BASE + "recurring/", {"entry": "bad"}).status_code == 403
+
+
+# -- cancel -------------------------------------------------------------------------------------
+
+
+def test_cancel_takes_jobs_out_of_a_queue_the_schedule_and_the_retries(client, broker, manager):
+    from django_async_jobs import signals
+
+    cancelled = []
+    signals.job_cancelled.connect(receiver := lambda sender, job_id, **kw: cancelled.append(job_id), weak=False)
+    try:
+        queued = [IncrJob.perform_later(f"q{i}").job_id for i in range(3)]
+        scheduled = in_set(broker, broker.keys.schedule, 2)
+        client.post(BASE + "queues/default/", {"one_cancel": refs(broker, broker.keys.queue("default"))[1]})
+        client.post(BASE + "scheduled/", {"action": "cancel", "ref": refs(broker, broker.keys.schedule)})
+        retried = in_set(broker, broker.keys.retry, 2, retry_count=1)
+        response = client.post(BASE + "retries/", {"one_cancel": refs(broker, broker.keys.retry)[0]}, follow=True)
+    finally:
+        signals.job_cancelled.disconnect(receiver)
+    assert "Cancelled 1 job." in [str(m) for m in response.context["messages"]]
+    assert ids(broker, broker.keys.queue("default")) == [queued[0], queued[2]]
+    assert ids(broker, broker.keys.schedule) == [] and ids(broker, broker.keys.retry) == [retried[1]]
+    assert cancelled == [queued[1], *scheduled, retried[0]]
+    assert all(broker.redis.exists(broker.keys.cancel(job_id)) for job_id in cancelled)
+    assert broker.redis.hlen(broker.keys.dead) == 0 and DeadJob.objects.count() == 0
+    page = client.get(BASE + "retries/").content
+    assert b'name="one_cancel"' in page and b'value="cancel"' in page
+
+
+def test_cancel_on_the_busy_page_marks_a_running_job(client, broker, manager):
+    job = IncrJob.perform_later("busy")
+    broker.heartbeat("host-a:1:ab", {"host": "host-a", "pid": 1, "queues": "default", "concurrency": 1,
+                                     "started_at": time.time(), "busy": 1, "quiet": 0}, ttl=60)
+    fetch(broker, "host-a:1:ab", ["default"], 1)
+    page = client.get(BASE + "busy/").content
+    assert f'name="cancel" value="{job.job_id}"'.encode() in page
+    response = client.post(BASE + "busy/", {"cancel": job.job_id}, follow=True)
+    assert "it stops at its next checkpoint" in str(list(response.context["messages"])[0])
+    assert broker.redis.exists(broker.keys.cancel(job.job_id))
+    assert broker.cancelled_in_flight("host-a:1:ab") == {job.job_id}
+    response = client.post(BASE + "busy/", {"cancel": "no such*job"}, follow=True)
+    assert "is not a job id" in str(list(response.context["messages"])[0])
+
+
+def test_cancel_needs_the_manage_permission(client, broker, viewer):
+    job = IncrJob.perform_later("x")
+    assert b"one_cancel" not in client.get(BASE + "queues/default/").content
+    assert client.post(BASE + "queues/default/", {"one_cancel": refs(broker, broker.keys.queue("default"))[0]}).status_code == 403
+    assert client.post(BASE + "busy/", {"cancel": job.job_id}).status_code == 403
+    assert broker.queue_size("default") == 1 and not broker.redis.exists(broker.keys.cancel(job.job_id))

@@ -1,4 +1,4 @@
-"""``manage.py jobs stats|queues|clear|scheduled|retries|enqueue`` on real Redis."""
+"""``manage.py jobs stats|queues|clear|scheduled|retries|enqueue|cancel`` on real Redis."""
 
 import json
 import time
@@ -102,3 +102,24 @@ def test_enqueue_by_name(broker):
     with pytest.raises(CommandError, match="must be JSON"):
         run("enqueue", IncrJob.job_name, "[oops")
     assert broker.queue_size("default") == 2
+
+
+def test_cancel_takes_waiting_jobs_out_and_names_the_ones_it_did_not_find(broker):
+    from tests.helpers import fetch
+
+    waiting = IncrJob.perform_later("a")
+    scheduled = IncrJob.set(wait=600).perform_later("b")
+    assert run("cancel", waiting.job_id, scheduled.job_id).splitlines() == [
+        f"Cancelled {waiting.job_id}: taken out of queue default.",
+        f"Cancelled {scheduled.job_id}: taken out of scheduled.",
+    ]
+    assert broker.queue_size("default") == 0 and broker.redis.zcard(broker.keys.schedule) == 0
+    running = IncrJob.perform_later("c")
+    fetch(broker, "host-a:1:ab", ["default"], 1)
+    assert json.loads(run("cancel", "--json", running.job_id)) == [
+        {"job_id": running.job_id, "removed": [], "running": ["host-a:1:ab"]},
+    ]
+    with pytest.raises(CommandError, match=f"No waiting or running job with id: {waiting.job_id}"):
+        run("cancel", waiting.job_id)
+    with pytest.raises(CommandError, match="is not a job id"):
+        run("cancel", "a*b")

@@ -46,12 +46,13 @@ TABS = (
     ("recurring", "async_jobs_recurring", gettext_lazy("Recurring")),
     ("blocked", "async_jobs_blocked", gettext_lazy("Blocked")),
 )
-QUEUE_OPS = ("delete",)
+QUEUE_OPS = ("cancel", "delete")
 SET_OPS = {
-    "scheduled": ("enqueue", "delete"),
-    "retries": ("enqueue", "delete", "kill"),
+    "scheduled": ("enqueue", "cancel", "delete"),
+    "retries": ("enqueue", "cancel", "delete", "kill"),
 }
 OP_DONE = {
+    "cancel": lambda n: ngettext("Cancelled %(n)d job.", "Cancelled %(n)d jobs.", n),
     "enqueue": lambda n: ngettext("Enqueued %(n)d job to run now.", "Enqueued %(n)d jobs to run now.", n),
     "delete": lambda n: ngettext("Deleted %(n)d job.", "Deleted %(n)d jobs.", n),
     "kill": lambda n: ngettext("Moved %(n)d job to the dead jobs.", "Moved %(n)d jobs to the dead jobs.", n),
@@ -60,6 +61,7 @@ OP_DONE = {
 
 BUTTONS = {  # a row's button: label, confirmation question (None: no question)
     "enqueue": (gettext_lazy("Run now"), None),
+    "cancel": (gettext_lazy("Cancel"), gettext_lazy("Cancel this job? It will not run.")),
     "delete": (gettext_lazy("Delete"), gettext_lazy("Delete this job?")),
     "kill": (gettext_lazy("Kill"), gettext_lazy("Move this job to the dead jobs?")),
 }
@@ -181,6 +183,12 @@ def _page(request: HttpRequest, key: str, kind: str | None) -> dict[str, Any]:
     return {"page": page, "headers": headers, "rows": rows}
 
 
+def _apply(key: str, op: str, refs: list[str]) -> int:
+    """Act on the jobs ``refs`` name in a queue or set: cancel them (``api.cancel_refs``: marked
+    and taken out, ``job_cancelled`` sent) or ``api.act``'s delete, run now and kill."""
+    return api.cancel_refs(key, refs) if op == "cancel" else api.act(key, op, refs)
+
+
 def _redirect_back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
     """Back to the page (and page number) the form was on."""
     query = request.GET.urlencode()
@@ -283,13 +291,16 @@ def queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
     here = _url(site, "async_jobs_queue", name)
     if request.method == "POST":
         _require_manage(request)
-        refs = _chosen(request, QUEUE_OPS)[1]
+        op, refs = _chosen(request, QUEUE_OPS)
+        if op is None:
+            messages.warning(request, _("Choose an action."))
+            return _redirect_back(request, here)
         try:
-            count = api.act(broker_keys.queue(name), "delete", refs)
+            count = _apply(broker_keys.queue(name), op, refs)
         except redis.RedisError as exc:
             _redis_down(request, exc)
         else:
-            messages.success(request, OP_DONE["delete"](count) % {"n": count})
+            messages.success(request, OP_DONE[op](count) % {"n": count})
         return _redirect_back(request, here)
     return _render(
         request, site, "queue.html", "queues", _("Queue %(name)s") % {"name": name},
@@ -323,6 +334,8 @@ def busy(request: HttpRequest, site: AdminSite) -> HttpResponse:
     here = _url(site, "async_jobs_busy")
     if request.method == "POST":
         _require_manage(request)
+        if "cancel" in request.POST:
+            return _cancel_running(request, here)
         signal = request.POST.get("signal", "")
         process_id = request.POST.get("process", "")
         if signal not in ("quiet", "stop") or not process_id:
@@ -340,6 +353,26 @@ def busy(request: HttpRequest, site: AdminSite) -> HttpResponse:
     )
 
 
+def _cancel_running(request: HttpRequest, here: str) -> HttpResponse:
+    """The Busy page's Cancel: ``api.cancel`` for a job a worker holds."""
+    job_id = request.POST.get("cancel", "")
+    try:
+        found = api.cancel(job_id)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    except redis.RedisError as exc:
+        _redis_down(request, exc)
+    else:
+        if found.found:
+            messages.success(request, _(
+                "Cancelled job %(job)s: it stops at its next checkpoint, or when it checks self.cancelled "
+                "(from its worker's next heartbeat)."
+            ) % {"job": job_id})
+        else:
+            messages.warning(request, _("Job %(job)s is no longer running; it is marked cancelled in case it comes back.") % {"job": job_id})
+    return HttpResponseRedirect(here)
+
+
 def sorted_set(request: HttpRequest, site: AdminSite, kind: str) -> HttpResponse:
     """Scheduled jobs or retries: a page of the set in run-at order, single and bulk actions."""
     key = api.set_key(kind)
@@ -354,7 +387,7 @@ def sorted_set(request: HttpRequest, site: AdminSite, kind: str) -> HttpResponse
             messages.warning(request, _("Select at least one job."))
         else:
             try:
-                count = api.act(key, op, refs)
+                count = _apply(key, op, refs)
             except redis.RedisError as exc:
                 _redis_down(request, exc)
             else:

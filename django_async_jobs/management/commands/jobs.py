@@ -1,8 +1,8 @@
 """``manage.py jobs <group> <action>``: look after the job system from a shell.
 
 Each group (``dead``; ``stats``, ``queues``, ``clear``, ``scheduled``, ``retries``, ``enqueue``;
-``queue``; ``cron``) registers its own subparsers and handler functions, so a new group is one
-more ``add_*`` function in ``GROUPS``; ``handle`` only dispatches.
+``queue``; ``cancel``; ``cron``) registers its own subparsers and handler functions, so a new
+group is one more ``add_*`` function in ``GROUPS``; ``handle`` only dispatches.
 """
 
 from __future__ import annotations
@@ -375,6 +375,41 @@ def add_queue(groups: Any) -> None:
         p.set_defaults(handler=queue_pause)
 
 
+# -- jobs cancel ----------------------------------------------------------------------------------
+
+
+def job_cancel(command: BaseCommand, options: dict[str, Any]) -> None:
+    results = []
+    for job_id in options["job_ids"]:
+        try:
+            results.append(api.cancel(job_id))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    if options["json"]:
+        _dump(command, [found.as_json() for found in results])
+    else:
+        for found in results:
+            if found.removed:
+                command.stdout.write(f"Cancelled {found.job_id}: taken out of {', '.join(found.removed)}.")
+            if found.running:
+                command.stdout.write(
+                    f"Cancelled {found.job_id}: held by {', '.join(found.running)}; it stops at its next "
+                    f"checkpoint, or when it checks self.cancelled (from that worker's next heartbeat)."
+                )
+    missing = [found.job_id for found in results if not found.found]
+    if missing:  # after the others: a typo must not look like success
+        raise CommandError(
+            f"No waiting or running job with id: {', '.join(missing)} (marked cancelled anyway, in case it comes back)."
+        )
+
+
+def add_cancel(groups: Any) -> None:
+    p = groups.add_parser("cancel", help="Cancel jobs: waiting ones never run, running ones stop at their next checkpoint.")
+    p.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="Job ids.")
+    p.add_argument("--json", action="store_true", help="Print JSON: where each job was found.")
+    p.set_defaults(handler=job_cancel)
+
+
 # -- jobs cron ------------------------------------------------------------------------------------
 
 
@@ -397,7 +432,7 @@ def add_cron(groups: Any) -> None:
 
 
 # One entry per command group; each adds its parser and sets ``handler`` on its leaves.
-GROUPS: list[Callable[[Any], None]] = [add_dead, add_operations, add_queue, add_cron]
+GROUPS: list[Callable[[Any], None]] = [add_dead, add_operations, add_queue, add_cancel, add_cron]
 
 
 class Command(BaseCommand):
