@@ -363,11 +363,9 @@ class Checkpoints:
 
     def _interrupt(self, why: str) -> None:
         job = self.job
-        logger.info(
-            "%s %s: interrupted (%s) %s; back to its queue to go on from there",
-            job.job_name, job.job_id, why, continuation(job).describe(),
-        )
-        raise Interrupted(0.0, None, f"interrupted: {why}")
+        text = f"interrupted ({why}) {continuation(job).describe()}"
+        logger.info("%s %s: %s; back to its queue to go on from there", job.job_name, job.job_id, text)
+        raise Interrupted(0.0, None, text)
 
     def save(self, now: float) -> None:
         """Write the payload, with its progress, over the job's in-flight payload."""
