@@ -11,6 +11,8 @@
 #                      scenario ended as expected within DEMO_TIMEOUT seconds, default 60)
 #   DEMO_KEY_PREFIX    Redis key prefix of the demo (default: demo)
 #   DEMO_PORT          port of the admin (default: 8000)
+#   IMPORT_MAX_RUNTIME seconds a run of the CSV import lasts before it goes back to its queue and
+#                      goes on from there (default here: 0.2, so that the summary shows a resume)
 #
 # The carrier's API is deliveries/fake_carrier.py, started on a free port and stopped at exit; the
 # demo gives it a 1-second timeout and a tenth of the guide's retry waits, and it refuses calls
@@ -121,6 +123,7 @@ export CARRIER_API_URL="http://127.0.0.1:$port"
 export CARRIER_API_TIMEOUT="${CARRIER_API_TIMEOUT:-1}"
 export CARRIER_API_RETRY_WAIT_SCALE="${CARRIER_API_RETRY_WAIT_SCALE:-0.1}"
 export CARRIER_API_RATE_LIMIT="${CARRIER_API_RATE_LIMIT:-10}"
+export IMPORT_MAX_RUNTIME="${IMPORT_MAX_RUNTIME:-0.2}"
 log "starting the fake carrier on $CARRIER_API_URL, allowing $((2 * CARRIER_API_RATE_LIMIT)) calls a second (log: example_project/.demo/carrier.log)"
 "$PY" -m deliveries.fake_carrier --port "$port" --slow 3 --rate-limit "$((2 * CARRIER_API_RATE_LIMIT))" >"$RUN_DIR/carrier.log" 2>&1 &
 CARRIER_PID=$!

@@ -3,7 +3,8 @@
 Everything that differs between a laptop, CI and production comes from the environment:
 ``REDIS_URL``, ``ASYNC_JOBS_KEY_PREFIX``, ``DATABASE_URL`` (SQLite in this folder when unset),
 ``WORKER_CONCURRENCY``, the carrier's ``CARRIER_API_URL``, ``CARRIER_API_TIMEOUT``,
-``CARRIER_API_RETRY_WAIT_SCALE`` and ``CARRIER_API_RATE_LIMIT``, ``DJANGO_DEBUG`` and
+``CARRIER_API_RETRY_WAIT_SCALE`` and ``CARRIER_API_RATE_LIMIT``, ``IMPORT_MAX_RUNTIME``,
+``DJANGO_DEBUG`` and
 ``DJANGO_SECRET_KEY``.
 """
 
@@ -130,6 +131,10 @@ CARRIER_API = {
     "RETRY_WAIT_SCALE": float(os.environ.get("CARRIER_API_RETRY_WAIT_SCALE", "1")),
     "RATE_LIMIT": int(os.environ.get("CARRIER_API_RATE_LIMIT", "10")),
 }
+
+# CSV imports (ImportJob, resumable) run at most MAX_RUNTIME seconds before going back to the
+# bulk queue, to go on where they stopped; the demo makes it short, so that it shows a resume.
+IMPORTS = {"MAX_RUNTIME": float(os.environ.get("IMPORT_MAX_RUNTIME", "300"))}
 
 LOGGING = {
     "version": 1,

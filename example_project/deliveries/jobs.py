@@ -32,6 +32,7 @@ from deliveries import carrier, services
 from deliveries.models import ErrorReport, Import, JobRun, OutboxMessage, Payment, Recipient, Task
 from django_async_jobs import (
     ApplicationJob,
+    IterableJob,
     OverLimit,
     RateLimit,
     around_perform,
@@ -39,12 +40,18 @@ from django_async_jobs import (
     retry,
 )
 from django_async_jobs.idempotency import prune as prune_idempotency_markers
+from django_async_jobs.iterable import Enumerator
+from django_async_jobs.retries import Drop, Reschedule
 
 logger = logging.getLogger("deliveries.jobs")
 
 
 class DeliveryJob(ApplicationJob):
-    """Base class: records every execution as a ``JobRun`` row, visible in the admin."""
+    """Base class: records every execution as a ``JobRun`` row, visible in the admin.
+
+    An execution that a checkpoint interrupted (to go on in the next one) or a cancel ended did
+    not fail: it is recorded as succeeded, with what stopped it as its result.
+    """
 
     @around_perform
     def record_run(self, proceed: Any) -> None:
@@ -61,6 +68,12 @@ class DeliveryJob(ApplicationJob):
         )
         try:
             result = proceed()
+        except (Reschedule, Drop) as exc:
+            run.status = JobRun.Status.SUCCEEDED
+            run.result = str(exc)
+            run.finished_at = timezone.now()
+            run.save(update_fields=["status", "result", "finished_at"])
+            raise
         except Exception as exc:
             run.status = JobRun.Status.FAILED
             run.error = f"{type(exc).__name__}: {exc}"
@@ -80,13 +93,16 @@ class ErrorHandling:
 
     A row that is gone means there is nothing left to do: logged, and the job completes. Any
     other error is logged and reported to the error tracker, then raised again, so the job's
-    retry rules (or the default policy) decide what happens next.
+    retry rules (or the default policy) decide what happens next. A resumable job interrupted
+    at a checkpoint, or cancelled, is no error.
     """
 
     @around_perform
     def with_error_handling(self: Any, proceed: Callable[[], Any]) -> Any:
         try:
             return proceed()
+        except (Reschedule, Drop):
+            raise
         except ObjectDoesNotExist as exc:
             logger.warning("%s: record not found - %s", type(self).__name__, exc)
             return f"skipped: record not found ({exc})"
@@ -326,27 +342,33 @@ class BulkUpdateJob(DeliveryJob):
         return f"updated {updated}, invalid {failed}, missing {missing}"
 
 
-class ImportJob(ErrorHandling, DeliveryJob):
-    """Imports an ``Import``'s CSV as tasks, with progress others can watch (admin, JSON view).
+class ImportJob(ErrorHandling, IterableJob, DeliveryJob):
+    """Imports an ``Import``'s CSV as tasks, a line per iteration, with progress others can
+    watch (admin, JSON view).
 
-    A bad line is recorded with its line number and the import goes on. Importing a file
-    again updates the same tasks and recipients, so a retried import creates no duplicates.
+    Resumable: stopped by a deploy or a crash, it goes on after the last line done, and a long
+    file is imported in runs of at most ``IMPORTS["MAX_RUNTIME"]`` seconds, each going on where
+    the last one stopped. A bad line is recorded with its line number and the import goes on.
+    Importing a line again updates the same task and recipient, so a line done twice creates no
+    duplicates.
     """
 
     queue_as = "bulk"
 
-    def perform(self, import_id: int) -> str:
-        rows = Import.objects.get(pk=import_id).rows()
-        with self.track_progress(total=len(rows)) as progress:
-            for line, row in rows:
-                try:
-                    self.process_row(row)
-                except ValidationError as exc:
-                    problems = (f"{name}: {m}" for name, messages in exc.message_dict.items() for m in messages)
-                    progress.error(row=line, error="; ".join(problems))
-                else:
-                    progress.advance()
-        return f"imported {len(rows) - progress.error_count} of {len(rows)} rows, {progress.error_count} refused"
+    @property
+    def max_iteration_runtime(self) -> float:
+        return settings.IMPORTS["MAX_RUNTIME"]
+
+    def build_enumerator(self, import_id: int, *, cursor: int | None) -> Enumerator:
+        return self.list_enumerator(Import.objects.get(pk=import_id).rows(), cursor=cursor)
+
+    def each_iteration(self, line_and_row: tuple[int, dict[str, str]], import_id: int) -> None:
+        line, row = line_and_row
+        try:
+            self.process_row(row)
+        except ValidationError as exc:
+            problems = (f"{name}: {m}" for name, messages in exc.message_dict.items() for m in messages)
+            self.progress.error(row=line, error="; ".join(problems))
 
     def process_row(self, row: dict[str, str]) -> None:
         with transaction.atomic():

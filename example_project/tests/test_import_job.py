@@ -1,4 +1,4 @@
-"""``ImportJob``: a CSV import that reports its progress in a ``JobProgress`` row."""
+"""``ImportJob``: a resumable CSV import that reports its progress in a ``JobProgress`` row."""
 
 from deliveries import jobs
 from deliveries.models import Import, JobRun, Recipient, Task
@@ -19,7 +19,7 @@ def test_import_creates_tasks_and_records_the_bad_lines(db):
     source = Import.objects.create(name="november.csv", csv=CSV)
     job = jobs.ImportJob(source.pk)
 
-    assert job.perform_now() == "imported 3 of 6 rows, 3 refused"
+    job.perform_now()
 
     progress = JobProgress.objects.get(job_id=job.job_id)
     assert (progress.status, progress.total, progress.processed, progress.percent) == (
@@ -56,3 +56,19 @@ def test_import_in_the_worker_goes_from_pending_to_completed(broker, worker, wai
 def test_import_of_a_file_that_is_gone_ends_quietly(db):
     assert jobs.ImportJob.perform_now(999_999) is None
     assert JobRun.objects.get().result.startswith("skipped: record not found")
+
+
+def test_a_long_import_goes_on_in_several_runs_each_line_once(broker, worker, wait_for, settings):
+    from deliveries.management.commands.demo import IMPORT_BAD_LINES, IMPORT_ROWS, import_csv
+
+    settings.IMPORTS = {"MAX_RUNTIME": 0.05}
+    source = Import.objects.create(name="big.csv", csv=import_csv())
+    job = jobs.ImportJob.perform_later(source.pk)
+    row = wait_for(lambda: JobProgress.objects.filter(job_id=job.job_id, status="completed_with_errors").first(),
+                   what="the import")
+    assert (row.processed, row.total, row.error_count) == (IMPORT_ROWS, IMPORT_ROWS, len(IMPORT_BAD_LINES))
+    assert [d["row"] for d in row.error_details] == sorted(IMPORT_BAD_LINES)  # each bad line once
+    assert Task.objects.filter(tracking_number__startswith="IMP-").count() == IMPORT_ROWS - len(IMPORT_BAD_LINES)
+    runs = list(JobRun.objects.filter(job_id=job.job_id).order_by("started_at"))
+    assert len(runs) >= 2 and all(r.status == "succeeded" for r in runs)
+    assert all(r.result.startswith("interrupted (max_iteration_runtime reached) at cursor") for r in runs[:-1])

@@ -1,8 +1,8 @@
 """``manage.py demo``: sample data, every job of the project in the situations the guide covers
-(a retry that succeeds, a discard, a death, a CSV import with progress, a unique job enqueued
-twice, the recurring jobs run now, a burst of carrier calls kept under the carrier's rate limit),
-and with ``--wait`` a summary of what the worker did, which fails unless every scenario ended as
-expected. ``example_project/demo.sh`` runs it next to a
+(a retry that succeeds, a discard, a death, a resumable CSV import with progress, a unique job
+enqueued twice, the recurring jobs run now, a burst of carrier calls kept under the carrier's
+rate limit), and with ``--wait`` a summary of what the worker did, which fails unless every
+scenario ended as expected. ``example_project/demo.sh`` runs it next to a
 worker and the fake carrier."""
 
 from __future__ import annotations
@@ -365,10 +365,18 @@ class Command(BaseCommand):
             write(f"import    {source.name}: no progress row")
             ok = False
         else:
+            # ImportJob is resumable: each run stops after IMPORTS["MAX_RUNTIME"] (short in the demo)
+            # and the next one goes on from there.
+            runs = list(JobRun.objects.filter(job_id=source.job_id).order_by("started_at"))
             write(
                 f"import    {source.name}: {progress.status}, {progress.processed}/{progress.total or '?'} rows "
-                f"({progress.percent:.1f}%), {progress.error_count} refused; seen while waiting: {' -> '.join(trail)}"
+                f"({progress.percent:.1f}%), {progress.error_count} refused, in {len(runs)} run(s); "
+                f"seen while waiting: {' -> '.join(trail)}"
             )
+            for number, run in enumerate(runs[:-1][:3], start=1):
+                write(f"            run {number} {run.result}; run {number + 1} went on from there")
+            if len(runs) > 4:
+                write(f"            ({len(runs) - 4} more like these)")
             for detail in progress.error_details[:5]:
                 write(f"            line {detail['row']}: {detail['error']}")
             ok &= (progress.status, progress.processed, progress.error_count) == (
