@@ -406,6 +406,18 @@ def test_a_plain_running_job_sees_self_cancelled(broker, one_thread_worker, key)
     assert WatchJob(key).cancelled is False  # outside a worker
 
 
+def test_an_async_job_on_the_event_loop_sees_self_cancelled_and_ends_cancelled(broker, one_thread_worker, key, collect):
+    from tests.testapp.resumable_jobs import AsyncWatchJob
+
+    cancelled = collect(signals.job_cancelled)
+    job = AsyncWatchJob.perform_later(key)
+    wait_for(lambda: events(broker, key) == ["started"], 20, "the job started")
+    assert one_thread_worker.event_loop.running == 1  # on the loop, not on a thread
+    api.cancel(job.job_id)
+    wait_for(lambda: cancelled, 20, "the job cancelled")
+    assert events(broker, key) == ["started", "saw cancelled"] and cancelled[0]["job"].job_id == job.job_id
+
+
 def test_a_cancelled_job_a_worker_fetched_but_did_not_start_is_dropped(broker, settings, key, collect):
     settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "PREFETCH": 1}
     cancelled = collect(signals.job_cancelled)
@@ -552,3 +564,18 @@ def test_the_heart_finds_the_cancelled_jobs_among_those_its_process_holds(broker
     broker.mark_cancelled("not-held", 60)
     assert broker.cancelled_in_flight("p1") == {jobs[1].job_id}
     assert 0 < broker.redis.ttl(broker.keys.cancel(jobs[1].job_id)) <= 60
+
+
+def test_the_cancellation_layer_sits_inside_the_retry_rules_and_outside_run_locks():
+    from django_async_jobs.locks import UniqueJobs
+    from django_async_jobs.resumable import Cancellation
+    from django_async_jobs.retries import RetryPolicy
+    from django_async_jobs.worker.processor import WORKER_LAYERS, JobSignals
+
+    kinds = [type(layer) for layer in WORKER_LAYERS]
+    assert kinds.index(JobSignals) < kinds.index(RetryPolicy) == kinds.index(Cancellation) - 1 == kinds.index(UniqueJobs) - 2
+
+
+def test_the_iterable_base_class_is_no_job_of_its_own_for_the_checks(settings):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "QUEUES": ["low"]}
+    assert IterableJob not in [error.obj for error in check_settings()]

@@ -126,3 +126,20 @@ class AtomicStepsJob(ApplicationJob):
         with transaction.atomic():
             _redis().rpush(self.arguments[0], "row 0")
             step.advance()
+
+
+class AsyncWatchJob(ApplicationJob):
+    """``WatchJob`` on the worker's event loop."""
+
+    async def perform(self, key):
+        import asyncio
+
+        from asgiref.sync import sync_to_async
+
+        await sync_to_async(_redis().rpush)(f"{key}:events", "started")
+        for _ in range(1500):
+            if self.cancelled:
+                await sync_to_async(_redis().rpush)(f"{key}:events", "saw cancelled")
+                return "stopped"
+            await asyncio.sleep(0.02)
+        return "ran out"
