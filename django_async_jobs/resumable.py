@@ -393,7 +393,8 @@ class Cancellation:
     """
 
     def perform(self, job: Any, call_next: Callable[[Any], Any]) -> Any:
-        if _flagged(job):
+        state = current_worker.get()  # inline, as every job passes here: no call when not cancelled
+        if state is not None and state.cancelled and job.job_id in state.cancelled:
             _stop(job, "before it started")
         try:
             result = call_next(job)
@@ -405,7 +406,8 @@ class Cancellation:
         return result
 
     async def aperform(self, job: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
-        if _flagged(job):
+        state = current_worker.get()
+        if state is not None and state.cancelled and job.job_id in state.cancelled:
             _stop(job, "before it started")
         try:
             result = await call_next(job)
@@ -415,11 +417,6 @@ class Cancellation:
         if job.__dict__.get("_saw_cancel"):
             _stop(job, "after it saw self.cancelled")
         return result
-
-
-def _flagged(job: Any) -> bool:
-    state = current_worker.get()
-    return state is not None and bool(state.cancelled) and job.job_id in state.cancelled
 
 
 def _stop(job: Any, when: str) -> None:
