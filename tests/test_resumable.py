@@ -582,3 +582,22 @@ def test_the_cancellation_layer_sits_inside_the_retry_rules_and_outside_run_lock
 def test_the_iterable_base_class_is_no_job_of_its_own_for_the_checks(settings):
     settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "QUEUES": ["low"]}
     assert IterableJob not in [error.obj for error in check_settings()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_crafted_continuation_is_ignored_or_fails_the_job_never_the_worker(broker, worker, key):
+    def push(continuation, tag):
+        job = ItemsJob(f"{key}:{tag}", 3)
+        job.queue_name = "default"
+        broker.push([json.dumps({**job.serialize(), "continuation": continuation}, separators=(",", ":"))])
+        return job
+
+    ignored = push("not an object", "ignored")
+    wrong = push({"cursor": "x", "done": 1}, "wrong")
+    wait_for(lambda: done(broker, f"{key}:ignored") == [0, 1, 2], 20, "the job run from the start")
+    [retried] = wait_for(lambda: [json.loads(p) for p in broker.redis.zrange(broker.keys.retry, 0, -1)], 20, "a retry")
+    assert (retried["jid"], retried["error_class"]) == (wrong.job_id, "ValueError")
+    assert "the cursor must be None or an integer" in retried["error_message"]
+    assert progress_row(ignored, "completed").processed == 3
+    wait_for(lambda: broker.inflight(worker.process_id) == {}, 10, "nothing left in flight")
+    assert all(thread.is_alive() for thread in worker.processors)
