@@ -289,8 +289,10 @@ class Command(BaseCommand):
         return Observed(pending[0] if pending else SUCCEEDED, runs)
 
     def wait(self, scenarios: list[Scenario], source: Import, timeout: float) -> list[str]:
-        """Until every scenario is final and the queues, schedule and retries are empty; returns
-        the import's progress as seen while waiting."""
+        """Until every scenario is final, the import's progress too, and the queues, schedule
+        and retries are empty; returns the import's progress as seen while waiting. (Between two
+        runs of the resumable import, its last run is over, and the next one may be fetched and
+        not yet counted busy: its progress says it is not done.)"""
         deadline = time.monotonic() + timeout
         trail: list[str] = []
         source.refresh_from_db()  # its job_id, set when the import was enqueued
@@ -302,7 +304,8 @@ class Command(BaseCommand):
                     trail.append(seen)
             stats = api.stats()
             idle = stats.enqueued + stats.scheduled + stats.retries + stats.busy == 0
-            if idle and all(self.observe(s).final for s in scenarios):
+            imported = progress is not None and progress.status not in ("pending", "processing")
+            if idle and imported and all(self.observe(s).final for s in scenarios):
                 return trail
             if time.monotonic() >= deadline:
                 return trail
