@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('django_async_jobs', '0003_deadjob_reason_worker_error'),
+        ('django_async_jobs', '0004_outboxjob'),
     ]
 
     operations = [
