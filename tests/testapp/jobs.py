@@ -113,7 +113,14 @@ class TaggedEchoJob(ApplicationJob):
         _redis().rpush(key, pickle.dumps((values, options)))
 
 
-from tests.testapp import flow_jobs, middleware_jobs, poison_jobs, recurring_jobs, resumable_jobs, unique_jobs  # noqa: E402, F401  (worker subprocesses know them)
+from tests.testapp import (  # noqa: E402, F401  (worker subprocesses know them)
+    flow_jobs,
+    middleware_jobs,
+    poison_jobs,
+    recurring_jobs,
+    resumable_jobs,
+    unique_jobs,
+)
 
 
 class FileJob(ApplicationJob):
