@@ -74,7 +74,9 @@ def test_a_stop_without_redis_says_so_and_exits_1(tmp_path, spawn, settings, pre
         [process_id] = wait_for(lambda: registered(broker), START_TIMEOUT, "the worker registered")
         gate = tmp_path / "gate"
         FileJob.perform_later(str(out), "x", str(gate))
-        wait_for(lambda: len(broker.inflight(process_id)) == 1, 10, "the job in flight")
+        # Started, not only fetched: a job fetched ahead and not started goes back untouched.
+        wait_for(lambda: (tmp_path / "gate.started").exists(), 10, "the job running")
+        assert len(broker.inflight(process_id)) == 1
         server.stop()
         a.send(signal.SIGTERM)
         gate.touch()  # the job finishes during the stop, with Redis away

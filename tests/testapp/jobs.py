@@ -125,9 +125,12 @@ from tests.testapp import (  # noqa: E402, F401  (worker subprocesses know them)
 
 class FileJob(ApplicationJob):
     """Leaves its trace in a file, not Redis: it can finish while Redis is away. Given a
-    ``gate`` (a file path), it first waits until the test creates that file (20 s at most)."""
+    ``gate`` (a file path), it first creates ``<gate>.started``, so a test knows it is running
+    (not only fetched), then waits until the test creates the gate (20 s at most)."""
 
     def perform(self, path, name, gate=None):
+        if gate:
+            open(f"{gate}.started", "a").close()
         deadline = time.monotonic() + 20
         while gate and not os.path.exists(gate) and time.monotonic() < deadline:
             time.sleep(0.01)
