@@ -1,3 +1,4 @@
+import functools
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +52,9 @@ def worker(broker, transactional_db):
 
 @pytest.fixture
 def wait_for() -> Callable[..., Any]:
-    return testing.wait_for
+    """``testing.wait_for`` with a minute's patience: it returns as soon as the job's effect is
+    there, and a machine busy with other work can take far longer than the default 10 s."""
+    return functools.partial(testing.wait_for, timeout=60.0)
 
 
 @pytest.fixture
