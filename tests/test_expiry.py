@@ -66,8 +66,8 @@ def test_a_job_past_its_deadline_is_dropped_counted_logged_and_signalled(broker,
     started = []
     signals.job_started.connect(receiver := lambda sender, **kw: started.append(sender), weak=False)
     try:
-        late = ExpiringJob.set(wait_until=time.time() - 120).perform_later(key)  # due 2 minutes ago
-        with caplog.at_level(logging.INFO, logger="django_async_jobs.job"):
+        with caplog.at_level(logging.INFO, logger="django_async_jobs.job"):  # before the worker can take it
+            late = ExpiringJob.set(wait_until=time.time() - 120).perform_later(key)  # due 2 minutes ago
             wait_for(lambda: broker.stat("expired") == 1, 30, "the expired count")
             on_time = ExpiringJob.perform_later(key)
             wait_for(lambda: broker.redis.llen(key) == 1, 30, "the job on time to run")
