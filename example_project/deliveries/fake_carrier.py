@@ -237,6 +237,9 @@ class FakeCarrier(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # A burst of clients (the rate-limit test sends 30 at once) must queue, not overflow the
+    # listen backlog (5 by default) and wait out a SYN retry on a busy machine.
+    request_queue_size = 128
 
     def __init__(self, port: int = 0, slow_seconds: float = 3.0, rate_limit: int | None = None) -> None:
         super().__init__(("127.0.0.1", port), CarrierHandler)
