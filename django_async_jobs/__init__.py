@@ -1,5 +1,6 @@
 """Background jobs for Django in the style of ActiveJob and Sidekiq, on Redis."""
 
+from django_async_jobs.batches import Batch, chain, chord
 from django_async_jobs.callbacks import (
     after_enqueue,
     after_perform,
@@ -16,6 +17,7 @@ from django_async_jobs.serialization import SerializationError
 
 __all__ = [
     "ApplicationJob",
+    "Batch",
     "ConfiguredJob",
     "IterableJob",
     "OverLimit",
@@ -27,6 +29,8 @@ __all__ = [
     "around_perform",
     "before_enqueue",
     "before_perform",
+    "chain",
+    "chord",
     "discard",
     "limit_concurrency",
     "polynomially_longer",

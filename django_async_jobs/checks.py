@@ -53,7 +53,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         least = 0 if key == "MAX_RECOVERIES" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             errors.append(Error(f"ASYNC_JOBS['{key}'] must be an integer of at least {least}, got {value!r}.", id="async_jobs.E004"))
-    for key in ("SHUTDOWN_TIMEOUT", "HEARTBEAT_TIMEOUT", "POLL_INTERVAL", "RESULT_TTL", "PROGRESS_SECONDS", "OUTBOX_POLL_INTERVAL"):
+    for key in (
+        "SHUTDOWN_TIMEOUT", "HEARTBEAT_TIMEOUT", "POLL_INTERVAL", "RESULT_TTL", "PROGRESS_SECONDS",
+        "OUTBOX_POLL_INTERVAL", "BATCH_RETENTION",
+    ):
         try:
             ok = conf._seconds(merged[key]) > 0
         except (TypeError, ValueError):

@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "LOG_ARGUMENTS": False,
     "ENQUEUE_AFTER_COMMIT": True,
     "RESULT_TTL": 86400,
+    # Seconds a finished batch (batches.py) stays in Redis for Batch.status and the listings.
+    "BATCH_RETENTION": 86400,
     "ASYNC_CONCURRENCY": 100,
     # Job progress rows are written every N items or T seconds, whichever comes first.
     "PROGRESS_EVERY": 100,

@@ -20,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from django_async_jobs import (
+    batches,
     callbacks,
     dispatch,
     flow,
@@ -51,8 +52,9 @@ from django_async_jobs.serialization import (
 PRIORITY_RANGE = (-100, 100)
 # Payload fields that travel with a job when it enqueues itself again (``retry_job``): retry
 # counters, the recurring entry and tick it runs for, its expiry deadline and its concurrency
-# limit (flow.py: set by the enqueue chain, and written with the payload from there).
-CARRIED = ("retries", "retry_count", "cron", "expires_at", "cc")
+# limit and its batch (flow.py, batches.py: set by the enqueue chain, and written with the
+# payload from there).
+CARRIED = ("retries", "retry_count", "cron", "expires_at", "cc", "batch")
 
 
 class _ClassOrInstance:
@@ -262,6 +264,16 @@ class ApplicationJob:
         """True once ``api.cancel`` reached the worker running this job (at its next
         heartbeat): a long ``perform`` can check it and stop. Always False outside a worker."""
         return resumable.cancelled(self)
+
+    @property
+    def batch(self) -> batches.Batch | None:
+        """The batch this job is a member of (``with self.batch.jobs():`` adds jobs to it), or None."""
+        return batches.of_job(self)
+
+    @property
+    def batch_id(self) -> str | None:
+        """The id of the batch this job is a member of, or whose callback it is; else None."""
+        return batches.batch_id(self)
 
     @property
     def resumptions(self) -> int:

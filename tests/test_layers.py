@@ -14,7 +14,7 @@ LAYERS = {
     "storage": ["broker", "models", "deadjobs", "migrations"],
     "job API": [
         "__init__", "middleware", "job", "callbacks", "retries", "locks", "idempotency", "progress",
-        "dispatch", "outbox", "memory", "cron", "api", "flow", "resumable", "iterable",
+        "dispatch", "outbox", "memory", "cron", "api", "flow", "resumable", "iterable", "batches",
     ],
     "worker runtime": ["worker"],
     "Django surface": [

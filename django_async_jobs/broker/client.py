@@ -145,7 +145,7 @@ class Broker:
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
                 "renew_locks", "cron_push",
-                "pick", "relay", "rate_limit", "concurrency", "checkpoint",
+                "pick", "relay", "rate_limit", "concurrency", "checkpoint", "batch",
             )
         }
 
@@ -437,6 +437,29 @@ class Broker:
     def rate_unlock(self, key: str, token: str) -> None:
         """Give back a concurrent limiter's lock."""
         self.redis.zrem(key, token)
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def batch_open(
+        self, keys: list[str], bid: str, ttl: int, retention: int, description: str,
+        callbacks: tuple[str, str, str], create: bool,
+    ) -> int:
+        """Begin a ``jobs()`` block of the batch ``keys[0]`` (``keys``: the batch, then its
+        parents), creating it with its callbacks (JSON lists) if ``create``. 1: created, 0:
+        opened, -1: the batch is gone (expired or never made)."""
+        return self._run(
+            "batch", [self.keys.batches, *keys],
+            ["open", bid, ttl, retention, description, *callbacks, int(create)],
+        )
+
+    def batch_add(self, keys: list[str], job_ids: list[str], ttl: int, close: bool = False) -> int:
+        """Register job ids as members of batch ``keys[0]``; with ``close``, end the block too
+        (its callbacks fire then when due). Returns how many joined."""
+        return self._run("batch", [self.keys.batches, *keys], ["close" if close else "add", ttl, *job_ids])
+
+    def batch_cancel(self, bid: str) -> bool:
+        """Mark a batch cancelled; False when it is gone."""
+        return self._run("batch", [self.keys.batches, self.keys.batch(bid)], ["cancel"]) == 1
 
     # -- worker side -------------------------------------------------------------------------
 

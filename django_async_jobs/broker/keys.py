@@ -36,6 +36,11 @@ key                                    type       holds
 ``p:limit:<kind>:<name>``              varies     a rate limiter's state (window/bucket: hash; leaky:
                                                   string; concurrent: zset of lock token -> timeout)
 ``p:cancel:<job id>``                   string     a job cancelled by ``api.cancel``; expires after CANCEL_TTL
+``p:batch:<bid>``                      hash       a batch (batches.py): counters, callbacks (JSON lists of
+                                                  payloads), when each fired; ``j:<job id>`` -> the
+                                                  member's state. Expires BATCH_RETENTION after it
+                                                  finished, PENDING_TTL after its last addition
+``p:batches``                          zset       batch ids -> created at (epoch s), for listings
 =====================================  =========  ===============================================
 """
 
@@ -183,6 +188,19 @@ class Keys:
         """Marks a job cancelled (``api.cancel``): a worker holding it drops it or stops it at
         its next checkpoint (``resumable.py``)."""
         return f"{self.prefix}:cancel:{job_id}"
+
+    def batch(self, bid: str) -> str:
+        """A batch's counters, callbacks and members (batches.py, batch.lua, settle.lua)."""
+        return f"{self.batch_base}{bid}"
+
+    @property
+    def batch_base(self) -> str:
+        return f"{self.prefix}:batch:"
+
+    @property
+    def batches(self) -> str:
+        """Every batch's id, scored by creation time: what listings page through."""
+        return f"{self.prefix}:batches"
 
     def result(self, result_id: str) -> str:
         return f"{self.prefix}:result:{result_id}"

@@ -114,6 +114,7 @@ class TaggedEchoJob(ApplicationJob):
 
 
 from tests.testapp import (  # noqa: E402, F401  (worker subprocesses know them)
+    batch_jobs,
     flow_jobs,
     middleware_jobs,
     poison_jobs,

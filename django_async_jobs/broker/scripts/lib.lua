@@ -164,17 +164,22 @@ local function unblock(holders, blocked, processes, index, id, to, now)
   return moved
 end
 
--- The settle step's part. KEYS[13] = PROCESSES, KEYS[14] = p:blocked, KEYS[15..] = the holders and
--- blocked keys of the batch's limited jobs: a payload's keys are used only if they were passed.
-local LIMIT_KEYS = nil
-local function limit_of(payload)
-  if LIMIT_KEYS == nil then
-    LIMIT_KEYS = {}
-    for i = 15, #KEYS do LIMIT_KEYS[KEYS[i]] = true end
+-- The settle step's part. KEYS[13] = PROCESSES, KEYS[14] = p:blocked, KEYS[15..] = the keys the
+-- settled jobs' payloads name (their concurrency limits' holders and blocked keys, their
+-- batches'): a payload's keys are used only if they were passed.
+local PASSED = nil
+local function passed(key)
+  if PASSED == nil then
+    PASSED = {}
+    for i = 15, #KEYS do PASSED[KEYS[i]] = true end
   end
+  return PASSED[key] == true
+end
+
+local function limit_of(payload)
   local job = decode(payload)
   local cc = job and job.cc
-  if type(cc) ~= 'table' or type(cc.id) ~= 'string' or not LIMIT_KEYS[cc.h] or not LIMIT_KEYS[cc.b] then
+  if type(cc) ~= 'table' or type(cc.id) ~= 'string' or not passed(cc.h) or not passed(cc.b) then
     return nil, job
   end
   local to = tonumber(cc.to)
@@ -208,4 +213,147 @@ local function concurrency_block(field, payload)
   redis.call('ZADD', cc.b, now, payload)
   redis.call('ZADD', KEYS[14], 'NX', now, cc.id)
   return false
+end
+
+-- Batches (batches.py). A batch is one hash: counters (total, pending = members not succeeded,
+-- unran = members not run yet, failures, dead = members dead now, open = jobs() blocks not
+-- closed, kids / kids_ok = child batches not complete / not succeeded), its callbacks
+-- (cb:<event>: a JSON list of payloads), when each event happened (<event>_at) and whether its
+-- callbacks were pushed (fired:<event>), and one field per member: j:<job id> -> its state,
+-- q (not run yet), r (ran, failed), d (dead), s (succeeded or discarded). A member settled
+-- before its registration reached Redis (a bulk registers after its push, by 1,000) keeps an
+-- upper-case state and counts only once registered. A batch's key list is the batch, then its
+-- parent, and so on up.
+local function batch_int(value)
+  return tonumber(value) or 0
+end
+
+-- The event's callbacks to their queues, unless the batch or one above it was cancelled.
+-- Returns true when a job was pushed.
+local function batch_fire(keys, i, event, now)
+  redis.call('HSET', keys[i], event .. '_at', now)
+  for j = i, #keys do
+    if redis.call('HEXISTS', keys[j], 'cancelled_at') == 1 then return false end
+  end
+  local pushed = false
+  local list = redis.call('HGET', keys[i], 'cb:' .. event)
+  if list then
+    local ok, payloads = pcall(cjson.decode, list)
+    if ok and type(payloads) == 'table' then
+      for _, payload in ipairs(payloads) do
+        local job = type(payload) == 'string' and decode(payload)
+        if job then
+          enqueue(payload, job)
+          pushed = true
+        end
+      end
+    end
+    redis.call('HSET', keys[i], 'fired:' .. event, now)
+  end
+  return pushed
+end
+
+-- Fire complete and success where they are due, from batch keys[i] up through its parents;
+-- a batch done with (complete, and succeeded or only dead members left) expires after its
+-- retention. Returns true when a callback was pushed.
+local function batch_check(keys, i, now)
+  local pushed = false
+  while keys[i] do
+    local key, parent = keys[i], keys[i + 1]
+    local h = redis.call('HMGET', key, 'created_at', 'open', 'unran', 'pending', 'kids', 'kids_ok',
+      'complete_at', 'success_at', 'dead', 'retention')
+    if not h[1] then return pushed end
+    local open, pending = batch_int(h[2]), batch_int(h[4])
+    local complete, success = h[7], h[8]
+    local moved = false
+    if not complete and open <= 0 and batch_int(h[3]) <= 0 and batch_int(h[5]) <= 0 then
+      complete = now
+      if batch_fire(keys, i, 'complete', now) then pushed = true end
+      if parent then redis.call('HINCRBY', parent, 'kids', -1) moved = true end
+    end
+    if complete and not success and open <= 0 and pending <= 0 and batch_int(h[6]) <= 0 then
+      success = now
+      if batch_fire(keys, i, 'success', now) then pushed = true end
+      if parent then redis.call('HINCRBY', parent, 'kids_ok', -1) moved = true end
+    end
+    if complete and (success or pending <= batch_int(h[9])) then
+      redis.call('EXPIRE', key, batch_int(h[10]))
+    end
+    if not moved then return pushed end
+    i = i + 1
+  end
+  return pushed
+end
+
+-- Register job ids as members of batch key (their first enqueue; a job id already a member
+-- counts once). Returns how many joined.
+local function batch_register(key, ids)
+  local total, pending, unran = 0, 0, 0
+  for _, jid in ipairs(ids) do
+    local field = 'j:' .. jid
+    local state = redis.call('HGET', key, field)
+    if not state then
+      redis.call('HSET', key, field, 'q')
+      total, pending, unran = total + 1, pending + 1, unran + 1
+    elseif state ~= string.lower(state) then
+      state = string.lower(state)
+      redis.call('HSET', key, field, state)
+      total = total + 1
+      if state ~= 's' then pending = pending + 1 end
+    end
+  end
+  if total > 0 then
+    redis.call('HINCRBY', key, 'total', total)
+    redis.call('HINCRBY', key, 'pending', pending)
+    redis.call('HINCRBY', key, 'unran', unran)
+  end
+  return total
+end
+
+-- A member's execution ended: event 'ok' (succeeded, discarded, dropped), 'fail' (into its
+-- retries) or 'dead'. Returns true when the member died now.
+local function batch_member(key, jid, event)
+  local field = 'j:' .. jid
+  local state = redis.call('HGET', key, field)
+  local registered = state and state == string.lower(state)
+  local was = state and string.lower(state) or 'q'
+  if was == 's' then return false end  -- done already: a duplicate run changes nothing
+  local to = 's'
+  if event == 'fail' then to = 'r' elseif event == 'dead' then to = 'd' end
+  if to ~= 's' then redis.call('HINCRBY', key, 'failures', 1) end
+  if was == 'd' and to ~= 'd' then redis.call('HINCRBY', key, 'dead', -1) end
+  if to == 'd' and was ~= 'd' then redis.call('HINCRBY', key, 'dead', 1) end
+  if registered then
+    if was == 'q' then redis.call('HINCRBY', key, 'unran', -1) end
+    if to == 's' then redis.call('HINCRBY', key, 'pending', -1) end
+    redis.call('HSET', key, field, to)
+  else
+    redis.call('HSET', key, field, string.upper(to))
+  end
+  return to == 'd' and was ~= 'd'
+end
+
+-- The settle step's part: a job of a batch (its payload's "batch": the batch's key list) ended
+-- with op. The keys are used only if they were passed (passed(key)). Returns true when a
+-- callback was pushed.
+local function batch_settled(job, op)
+  local keys = job and job.batch
+  if type(keys) ~= 'table' or #keys == 0 or type(job.jid) ~= 'string' then return false end
+  for _, key in ipairs(keys) do
+    if type(key) ~= 'string' or not passed(key) then return false end
+  end
+  if redis.call('HEXISTS', keys[1], 'created_at') == 0 then return false end  -- expired, or never made
+  local event = 'ok'
+  if op == 'retry' then event = 'fail' elseif op == 'dead' then event = 'dead' end
+  local now = now_seconds()
+  local pushed = false
+  if batch_member(keys[1], job.jid, event) then
+    for i = 1, #keys do
+      if redis.call('HEXISTS', keys[i], 'death_at') == 0 and batch_fire(keys, i, 'death', now) then
+        pushed = true
+      end
+    end
+  end
+  if batch_check(keys, 1, now) then pushed = true end
+  return pushed
 end

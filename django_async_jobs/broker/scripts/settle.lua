@@ -1,7 +1,10 @@
 -- Finish a batch of fetched jobs in one round trip. KEYS[4] = in-flight hash, KEYS[5] = recovery
 -- counts, KEYS[6] = retry set, KEYS[7..10] = processed total/day, failed total/day, KEYS[11] =
 -- the schedule, KEYS[12] = expired total; KEYS[13..] only when the batch holds jobs with a
--- concurrency limit: the processes zset, p:blocked, and those limits' keys (lib.lua).
+-- concurrency limit or of a batch: the processes zset, p:blocked, and the keys their payloads
+-- name (lib.lua). A job of a batch counts there in this same step (batch_settled): ack and
+-- expire as done, retry as a failure that ran, dead as a death; its callbacks are pushed here
+-- too, so a batch's counters and callbacks move exactly once with the job's settlement.
 -- ARGV[3] = daily counter TTL, then groups of five: op, field, a, b, failed (1 when the job
 -- raised). Only settlements that apply are counted, so a job recovered elsewhere meanwhile is
 -- not counted twice.
@@ -55,6 +58,9 @@ for i = 4, #ARGV, 5 do
       if string.find(payload, '"lock":', 1, true) then
         local job = decode(payload)
         if job then release_locks(field, job, op ~= 'retry') end
+      end
+      if limits and string.find(payload, '"batch":', 1, true) then
+        if batch_settled(decode(payload), op) then requeued = true end
       end
       if op == 'retry' then
         local at = tonumber(a)
