@@ -13,17 +13,20 @@ Sidekiq Pro's batches, on the middleware chains::
   step that settles the batch's last job (settle.lua), so it is pushed exactly once whatever
   process races or is killed: the member's new state, the counters and the push are one step.
 * Enqueue side: ``BatchMembership.enqueue`` writes the batch's key list into the payload of
-  each job enqueued inside ``with batch.jobs():`` and registers the job ids, 1,000 per round
-  trip (before their push when a bulk fills a chunk, else at the block's end: a member may
-  settle before its registration, batch.lua's states allow for it, and the batch cannot fire
-  while a ``jobs()`` block is open).
+  each job enqueued inside ``with batch.jobs():`` and registers the job ids, one round trip per
+  1,000 (before their push when a bulk fills a chunk, else at the block's end). A member may
+  settle before its registration (lib.lua's states allow for it), and the batch cannot fire
+  while a ``jobs()`` block is open, nor while the job adding to its own batch runs.
 * Worker side: ``BatchMembership.perform`` drops the jobs of a cancelled batch, makes the
   running job's batch the parent of batches it opens, and hands the batch's keys to the settle
   step.
 * Nesting: a batch opened inside a ``jobs()`` block or a running batch job is a child; its
   parent's ``complete`` and ``success`` wait for it. ``death`` goes up to every ancestor.
-* Members are job ids: the same job (same id) enqueued twice into a batch is one member; two
-  ``perform_later`` calls are two jobs, both members.
+* Members are job ids: the same job (same id) enqueued twice into a batch is one member, and a
+  run of it after it succeeded changes nothing; two ``perform_later`` calls are two jobs, both
+  members.
+* A process killed inside a ``jobs()`` block (other than a job's block of its own batch)
+  leaves the batch open: it never fires, as Sidekiq's uncommitted batch; its jobs still run.
 
 A batch is one Redis hash (``keys.batch``); it expires ``BATCH_RETENTION`` after it finished
 and ``PENDING_TTL`` after its last addition otherwise. ``chain`` and ``chord`` build on it.
@@ -141,17 +144,20 @@ class Batch:
         at its end the last job ids are registered and, when every job is done (or there was
         none), its callbacks fire."""
         broker = get_broker()
+        own = False
         if not self.keys:
             parent = _enclosing()
             if len(parent) >= MAX_DEPTH:
                 raise ValueError(f"Batch {self.bid}: batches nest at most {MAX_DEPTH} deep.")
             self.keys = (broker.keys.batch(self.bid), *parent)
             created = self._open(broker, create=True)
+        elif self.keys == _running.get():
+            own, created = True, 0  # a job adding to its own batch: it keeps the batch from finishing
         else:
             created = self._open(broker, create=False)
         if created < 0:
             raise BatchGone(f"batch {self.bid} is gone: it expired (BATCH_RETENTION) or was never created.")
-        block = _Block(self.keys)
+        block = _Block(self.keys, own)
         token = _block.set(block)
         try:
             yield self
@@ -202,10 +208,13 @@ def callback_payload(job: ApplicationJob, *, fired_by: str | None = None) -> str
 
 
 class _Block:
-    """One ``jobs()`` block: the jobs that joined, registered by chunks of ``CHUNK``."""
+    """One ``jobs()`` block: the jobs that joined, registered by chunks of ``CHUNK``. ``own``:
+    the block of a running job adding to its own batch, which the job itself keeps from
+    finishing; it opens and closes nothing, so a worker killed inside it leaves nothing open."""
 
-    def __init__(self, keys: tuple[str, ...]) -> None:
+    def __init__(self, keys: tuple[str, ...], own: bool) -> None:
         self.keys = keys
+        self.own = own
         self.waiting: list[ApplicationJob] = []
 
     def joined(self, job: ApplicationJob) -> None:
@@ -214,26 +223,27 @@ class _Block:
             self.flush()
 
     def flush(self) -> None:
-        """Register the jobs whose push is sure (or still to come, a plain push never refused);
-        a unique job's fate is known only once pushed: it waits for the block's end."""
+        """Register the jobs whose push is sure (or still to come: a plain push is never
+        refused); a unique job may find its lock taken when pushed: it waits for the block's end."""
         ready, later = [], []
         for job in self.waiting:
             unsure = job.successfully_enqueued is None and job.lock_keys is not None and "key" in job.lock_keys
             (later if unsure else ready).append(job)
         self.waiting = later
-        ids = [job.job_id for job in ready if job.successfully_enqueued is not False]
-        broker = get_broker()
-        for start in range(0, len(ids), CHUNK):
-            broker.batch_add(list(self.keys), ids[start : start + CHUNK], PENDING_TTL)
+        self._register([job.job_id for job in ready if job.successfully_enqueued is not False], close=False)
 
     def close(self) -> None:
         ids = [job.job_id for job in self.waiting if job.successfully_enqueued is not False]
         self.waiting = []
+        self._register(ids, close=not self.own)
+
+    def _register(self, ids: list[str], close: bool) -> None:
         broker = get_broker()
-        *head, last = [ids[start : start + CHUNK] for start in range(0, len(ids), CHUNK)] or [[]]
-        for chunk in head:
-            broker.batch_add(list(self.keys), chunk, PENDING_TTL)
-        broker.batch_add(list(self.keys), last, PENDING_TTL, close=True)
+        chunks = [ids[start : start + CHUNK] for start in range(0, len(ids), CHUNK)]
+        if close and not chunks:
+            chunks = [[]]
+        for index, chunk in enumerate(chunks):
+            broker.batch_add(list(self.keys), chunk, PENDING_TTL, close=close and index == len(chunks) - 1)
 
 
 # -- the layer -------------------------------------------------------------------------------------

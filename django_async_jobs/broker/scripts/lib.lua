@@ -221,9 +221,10 @@ end
 -- (cb:<event>: a JSON list of payloads), when each event happened (<event>_at) and whether its
 -- callbacks were pushed (fired:<event>), and one field per member: j:<job id> -> its state,
 -- q (not run yet), r (ran, failed), d (dead), s (succeeded or discarded). A member settled
--- before its registration reached Redis (a bulk registers after its push, by 1,000) keeps an
--- upper-case state and counts only once registered. A batch's key list is the batch, then its
--- parent, and so on up.
+-- before its registration reached Redis (jobs are registered after their push, by 1,000) keeps
+-- an upper-case state and counts only once registered: a job whose registration never came
+-- (its enqueuer was killed) is no member. A batch's key list is the batch, then its parent,
+-- and so on up.
 local function batch_int(value)
   return tonumber(value) or 0
 end
@@ -291,11 +292,13 @@ local function batch_register(key, ids)
   local total, pending, unran = 0, 0, 0
   for _, jid in ipairs(ids) do
     local field = 'j:' .. jid
-    local state = redis.call('HGET', key, field)
-    if not state then
-      redis.call('HSET', key, field, 'q')
+    local state = 'q'
+    if redis.call('HSETNX', key, field, 'q') == 1 then
       total, pending, unran = total + 1, pending + 1, unran + 1
-    elseif state ~= string.lower(state) then
+    else
+      state = redis.call('HGET', key, field)
+    end
+    if state ~= string.lower(state) then
       state = string.lower(state)
       redis.call('HSET', key, field, state)
       total = total + 1
