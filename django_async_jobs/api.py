@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django_async_jobs import batches as batch_state
 from django_async_jobs import cron, outbox, registry, resumable, signals
 from django_async_jobs.broker.client import Broker, get_broker
 from django_async_jobs.broker.keys import escape_glob
@@ -140,6 +141,14 @@ class JobEntry:
         return count if isinstance(count, int) else 0
 
     @property
+    def batch_id(self) -> str | None:
+        """The batch the job is a member of (``Batch``), for a link to it; None outside one."""
+        keys = (self.data or {}).get("batch")
+        if not isinstance(keys, list) or not keys or not isinstance(keys[0], str):
+            return None
+        return keys[0].rpartition(":batch:")[2] or None
+
+    @property
     def error(self) -> str:
         data = self.data or {}
         return f"{_string(data.get('error_class'))}: {_string(data.get('error_message'))}".strip(": ")
@@ -153,7 +162,7 @@ class JobEntry:
             "ref": self.ref, "job_id": self.job_id, "job": self.job_class, "queue": self.queue,
             "args": args if readable else None, "kwargs": kwargs if readable else {}, "score": self.score,
             "enqueued_at": _iso(self.enqueued_at), "error": self.error, "retry_count": self.retry_count,
-            "payload": None if readable else self.raw,
+            "payload": None if readable else self.raw, "batch_id": self.batch_id,
         }
 
 
@@ -716,3 +725,39 @@ def enqueue(job_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | No
     if not job:
         raise RuntimeError(f"{job_name} was not enqueued: a before_enqueue callback halted it")
     return job.job_id
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchPage:
+    """A page of batches, newest first: each a ``Batch.status`` dict. ``total`` counts the
+    index, which may still name batches that expired (left out of ``batches``)."""
+
+    batches: list[dict[str, Any]]
+    total: int
+    number: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+
+def batches(number: int = 1, per_page: int = 25) -> BatchPage:
+    """One page of batches (two round trips, never a batch's members)."""
+    per_page = max(1, min(int(per_page), MAX_PER_PAGE))
+    number = max(1, min(int(number), MAX_PAGE))
+    rows, total = batch_state.listing((number - 1) * per_page, per_page)
+    return BatchPage(rows, total, number, per_page)
+
+
+def batch(bid: str) -> dict[str, Any] | None:
+    """A batch's status (``Batch.status``), None when it is gone."""
+    return batch_state.status(bid)
+
+
+def cancel_batch(bid: str) -> bool:
+    """``Batch.cancel``: False when the batch is gone."""
+    return batch_state.Batch.cancel(bid)

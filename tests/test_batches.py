@@ -328,3 +328,43 @@ def test_callbacks_fire_exactly_once_while_workers_are_killed(spawn, broker, pre
         status = Batch.status(batch.bid)
         assert (status["total"], status["pending"], status["dead"]) == (40, 0, 0)
     assert len(runs(broker, key)) >= 200  # every job ran; the killed ones' jobs again
+
+
+# -- listings -----------------------------------------------------------------------------------
+
+
+def test_the_api_pages_batches_newest_first_and_the_command_shows_them(broker, prefix):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    from django_async_jobs import api
+
+    made = []
+    for n in range(3):
+        batch = Batch(description=f"import {n}")
+        with batch.jobs():
+            MemberJob.perform_later("k", f"j{n}")
+        made.append(batch.bid)
+    page = api.batches(1, 2)
+    assert [row["bid"] for row in page.batches] == [made[2], made[1]]
+    assert (page.total, page.pages) == (3, 2)
+    assert [row["bid"] for row in api.batches(2, 2).batches] == [made[0]]
+    assert api.batch(made[0])["pending"] == 1
+    broker.redis.delete(broker.keys.batch(made[1]))  # expired: left out of the page
+    assert [row["bid"] for row in api.batches(1, 25).batches] == [made[2], made[0]]
+    entry = api.page_of(broker.keys.queue("default")).entries[0]
+    assert entry.batch_id in made and entry.as_json()["batch_id"] == entry.batch_id
+
+    out = StringIO()
+    call_command("jobs", "batches", stdout=out)
+    text = out.getvalue()
+    assert "import 2" in text and "import 0" in text and "running" in text
+    out = StringIO()
+    call_command("jobs", "batches", "--json", stdout=out)
+    assert [row["bid"] for row in json.loads(out.getvalue())] == [made[2], made[0]]
+    out = StringIO()
+    call_command("jobs", "batches", made[0], "--json", stdout=out)
+    assert json.loads(out.getvalue())["total"] == 1
+    with pytest.raises(CommandError, match="No batch"):
+        call_command("jobs", "batches", "nosuchbatch")

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -431,8 +431,60 @@ def add_cron(groups: Any) -> None:
     p.set_defaults(handler=cron_list)
 
 
+# -- jobs batches ---------------------------------------------------------------------------------
+
+
+def _moment_text(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return _when(datetime.fromtimestamp(epoch, UTC))
+
+
+def _batch_state(row: dict[str, Any]) -> str:
+    if row["cancelled"]:
+        return "cancelled"
+    if row["success"]:
+        return "succeeded"
+    if row["complete"]:
+        return "complete, dead jobs" if row["dead"] else "complete, retrying"
+    return "running"
+
+
+def batches_list(command: BaseCommand, options: dict[str, Any]) -> None:
+    if options["bid"]:
+        found = api.batch(options["bid"])
+        if found is None:
+            raise CommandError(f"No batch {options['bid']!r}: it expired (BATCH_RETENTION) or never existed.")
+        rows = [found]
+    else:
+        rows = api.batches(options["page"], options["per_page"]).batches
+    if options["json"]:
+        _dump(command, rows if not options["bid"] else rows[0])
+        return
+    command.stdout.write(table(
+        ["BID", "DESCRIPTION", "CREATED", "TOTAL", "PENDING", "FAILURES", "DEAD", "STATE", "CALLBACKS FIRED"],
+        [
+            (
+                row["bid"], _short(row["description"], 30), _moment_text(row["created_at"]), row["total"],
+                row["pending"], row["failures"], row["dead"], _batch_state(row),
+                ",".join(event for event, cb in row["callbacks"].items() if cb["fired_at"] is not None),
+            )
+            for row in rows
+        ],
+    ))
+
+
+def add_batches(groups: Any) -> None:
+    p = groups.add_parser("batches", help="Batches, newest first: progress, failures, callbacks fired.")
+    p.add_argument("bid", nargs="?", default=None, help="One batch's id: its status only.")
+    p.add_argument("--page", type=int, default=1, help="Page number (default 1).")
+    p.add_argument("--per-page", type=int, default=25, help=f"Batches per page (default 25, at most {api.MAX_PER_PAGE}).")
+    p.add_argument("--json", action="store_true", help="Print JSON (Batch.status for each) instead of a table.")
+    p.set_defaults(handler=batches_list)
+
+
 # One entry per command group; each adds its parser and sets ``handler`` on its leaves.
-GROUPS: list[Callable[[Any], None]] = [add_dead, add_operations, add_queue, add_cancel, add_cron]
+GROUPS: list[Callable[[Any], None]] = [add_dead, add_operations, add_queue, add_cancel, add_cron, add_batches]
 
 
 class Command(BaseCommand):
