@@ -32,6 +32,7 @@ from deliveries import carrier, services
 from deliveries.models import ErrorReport, Import, JobRun, OutboxMessage, Payment, Recipient, Task
 from django_async_jobs import (
     ApplicationJob,
+    Batch,
     IterableJob,
     OverLimit,
     RateLimit,
@@ -370,7 +371,8 @@ class ImportJob(ErrorHandling, IterableJob, DeliveryJob):
             problems = (f"{name}: {m}" for name, messages in exc.message_dict.items() for m in messages)
             self.progress.error(row=line, error="; ".join(problems))
 
-    def process_row(self, row: dict[str, str]) -> None:
+    @staticmethod
+    def process_row(row: dict[str, str]) -> None:
         with transaction.atomic():
             recipient = Recipient.objects.filter(name=row["name"]).first() or Recipient(name=row["name"])
             recipient.phone, recipient.email = row["phone"], row["email"]
@@ -381,6 +383,49 @@ class ImportJob(ErrorHandling, IterableJob, DeliveryJob):
             task.recipient = recipient
             task.full_clean()
             task.save()
+
+
+class ImportChunkJob(ErrorHandling, DeliveryJob):
+    """Imports ``size`` lines of an ``Import`` from ``start``, as one member of the import's
+    batch (``import_in_batch``): chunks run side by side on every worker. A bad line is logged
+    and skipped, as in ``ImportJob``."""
+
+    queue_as = "bulk"
+
+    def perform(self, import_id: int, start: int, size: int) -> str:
+        bad = []
+        for line, row in Import.objects.get(pk=import_id).rows()[start : start + size]:
+            try:
+                ImportJob.process_row(row)
+            except ValidationError as exc:
+                logger.warning("import %s line %s: %s", import_id, line, exc.messages)
+                bad.append(line)
+        return f"lines {start + 2}-{start + size + 1}: {len(bad)} bad {bad}"
+
+
+class ImportReportJob(DeliveryJob):
+    """The import batch's ``complete`` callback: every chunk ran once (a chunk still retrying
+    shows as a failure). Its result, in its ``JobRun``, is the import's report."""
+
+    queue_as = "default"
+
+    def perform(self, import_id: int) -> str:
+        status = Batch.status(self.batch_id)
+        source = Import.objects.get(pk=import_id)
+        return (
+            f"{source.name}: {status['total']} chunk(s), {status['succeeded']} succeeded, "
+            f"{status['failures']} failure(s), {status['dead']} dead; {Task.objects.count()} task(s) in all"
+        )
+
+
+def import_in_batch(source: Import, size: int = 1000) -> str:
+    """Import ``source`` as a batch of ``ImportChunkJob`` (one per ``size`` lines) whose
+    ``complete`` callback reports; returns the batch id (``Batch.status``, ``jobs batches``)."""
+    batch = Batch(description=f"Import {source.name}")
+    batch.on("complete", ImportReportJob, source.pk)
+    with batch.jobs():
+        ImportChunkJob.perform_bulk([(source.pk, start, size) for start in range(0, len(source.rows()), size)])
+    return batch.bid
 
 
 # -- default -------------------------------------------------------------------------------------

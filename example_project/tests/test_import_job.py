@@ -72,3 +72,19 @@ def test_a_long_import_goes_on_in_several_runs_each_line_once(broker, worker, wa
     runs = list(JobRun.objects.filter(job_id=job.job_id).order_by("started_at"))
     assert len(runs) >= 2 and all(r.status == "succeeded" for r in runs)
     assert all(r.result.startswith("interrupted (max_iteration_runtime reached) at cursor") for r in runs[:-1])
+
+
+def test_an_import_as_a_batch_reports_once_every_chunk_ran(worker, wait_for):
+    source = Import.objects.create(name="december.csv", csv=CSV)
+
+    bid = jobs.import_in_batch(source, size=2)
+
+    def report():
+        return JobRun.objects.filter(job_class="ImportReportJob", status=JobRun.Status.SUCCEEDED).first()
+
+    run = wait_for(report, 30, "the batch's report")
+    assert run.result == "december.csv: 3 chunk(s), 3 succeeded, 0 failure(s), 0 dead; 3 task(s) in all"
+    chunks = JobRun.objects.filter(job_class="ImportChunkJob").order_by("arguments__args__1")
+    assert [r.result for r in chunks] == ["lines 2-3: 0 bad []", "lines 4-5: 2 bad [4, 5]", "lines 6-7: 1 bad [6]"]
+    assert set(Task.objects.values_list("tracking_number", flat=True)) == {"IMP-1", "IMP-2", "IMP-6"}
+    assert jobs.Batch.status(bid)["success"]
