@@ -14,7 +14,7 @@ REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6379"))
 
 # One Redis database per system, flushed before every measurement: no system sees another's keys.
-REDIS_DB = {"ours": 11, "ours-nolog": 11, "rq": 12, "celery": 13, "dramatiq": 14, "huey": 15}
+REDIS_DB = {"ours": 11, "ours-nolog": 11, "ours-batch": 11, "rq": 12, "celery": 13, "dramatiq": 14, "huey": 15}
 
 # Keys the job writes (in its system's database).
 COUNTER_KEY = "bench:counter"

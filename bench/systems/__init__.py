@@ -7,11 +7,12 @@ from importlib import import_module
 from bench.systems.base import Mode, System
 
 ALL = ("ours", "rq", "celery", "dramatiq", "huey")
-EXTRA = ("ours-nolog",)  # selectable with --systems, not part of the default run
+EXTRA = ("ours-nolog", "ours-batch")  # selectable with --systems, not part of the default run
 
 _MODULES = {
     "ours": "bench.systems.ours",
     "ours-nolog": "bench.systems.ours_nolog",
+    "ours-batch": "bench.systems.ours_batch",
     "rq": "bench.systems.rq",
     "celery": "bench.systems.celery",
     "dramatiq": "bench.systems.dramatiq",

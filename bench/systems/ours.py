@@ -102,6 +102,28 @@ class OursAt(Ours):
         return rate, done
 
 
+class OursInBatches(Ours):
+    """The same worker with every bulk-enqueued job in a batch (one ``Batch`` with a ``success``
+    callback per bulk call of 1,000 jobs): the drain then pays the batch bookkeeping of each
+    job's settle step (``--systems ours,ours-batch``; the issue's budget is 10 % of the drain)."""
+
+    name = "ours-batch"
+
+    def prepare(self) -> None:
+        super().prepare()
+        from bench.djapp.jobs import BatchDoneJob
+        from django_async_jobs import Batch
+
+        self.batch_class = Batch
+        self.callback = BatchDoneJob
+
+    def enqueue_bulk(self, n: int) -> None:
+        batch = self.batch_class(description="bench")
+        batch.on("success", self.callback, "bench")
+        with batch.jobs():
+            bulk_enqueue(self.job, n, 0.0)
+
+
 class OursNoJobLog(Ours):
     """The same worker with ``LOG_JOBS = False``: no per-job start/finish log lines."""
 

@@ -314,26 +314,29 @@ local function batch_register(key, ids)
 end
 
 -- A member's execution ended: event 'ok' (succeeded, discarded, dropped), 'fail' (into its
--- retries) or 'dead'. Returns true when the member died now.
+-- retries) or 'dead'. Returns whether the member died now, and whether the batch may be due
+-- (a counter the callbacks wait for reached zero, or a death may have finished it): most
+-- settlements of a big batch then skip batch_check.
 local function batch_member(key, jid, event)
   local field = 'j:' .. jid
   local state = redis.call('HGET', key, field)
   local registered = state and state == string.lower(state)
   local was = state and string.lower(state) or 'q'
-  if was == 's' then return false end  -- done already: a duplicate run changes nothing
+  if was == 's' then return false, false end  -- done already: a duplicate run changes nothing
   local to = 's'
   if event == 'fail' then to = 'r' elseif event == 'dead' then to = 'd' end
   if to ~= 's' then redis.call('HINCRBY', key, 'failures', 1) end
   if was == 'd' and to ~= 'd' then redis.call('HINCRBY', key, 'dead', -1) end
   if to == 'd' and was ~= 'd' then redis.call('HINCRBY', key, 'dead', 1) end
+  local died, due = to == 'd' and was ~= 'd', false
   if registered then
-    if was == 'q' then redis.call('HINCRBY', key, 'unran', -1) end
-    if to == 's' then redis.call('HINCRBY', key, 'pending', -1) end
+    if was == 'q' and redis.call('HINCRBY', key, 'unran', -1) <= 0 then due = true end
+    if to == 's' and redis.call('HINCRBY', key, 'pending', -1) <= 0 then due = true end
     redis.call('HSET', key, field, to)
   else
     redis.call('HSET', key, field, string.upper(to))
   end
-  return to == 'd' and was ~= 'd'
+  return died, due or died
 end
 
 -- The settle step's part: a job of a batch (its payload's "batch": the batch's key list) ended
@@ -348,9 +351,11 @@ local function batch_settled(job, op)
   if redis.call('HEXISTS', keys[1], 'created_at') == 0 then return false end  -- expired, or never made
   local event = 'ok'
   if op == 'retry' then event = 'fail' elseif op == 'dead' then event = 'dead' end
-  local now = now_seconds()
   local pushed = false
-  if batch_member(keys[1], job.jid, event) then
+  local died, due = batch_member(keys[1], job.jid, event)
+  if not due then return false end
+  local now = now_seconds()
+  if died then
     for i = 1, #keys do
       if redis.call('HEXISTS', keys[i], 'death_at') == 0 and batch_fire(keys, i, 'death', now) then
         pushed = true
