@@ -143,10 +143,7 @@ class JobEntry:
     @property
     def batch_id(self) -> str | None:
         """The batch the job is a member of (``Batch``), for a link to it; None outside one."""
-        keys = (self.data or {}).get("batch")
-        if not isinstance(keys, list) or not keys or not isinstance(keys[0], str):
-            return None
-        return keys[0].rpartition(":batch:")[2] or None
+        return batch_of(self.data)
 
     @property
     def error(self) -> str:
@@ -728,6 +725,15 @@ def enqueue(job_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | No
 
 
 # -- batches ---------------------------------------------------------------------------------------
+
+
+def batch_of(data: Any) -> str | None:
+    """The id of the batch a payload (a dict: a queued, retrying or dead job's) is a member of,
+    or None: what the retry and dead pages link to."""
+    keys = data.get("batch") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not keys or not isinstance(keys[0], str):
+        return None
+    return keys[0].rpartition(":batch:")[2] or None
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from django_async_jobs.broker.client import get_broker
 from django_async_jobs.serialization import encode_job, new_job_id
 
 if TYPE_CHECKING:
-    from django_async_jobs.job import ApplicationJob
+    from django_async_jobs.job import ApplicationJob, ConfiguredJob
 
 logger = logging.getLogger("django_async_jobs.job")
 
@@ -122,19 +122,28 @@ class Batch:
         base = get_broker().keys.batch_base
         return self.keys[1][len(base):] if len(self.keys) > 1 else None
 
-    def on(self, event: str, job_class: type[ApplicationJob], *args: Any, **kwargs: Any) -> Batch:
+    def on(self, event: str, job_class: type[ApplicationJob] | ConfiguredJob, *args: Any, **kwargs: Any) -> Batch:
         """Run ``job_class(*args, **kwargs)`` when ``event`` (complete, success, death) happens,
-        on the class's queue; ``self.batch_id`` tells it which batch. Before ``jobs()``."""
+        on the class's queue, or ``Job.set(queue=..., priority=...)``'s; ``self.batch_id`` tells
+        it which batch. Before ``jobs()``."""
         if event not in EVENTS:
             raise ValueError(f"Batch.on(): unknown event {event!r}; use one of {', '.join(EVENTS)}.")
         if self.keys:
             raise RuntimeError(
                 f"Batch.on({event!r}) after the batch's first jobs() block: define its callbacks before."
             )
+        options: dict[str, Any] = {}
+        if hasattr(job_class, "job_class") and hasattr(job_class, "options"):  # Job.set(...)
+            job_class, options = job_class.job_class, {k: v for k, v in job_class.options.items() if v is not None}
+            if set(options) - {"queue", "priority"}:
+                raise TypeError(
+                    f"Batch.on({event!r}, ...): a callback takes set(queue=..., priority=...) only, got "
+                    f"{sorted(set(options) - {'queue', 'priority'})}; it runs when the batch fires."
+                )
         if not isinstance(job_class, type) or not hasattr(job_class, "job_name"):
             raise TypeError(f"Batch.on({event!r}, ...) takes a job class (an ApplicationJob), got {job_class!r}.")
         job = job_class(*args, **kwargs)
-        job._prepare_enqueue(None, None, None)
+        job._prepare_enqueue(options.get("queue"), options.get("priority"), None)
         self._callbacks[event].append(callback_payload(job, fired_by=self.bid))
         return self
 

@@ -59,6 +59,16 @@ def test_complete_and_success_fire_once_when_every_job_succeeded(worker, broker,
     assert 0 < broker.redis.ttl(broker.keys.batch(batch.bid)) <= 86400  # BATCH_RETENTION once finished
 
 
+def test_a_callback_runs_on_the_queue_and_priority_set_gives_it(broker, prefix):
+    batch = Batch()
+    batch.on("success", CallbackRecordJob.set(queue="low", priority=7), "k", "x")
+    with batch.jobs():
+        pass
+    (payload, score), = broker.redis.zrange(broker.keys.queue("low"), 0, -1, withscores=True)
+    data = json.loads(payload)
+    assert (data["job"], data["priority"], data["fired_by"]) == (CallbackRecordJob.job_name, 7, batch.bid)
+
+
 def test_an_empty_batch_fires_complete_and_success_at_once(worker, broker, prefix):
     key = f"{prefix}:runs"
     batch = watched(key)
@@ -261,6 +271,8 @@ def test_wrong_uses_are_refused_with_the_fix(broker, prefix):
         batch.on("success", print)
     with pytest.raises(TypeError, match="cannot take these arguments"):
         batch.on("success", CallbackRecordJob)
+    with pytest.raises(TypeError, match=r"takes set\(queue=\.\.\., priority=\.\.\.\) only"):
+        batch.on("success", CallbackRecordJob.set(wait=5), "k", "x")
     with batch.jobs():
         pass
     with pytest.raises(RuntimeError, match="before"):
@@ -355,6 +367,8 @@ def test_the_api_pages_batches_newest_first_and_the_command_shows_them(broker, p
     assert [row["bid"] for row in api.batches(1, 25).batches] == [made[2], made[0]]
     entry = api.page_of(broker.keys.queue("default")).entries[0]
     assert entry.batch_id in made and entry.as_json()["batch_id"] == entry.batch_id
+    assert api.batch_of({"batch": ["p:batch:abc", "p:batch:parent"]}) == "abc"
+    assert api.batch_of({"batch": "nonsense"}) is None and api.batch_of(None) is None
 
     out = StringIO()
     call_command("jobs", "batches", stdout=out)
