@@ -10,7 +10,15 @@ import pytest
 from django_async_jobs import Batch, chain, chord
 from django_async_jobs.batches import BatchGone
 from tests.helpers import registered, wait_for
-from tests.testapp.batch_jobs import CallbackRecordJob, CancelAwareJob, MemberJob, SpawnJob, StepJob
+from tests.testapp.batch_jobs import (
+    AsyncMemberJob,
+    CallbackRecordJob,
+    CancelAwareJob,
+    MemberJob,
+    SpawnJob,
+    StepJob,
+)
+from tests.testapp.flow_jobs import ExpiringJob
 
 pytestmark = pytest.mark.django_db(transaction=True)  # dead jobs are written to the database
 
@@ -131,6 +139,17 @@ def test_discarded_jobs_count_as_done(worker, broker, prefix):
         MemberJob.perform_later(key, "unwanted", discard=True)
     wait_for(lambda: sorted(events(broker, key)) == ["complete", "success"], 20, "the callbacks")
     assert Batch.status(batch.bid)["failures"] == 0
+
+
+def test_expired_and_async_jobs_count_too(worker, broker, prefix):
+    key = f"{prefix}:runs"
+    batch = watched(key)
+    with batch.jobs():
+        ExpiringJob.set(expires_in=0.001).perform_later(key)  # expired when fetched: done, never ran
+        AsyncMemberJob.perform_later(key, "async")
+    wait_for(lambda: sorted(events(broker, key)) == ["complete", "success"], 20, "the callbacks")
+    assert runs(broker, key) == ["run:async"]
+    assert Batch.status(batch.bid)["total"] == 2
 
 
 def test_a_job_enqueued_twice_is_one_member_and_two_enqueues_are_two(worker, broker, prefix):

@@ -84,3 +84,10 @@ class StepJob(ApplicationJob):
         _redis().rpush(key, f"step:{name}")
         if die:
             raise Flaky(name)
+
+
+class AsyncMemberJob(ApplicationJob):
+    """A batch member on the worker's event loop."""
+
+    async def perform(self, key, name):
+        _redis().rpush(key, f"run:{name}")
