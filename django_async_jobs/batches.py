@@ -264,14 +264,15 @@ def member_keys(job: Any) -> tuple[str, ...] | None:
     keys = job.payload.get("batch")
     if keys is None:
         return None
-    base = get_broker().keys.batch_base
-    if (
-        type(keys) is not list or not 0 < len(keys) <= MAX_DEPTH
-        or not all(type(key) is str and key.startswith(base) for key in keys)
-    ):
-        logger.warning("%s %s: its payload's 'batch' field is not a batch; ignored", job.job_name, job.job_id)
-        return None
-    return tuple(keys)
+    if type(keys) is list and 0 < len(keys) <= MAX_DEPTH:
+        base = get_broker().keys.batch_base
+        for key in keys:
+            if type(key) is not str or not key.startswith(base):
+                break
+        else:
+            return tuple(keys)
+    logger.warning("%s %s: its payload's 'batch' field is not a batch; ignored", job.job_name, job.job_id)
+    return None
 
 
 class BatchMembership:
@@ -327,9 +328,22 @@ def _drop(job: ApplicationJob) -> None:
     job.outcome = retries.Outcome("cancelled", keys=member_keys(job) or ())
 
 
+# The succeeded outcome with a batch's keys, per key list: most jobs of a batch end so, and a
+# dataclass replace() per job would cost as much as the rest of this layer.
+_succeeded: dict[tuple[str, ...], retries.Outcome] = {}
+
+
 def _hand_over(job: ApplicationJob, keys: tuple[str, ...]) -> None:
-    if job.outcome is not None:
-        job.outcome = replace(job.outcome, keys=(*job.outcome.keys, *keys))
+    outcome = job.outcome
+    if outcome is retries.SUCCEEDED:
+        found = _succeeded.get(keys)
+        if found is None:
+            if len(_succeeded) > 1000:
+                _succeeded.clear()
+            found = _succeeded[keys] = replace(outcome, keys=keys)
+        job.outcome = found
+    elif outcome is not None:
+        job.outcome = replace(outcome, keys=(*outcome.keys, *keys))
 
 
 # -- cancellation ------------------------------------------------------------------------------
@@ -339,10 +353,9 @@ _cancelled: dict[str, tuple[float, bool]] = {}
 _cancelled_lock = threading.Lock()
 
 
-def is_cancelled(keys: Iterable[str]) -> bool:
+def is_cancelled(keys: tuple[str, ...]) -> bool:
     """Whether a batch of ``keys`` was cancelled; each batch looked up at most once per
     ``CANCEL_CHECK`` seconds per process, one round trip for those due."""
-    keys = tuple(keys)
     now = time.monotonic()
     due = [key for key in keys if _cancelled.get(key, (0.0, False))[0] <= now]
     if due:
