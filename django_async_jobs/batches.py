@@ -117,11 +117,6 @@ class Batch:
         batch._callbacks = {}
         return batch
 
-    @property
-    def parent_bid(self) -> str | None:
-        base = get_broker().keys.batch_base
-        return self.keys[1][len(base):] if len(self.keys) > 1 else None
-
     def on(self, event: str, job_class: type[ApplicationJob] | ConfiguredJob, *args: Any, **kwargs: Any) -> Batch:
         """Run ``job_class(*args, **kwargs)`` when ``event`` (complete, success, death) happens,
         on the class's queue, or ``Job.set(queue=..., priority=...)``'s; ``self.batch_id`` tells
@@ -200,12 +195,9 @@ class Batch:
 
 
 def _json_list(payloads: Iterable[str]) -> str:
+    """Callback payloads as batch.lua stores them: a JSON list of strings, or '' for none."""
     payloads = list(payloads)
-    return "[" + ",".join(_quote(p) for p in payloads) + "]" if payloads else ""
-
-
-def _quote(payload: str) -> str:
-    return json.dumps(payload)
+    return json.dumps(payloads) if payloads else ""
 
 
 def callback_payload(job: ApplicationJob, *, fired_by: str | None = None) -> str:
