@@ -82,7 +82,7 @@ def test_an_import_as_a_batch_reports_once_every_chunk_ran(worker, wait_for):
     def report():
         return JobRun.objects.filter(job_class="ImportReportJob", status=JobRun.Status.SUCCEEDED).first()
 
-    run = wait_for(report, 30, "the batch's report")
+    run = wait_for(report, what="the batch's report")
     assert run.result == "december.csv: 3 chunk(s), 3 succeeded, 0 failure(s), 0 dead; 3 task(s) in all"
     chunks = JobRun.objects.filter(job_class="ImportChunkJob").order_by("arguments__args__1")
     assert [r.result for r in chunks] == ["lines 2-3: 0 bad []", "lines 4-5: 2 bad [4, 5]", "lines 6-7: 1 bad [6]"]
