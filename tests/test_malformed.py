@@ -87,3 +87,35 @@ def test_a_client_bug_in_every_thread_does_not_end_the_worker(broker, prefix, mo
         assert all(thread.is_alive() for thread in threads)
     finally:
         worker.stop(timeout=5)
+
+
+def test_a_client_bug_on_the_notify_channel_does_not_end_the_thread_that_waits(broker, prefix, monkeypatch):
+    """An idle worker's leading thread waits on the notify channel; a non-Redis exception there
+    (from the client's PubSub) used to end that thread, and with it the process's fetching."""
+    import redis.client
+
+    from django_async_jobs.worker.launcher import Worker
+
+    key = f"{prefix}:n"
+    worker = Worker(concurrency=1)
+    worker.start()
+    try:
+        IncrJob.perform_later(key)
+        wait_for(lambda: broker.redis.get(key) == b"1", 20, "a first job")
+        receive = redis.client.PubSub.get_message
+        failures = {"left": 3}
+
+        def flaky(self, *args, **kwargs):
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise TypeError("a client bug")
+            return receive(self, *args, **kwargs)
+
+        monkeypatch.setattr(redis.client.PubSub, "get_message", flaky)
+        wait_for(lambda: failures["left"] == 0, 20, "the bug hit the idle worker's wait")
+        monkeypatch.undo()
+        IncrJob.perform_later(key)
+        wait_for(lambda: broker.redis.get(key) == b"2", 30, "a job after the bug")
+        assert all(thread.is_alive() for thread in worker.processors)
+    finally:
+        worker.stop(timeout=5)

@@ -206,7 +206,7 @@ class Fetcher:
             elif self._pubsub is not None:
                 try:
                     self._drain_messages()  # a busy process must not let messages pile up
-                except (redis.RedisError, OSError):
+                except Exception:  # a client bug too: the channel is made again when next needed
                     self._unsubscribe()
             items = self._fetch(new=True)
             if items:
@@ -275,8 +275,8 @@ class Fetcher:
                 if self._pubsub.get_message(timeout=min(remaining, WAKE_CHECK)) is not None:
                     self._drain_messages()  # one fetch answers every message waiting
                     return
-            except (redis.RedisError, OSError) as exc:
-                logger.warning("notify channel lost, falling back to polling: %s", exc)
+            except Exception as exc:  # a client bug too must not end the thread that leads
+                log_failure(logger, exc, "notify channel lost, falling back to polling")
                 self._unsubscribe()
                 self.stopping.wait(min(remaining, WAKE_CHECK))
 
