@@ -23,6 +23,7 @@ from typing import Any
 
 from django_async_jobs import batches as batch_state
 from django_async_jobs import cron, outbox, registry, resumable, signals
+from django_async_jobs import metrics as job_metrics
 from django_async_jobs.broker.client import Broker, get_broker
 from django_async_jobs.broker.keys import escape_glob
 from django_async_jobs.conf import get_settings, validate_queue_name
@@ -649,6 +650,22 @@ def history(days: int = HISTORY_DAYS, broker: Broker | None = None) -> list[dict
         {"date": d, "processed": int(_number(p)), "failed": int(_number(f))}
         for d, p, f in zip(dates, processed, failed, strict=True)
     ]
+
+
+def metrics(job_class: str | None = None, minutes: int = 60, broker: Broker | None = None) -> job_metrics.Report:
+    """Per-class runs, failures, execution time and queue latency per minute, over the last
+    ``minutes`` (the current one included), with the deploy marks in that span; p50/p95/p99
+    from ``ClassMetrics.percentile`` (see ``metrics.py``). One round trip."""
+    if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes < 1:
+        raise ValueError(f"metrics(minutes=) must be a positive integer, got {minutes!r}.")
+    broker = broker or get_broker()
+    retention = broker.settings.metrics_retention or 0
+    return job_metrics.read(broker, job_class, min(minutes, max(1, math.ceil(retention / 60))))
+
+
+def mark_deploy(label: str, broker: Broker | None = None) -> job_metrics.Mark:
+    """A deploy mark on the metrics charts, now (``jobs metrics mark v1.2``)."""
+    return job_metrics.mark(broker or get_broker(), label)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from django_async_jobs.middleware import chain, context
 TAG = "async_jobs"
 URL_SCHEMES = {"redis", "rediss", "unix", "fakeredis"}
 MODES = {"redis", "test", "inline"}
+LOG_FORMATS = {"text", "json"}
 OUTBOX_MIGRATION = ("django_async_jobs", "0004_outboxjob")
 
 
@@ -85,6 +86,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 hint="Leave it unset: it defaults to a sixth of the timeout.",
                 id="async_jobs.E008",
             ))
+    if merged["METRICS_RETENTION"] is not None:
+        try:
+            ok = conf._seconds(merged["METRICS_RETENTION"]) >= 60 and not isinstance(merged["METRICS_RETENTION"], bool)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            errors.append(Error(
+                f"ASYNC_JOBS['METRICS_RETENTION'] must be None (no metrics) or at least 60 seconds (or a timedelta), "
+                f"got {merged['METRICS_RETENTION']!r}.",
+                hint="The default keeps 72 hours: 72 * 3600.",
+                id="async_jobs.E014",
+            ))
+    if merged["LOG_FORMAT"] not in LOG_FORMATS:
+        errors.append(Error(
+            f"ASYNC_JOBS['LOG_FORMAT'] = {merged['LOG_FORMAT']!r}; use one of {sorted(LOG_FORMATS)}.",
+            id="async_jobs.E016",
+        ))
+    token = merged["PROMETHEUS_TOKEN"]
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        errors.append(Error(
+            "ASYNC_JOBS['PROMETHEUS_TOKEN'] must be None or a string of at least 16 characters.",
+            hint="Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'.",
+            id="async_jobs.E015",
+        ))
     limit = merged["MAX_PAYLOAD_BYTES"]
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         errors.append(Error(

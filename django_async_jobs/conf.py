@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "TAGGED_ARGUMENTS": False,
     "MODE": "redis",
     "LOG_JOBS": True,
+    # "json": each job's log line is one JSON object (and runworker's own handler writes JSON).
+    "LOG_FORMAT": "text",
     # The largest payload an enqueue accepts, in bytes (None: no limit); every job sits in
     # Redis's memory until it runs, and every process that reads it decodes all of it.
     "MAX_PAYLOAD_BYTES": 1024 * 1024,
@@ -60,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX": False,
     "OUTBOX_POLL_INTERVAL": 1.0,
     "OUTBOX_DATABASES": ["default"],
+    # Per-class metrics (metrics.py): how long each minute is kept; None turns them off.
+    "METRICS_RETENTION": 72 * 3600,
+    # A bearer token that lets a scraper read views.prometheus_metrics without a staff session.
+    "PROMETHEUS_TOKEN": None,
 }
 
 
@@ -117,6 +123,7 @@ class Settings:
     tagged_arguments: bool
     mode: str
     log_jobs: bool
+    log_format: str
     log_arguments: bool
     max_payload_bytes: int | None
     enqueue_after_commit: bool
@@ -125,6 +132,7 @@ class Settings:
     outbox: bool
     outbox_poll_interval: float
     outbox_databases: tuple[str, ...]
+    metrics_retention: float | None
     raw: dict[str, Any] = field(repr=False, compare=False)
 
 
@@ -210,6 +218,7 @@ def build(raw: dict[str, Any]) -> Settings:
         tagged_arguments=bool(merged["TAGGED_ARGUMENTS"]),
         mode=merged["MODE"],
         log_jobs=bool(merged["LOG_JOBS"]),
+        log_format=merged["LOG_FORMAT"],
         log_arguments=bool(merged["LOG_ARGUMENTS"]),
         max_payload_bytes=merged["MAX_PAYLOAD_BYTES"],
         enqueue_after_commit=bool(merged["ENQUEUE_AFTER_COMMIT"]),
@@ -218,6 +227,7 @@ def build(raw: dict[str, Any]) -> Settings:
         outbox=bool(merged["OUTBOX"]),
         outbox_poll_interval=_seconds(merged["OUTBOX_POLL_INTERVAL"]),
         outbox_databases=tuple(merged["OUTBOX_DATABASES"]),
+        metrics_retention=None if merged["METRICS_RETENTION"] is None else _seconds(merged["METRICS_RETENTION"]),
         raw=merged,
     )
 

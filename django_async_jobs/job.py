@@ -53,8 +53,8 @@ PRIORITY_RANGE = (-100, 100)
 # Payload fields that travel with a job when it enqueues itself again (``retry_job``): retry
 # counters, the recurring entry and tick it runs for, its expiry deadline and its concurrency
 # limit and its batch (flow.py, batches.py: set by the enqueue chain, and written with the
-# payload from there).
-CARRIED = ("retries", "retry_count", "cron", "expires_at", "cc", "batch")
+# payload from there), and the enqueue's trace context (tracing.py, set by the enqueue chain too).
+CARRIED = ("retries", "retry_count", "cron", "expires_at", "cc", "batch", "trace")
 
 
 class _ClassOrInstance:

@@ -8,7 +8,7 @@ import time
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from django_async_jobs import ApplicationJob, api, flow, signals
+from django_async_jobs import ApplicationJob, api, flow, metrics, prometheus, signals, tracing
 from django_async_jobs.batches import BatchMembership
 from django_async_jobs.middleware import chain
 from django_async_jobs.worker import processor
@@ -131,10 +131,13 @@ def test_only_classes_that_declare_expires_in_get_the_layer():
         IncrJob.perform_bulk([("k",)], expires_in=30)
 
 
-def test_the_flow_layers_sit_inside_the_log_line_and_outside_the_rest():
+def test_the_flow_layers_sit_inside_the_log_line_and_metrics_and_outside_the_rest():
     types = [type(layer) for layer in processor.WORKER_LAYERS]
     # Batch membership sits between: it sees every outcome, an expired job's included.
-    assert types[:5] == [JobLog, BatchMembership, flow.Expiry, flow.ConcurrencyLimits, DatabaseConnections]
+    assert types[:8] == [
+        tracing.Tracing, JobLog, metrics.Metrics, prometheus.Exporter, BatchMembership, flow.Expiry,
+        flow.ConcurrencyLimits, DatabaseConnections,
+    ]
     enqueue = [type(layer) for layer in chain.BUILTIN_ENQUEUE]
     assert enqueue[-2:] == [flow.Expiry, flow.ConcurrencyLimits]  # innermost: the final options
 

@@ -15,6 +15,7 @@ LAYERS = {
     "job API": [
         "__init__", "middleware", "job", "callbacks", "retries", "locks", "idempotency", "progress",
         "dispatch", "outbox", "memory", "cron", "api", "flow", "resumable", "iterable", "batches",
+        "metrics", "prometheus", "tracing",
     ],
     "worker runtime": ["worker"],
     "Django surface": [

@@ -2,8 +2,10 @@
 
 import contextlib
 import io
+import json
 import logging
 import os
+import sys
 import time
 
 import pytest
@@ -166,3 +168,48 @@ def test_anything_that_could_see_or_change_the_record_keeps_the_record(default_o
     finally:
         child.filters.clear()
         child.handlers.clear()
+
+
+def test_with_log_format_json_the_job_line_is_one_json_object(broker, caplog, settings):
+    from django_async_jobs.serialization import encode_payload
+    from django_async_jobs.worker.logs import JsonFormatter
+    from django_async_jobs.worker.processor import process
+    from tests.testapp.jobs import FailJob
+
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "LOG_FORMAT": "json"}
+    job = FailJob(f"{broker.keys.prefix}:n")
+    job.queue_name = "default"
+    with caplog.at_level(logging.INFO, logger="django_async_jobs.job"):
+        process(f"{job.job_id}:1", encode_payload(job.serialize()).encode())
+    [record] = [r for r in caplog.records if r.name == "django_async_jobs.job" and r.levelno == logging.INFO]
+    line = json.loads(record.getMessage())
+    assert {k: line[k] for k in ("event", "job_class", "job_id", "queue", "outcome", "error", "error_message")} == {
+        "event": "job_finished", "job_class": FailJob.job_name, "job_id": job.job_id, "queue": "default",
+        "outcome": "retry", "error": "RuntimeError", "error_message": "boom",
+    }
+    assert line["elapsed_ms"] >= 0 and line["executions"] == 1 and line["trace_id"] is None
+    formatted = json.loads(JsonFormatter().format(record))
+    assert formatted["level"] == "INFO" and formatted["logger"] == "django_async_jobs.job"
+    assert formatted["time"].endswith("Z") and {k: formatted[k] for k in line} == line
+
+
+def test_the_json_formatter_writes_any_record_with_its_traceback():
+    from django_async_jobs.worker.logs import JsonFormatter
+
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed %s", ("here",), sys.exc_info())
+    data = json.loads(JsonFormatter().format(record))
+    assert data["message"] == "failed here" and "ValueError: bad" in data["traceback"]
+
+
+def test_runworker_writes_json_lines_with_log_format_json(spawn, broker, prefix):
+    from tests.testapp.jobs import IncrJob
+
+    proc = spawn(overrides={"LOG_FORMAT": "json"})
+    IncrJob.perform_later(f"{prefix}:n")
+    wait_for(lambda: '"job_finished"' in proc.output(), 30, "the job's line")
+    lines = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
+    assert any(line.get("event") == "job_finished" and line["job_class"] == IncrJob.job_name for line in lines)
+    assert any("started" in line.get("message", "") for line in lines)  # the worker's own lines too

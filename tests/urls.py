@@ -1,4 +1,9 @@
 from django.contrib import admin
 from django.urls import path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from django_async_jobs import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("metrics/jobs", views.prometheus_metrics),
+]

@@ -145,7 +145,7 @@ class Broker:
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
                 "renew_locks", "cron_push",
-                "pick", "relay", "rate_limit", "concurrency", "checkpoint", "batch",
+                "pick", "relay", "rate_limit", "concurrency", "checkpoint", "batch", "metrics",
             )
         }
 
@@ -566,6 +566,40 @@ class Broker:
     def mark_cancelled(self, job_id: str, ttl: float) -> None:
         """Mark a job cancelled for ``ttl`` seconds (``api.cancel``)."""
         self.redis.set(self.keys.cancel(job_id), int(time.time()), ex=max(1, int(ttl)))
+
+    def record_metrics(self, increments: dict[int, dict[str, str]], retention: float, now: float) -> None:
+        """Add a worker's buffered metrics to the minute hashes (minute -> field -> amount), each
+        hash expiring ``retention`` seconds after its minute ends; minutes already past it are left out."""
+        keys: list[str] = []
+        args: list[Any] = []
+        for minute, amounts in increments.items():
+            ttl = int((minute + 1) * 60 + retention - now)
+            if ttl <= 0 or not amounts:
+                continue
+            keys.append(self.keys.metrics(minute))
+            args += (ttl, len(amounts))
+            for name, amount in amounts.items():
+                args += (name, amount)
+        if keys:
+            self._run("metrics", keys, args)
+
+    def read_metrics(self, minutes: list[int], since: float) -> tuple[list[dict[bytes, bytes]], list[tuple[bytes, float]]]:
+        """The minute hashes asked for, and the deploy marks from ``since`` (epoch) on: one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for minute in minutes:
+                pipe.hgetall(self.keys.metrics(minute))
+            pipe.zrangebyscore(self.keys.metrics_marks, since, "+inf", withscores=True)
+            *hashes, marks = pipe.execute()
+        return hashes, marks
+
+    def add_metrics_mark(self, member: str, at: float, retention: float) -> None:
+        """Add a deploy mark, forgetting those older than ``retention``."""
+        key = self.keys.metrics_marks
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {member: at})
+            pipe.zremrangebyscore(key, "-inf", f"({time.time() - retention}")
+            pipe.expire(key, max(1, int(retention)))
+            pipe.execute()
 
     def pubsub(self) -> Any:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)

@@ -41,6 +41,10 @@ key                                    type       holds
                                                   member's state. Expires BATCH_RETENTION after it
                                                   finished, PENDING_TTL after its last addition
 ``p:batches``                          zset       batch ids -> created at (epoch s), for listings
+``p:metrics:<minute>``                  hash       per-class metrics of one minute (epoch // 60):
+                                                  ``<class>|<stat>`` -> amount; expires after
+                                                  METRICS_RETENTION (metrics.py)
+``p:metrics:marks``                     zset       deploy marks: "<epoch> <label>" -> epoch
 =====================================  =========  ===============================================
 """
 
@@ -201,6 +205,15 @@ class Keys:
     def batches(self) -> str:
         """Every batch's id, scored by creation time: what listings page through."""
         return f"{self.prefix}:batches"
+
+    def metrics(self, minute: int) -> str:
+        """One minute's per-class metrics (``metrics.py``); ``minute`` is epoch seconds // 60."""
+        return f"{self.prefix}:metrics:{minute}"
+
+    @property
+    def metrics_marks(self) -> str:
+        """Deploy marks shown on the metrics charts."""
+        return f"{self.prefix}:metrics:marks"
 
     def result(self, result_id: str) -> str:
         return f"{self.prefix}:result:{result_id}"

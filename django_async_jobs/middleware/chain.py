@@ -8,7 +8,8 @@ per layer that applies.
 Order, outermost first (``docs/middleware.md``):
 
 * enqueue: ``ASYNC_JOBS["MIDDLEWARE"]``, the class's ``middleware``, then the built-ins
-  ``BUILTIN_ENQUEUE`` (batch membership, unique locks, callbacks, flow control); then the push;
+  ``BUILTIN_ENQUEUE`` (the producer span, batch membership, unique locks, callbacks, flow
+  control); then the push;
 * perform: ``ASYNC_JOBS["MIDDLEWARE"]``, the class's ``middleware``, then ``BUILTIN_PERFORM``
   (idempotency markers, callbacks); then ``perform``. The worker wraps this chain in its own
   layers (the log line, database connections, signals, the retry rules, run locks).
@@ -25,7 +26,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
-from django_async_jobs import flow
+from django_async_jobs import flow, tracing
 from django_async_jobs.batches import BatchMembership
 from django_async_jobs.callbacks import Callbacks
 from django_async_jobs.conf import get_settings
@@ -37,7 +38,7 @@ ACall = Callable[[Any], Awaitable[Any]]
 
 # The built-in layers every class is checked against, innermost last.
 BUILTIN_ENQUEUE: tuple[Any, ...] = (
-    BatchMembership(), UniqueJobs(), Callbacks("enqueue"), flow.Expiry(), flow.ConcurrencyLimits(),
+    tracing.Tracing(), BatchMembership(), UniqueJobs(), Callbacks("enqueue"), flow.Expiry(), flow.ConcurrencyLimits(),
 )
 BUILTIN_PERFORM: tuple[Any, ...] = (Idempotency(), Callbacks("perform"))
 

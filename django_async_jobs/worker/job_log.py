@@ -4,10 +4,15 @@
 with ``job_class``, ``job_id``, ``queue``, ``elapsed_ms``, ``outcome`` and ``error`` as record
 attributes for structured handlers. The start line is DEBUG: two formatted records per job were
 a quarter of a busy worker's CPU. ``LOG_JOBS = False`` leaves the layer out.
+
+``LOG_FORMAT = "json"``: the message is one JSON object instead (those fields, the error's
+message, the executions and the trace id of the job's span, ``tracing.py``), for log pipelines
+that parse lines (Datadog, Loki); ``logs.JsonFormatter`` writes the record's other fields around it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -15,8 +20,9 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from django_async_jobs import tracing
 from django_async_jobs.conf import get_settings
-from django_async_jobs.worker.logs import plain_output
+from django_async_jobs.worker.logs import JOB_EVENT, plain_output
 
 logger = logging.getLogger("django_async_jobs.job")
 FINISH = "finish %s %s queue=%s elapsed_ms=%.1f outcome=%s%s"
@@ -58,6 +64,9 @@ def finish(job: Any, extra: dict[str, Any], began: float) -> None:
     outcome = job.outcome
     error = type(outcome.error).__name__ if outcome.error is not None else None
     elapsed = (time.perf_counter() - began) * 1000
+    if get_settings().log_format == "json":
+        _json_line(job, extra, elapsed, error)
+        return
     args = (job.job_name, job.job_id, job.queue_name, elapsed, outcome.name, f" error={error}" if error else "")
     try:
         output = plain_output(logger, logging.INFO)
@@ -67,6 +76,28 @@ def finish(job: Any, extra: dict[str, Any], began: float) -> None:
             output.append(output.formatter.line(time.time(), logging.INFO, logger.name, FINISH % args))
     except Exception:  # the job is settled; only its log line failed (a raising filter or handler)
         traceback.print_exc()
+
+
+def _json_line(job: Any, extra: dict[str, Any], elapsed: float, error: str | None) -> None:
+    outcome = job.outcome
+    event = {
+        "event": "job_finished", **extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome.name,
+        "error": error, "error_message": _message(outcome.error), "executions": job.executions,
+        "trace_id": tracing.current_trace_id(),
+    }
+    try:
+        _info("%s", (json.dumps(event, ensure_ascii=False, default=str),), {**event, JOB_EVENT: event})
+    except Exception:  # the job is settled; only its log line failed
+        traceback.print_exc()
+
+
+def _message(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    try:
+        return str(error)[:1000]
+    except Exception:
+        return f"<{type(error).__name__} whose message cannot be read>"
 
 
 def _info(msg: str, args: tuple[Any, ...], extra: dict[str, Any]) -> None:

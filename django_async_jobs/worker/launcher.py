@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from django_async_jobs import flow, outbox, resumable
+from django_async_jobs import flow, metrics, outbox, resumable
 from django_async_jobs.broker.client import Broker, get_broker
 from django_async_jobs.conf import QueueSpec, Settings, get_settings
 from django_async_jobs.worker.acker import Acker
@@ -215,6 +215,8 @@ class Worker:
         unfinished = sum(1 for t in self.processors if t.is_alive())
         unfinished += self.event_loop.stop(max(0.0, deadline - time.monotonic()))
         settled = self.acker.close(timeout=SETTLE_TIMEOUT)
+        if settled:  # else Redis is away: no second wait for it
+            self._flush_metrics()
         self.stopped.set()  # the heart stops beating before the process record goes
         if self.heart.is_alive() and threading.current_thread() is not self.heart:
             self.heart.join(5)  # a beat in flight must not land after the release below
@@ -249,6 +251,13 @@ class Worker:
             self.process_id, took, ran, back, poison,
         )
         return True
+
+    def _flush_metrics(self) -> None:
+        """The last jobs' metrics, which the heart's next beat would have sent."""
+        try:
+            metrics.flush(self.broker)
+        except Exception as exc:
+            logger.warning("the last per-class metrics could not be sent: %s", exc)
 
     def _release(self, unstarted: list[str]) -> tuple[int, int] | None:
         """Hand back everything held, retrying for RELEASE_TIMEOUT; None if Redis never answered."""

@@ -16,6 +16,7 @@ this handler, with the default format and nothing to filter or enrich it on the 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -24,6 +25,8 @@ from typing import TextIO
 
 import redis
 
+# The record attribute that holds a job line's fields (job_log.py with LOG_FORMAT = "json").
+JOB_EVENT = "job_event"
 FLUSH_INTERVAL = 0.1  # seconds: how late an INFO line may appear
 DEFAULT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
 
@@ -122,6 +125,28 @@ class WorkerFormatter(logging.Formatter):
         ``created``, an epoch time) with no exception or stack attached."""
         asctime = self._asctime(created, int((created - int(created)) * 1000))
         return f"{asctime} {os.getpid()} {logging.getLevelName(level)} {name} {message}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (ISO 8601, UTC), level, logger, process, and the job
+    line's fields (``JOB_EVENT``) or the message (with the traceback, if any). For LOGGING:
+    ``"formatters": {"json": {"()": "django_async_jobs.worker.logs.JsonFormatter"}}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.process,
+        }
+        event = getattr(record, JOB_EVENT, None)
+        if isinstance(event, dict):
+            data.update(event)
+        else:
+            data["message"] = record.getMessage()
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False, default=str)
 
 
 def plain_output(logger: logging.Logger, level: int) -> BatchedStreamHandler | None:

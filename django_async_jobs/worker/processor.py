@@ -2,9 +2,11 @@
 
 The worker's chain for a job class is its perform chain (``middleware/chain.py``: the
 project's and the class's middleware, idempotency markers, callbacks) inside the worker's own
-layers, outermost first: ``JobLog`` (the log line), ``BatchMembership`` (a cancelled batch's
-job dropped; a batch job's outcome carries its batch's keys to the settle step), the flow-control layers (``flow.py``: a job
-past its deadline ends as expired, one whose concurrency limit is full as blocked),
+layers, outermost first: ``Tracing`` (the consumer span, with a tracer provider), ``JobLog``
+(the log line), ``Metrics`` (per-class metrics), ``Exporter`` (Prometheus, once enabled),
+``BatchMembership`` (a cancelled batch's job dropped; a batch job's outcome carries its batch's
+keys to the settle step), the flow-control layers (``flow.py``: a job past its deadline ends as
+expired, one whose concurrency limit is full as blocked),
 ``DatabaseConnections``, ``JobSignals`` (``job_started`` / ``job_succeeded``), ``RetryPolicy``
 (every exception becomes an outcome: retry, discard or dead), ``Cancellation`` (a cancelled
 job dropped or stopped, ``job_cancelled``) and ``UniqueJobs`` (run locks). The job's
@@ -34,7 +36,18 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
-from django_async_jobs import batches, flow, locks, registry, resumable, retries, signals
+from django_async_jobs import (
+    batches,
+    flow,
+    locks,
+    metrics,
+    prometheus,
+    registry,
+    resumable,
+    retries,
+    signals,
+    tracing,
+)
 from django_async_jobs.middleware import chain
 from django_async_jobs.serialization import decode_payload, new_job_id, payload_bytes
 from django_async_jobs.worker.connections import DatabaseConnections
@@ -148,8 +161,9 @@ class JobSignals:
 
 # Outermost first; each layer applies only to the classes it serves (``applies_to``).
 WORKER_LAYERS: tuple[Any, ...] = (
-    JobLog(), batches.BatchMembership(), flow.Expiry(), flow.ConcurrencyLimits(), DatabaseConnections(), JobSignals(), retries.RetryPolicy(),
-    resumable.Cancellation(), locks.UniqueJobs(),
+    tracing.Tracing(), JobLog(), metrics.Metrics(), prometheus.Exporter(), batches.BatchMembership(), flow.Expiry(),
+    flow.ConcurrencyLimits(), DatabaseConnections(), JobSignals(), retries.RetryPolicy(), resumable.Cancellation(),
+    locks.UniqueJobs(),
 )
 
 

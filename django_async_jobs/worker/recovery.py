@@ -7,6 +7,9 @@ A live process's own strays (jobs in its in-flight hash that a crashed processor
 of) go back with its next beat, counted as a recovery like a dead process's jobs: a job that
 keeps doing it ends as a poison pill instead of sitting in flight until the process stops.
 
+Each beat also sends the process's buffered per-class metrics (``metrics.flush``): one round
+trip a beat, none per job.
+
 After each beat the heart also learns which of the process's jobs were cancelled
 (``resumable.WorkerState.refresh``): the jobs themselves then see it without a round trip.
 """
@@ -18,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from django_async_jobs import flow, locks, resumable
+from django_async_jobs import flow, locks, metrics, resumable
 from django_async_jobs.worker.logs import log_failure
 
 logger = logging.getLogger("django_async_jobs.worker")
@@ -110,3 +113,7 @@ class Heart(threading.Thread):
                     self.state.refresh(self.broker)
             except Exception as exc:  # never end the thread: a process that stops beating is taken for dead
                 log_failure(logger, exc, "heartbeat failed")
+            try:  # apart: whatever befalls the metrics, the beat and the recovery go on
+                metrics.flush(self.broker)
+            except Exception as exc:
+                log_failure(logger, exc, "sending the per-class metrics failed; they wait for the next beat")

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.db import connections
 
+from django_async_jobs import prometheus
 from django_async_jobs.broker import client
 
 logger = logging.getLogger("django_async_jobs.worker")
@@ -81,6 +82,7 @@ class Supervisor:
             slot = self.children.pop(pid, None)
             if slot is None:
                 continue
+            prometheus.process_gone(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 if code:

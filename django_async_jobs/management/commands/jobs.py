@@ -1,7 +1,7 @@
 """``manage.py jobs <group> <action>``: look after the job system from a shell.
 
 Each group (``dead``; ``stats``, ``queues``, ``clear``, ``scheduled``, ``retries``, ``enqueue``;
-``queue``; ``cancel``; ``cron``) registers its own subparsers and handler functions, so a new
+``queue``; ``cancel``; ``cron``; ``processes``; ``metrics``) registers its own subparsers and handler functions, so a new
 group is one more ``add_*`` function in ``GROUPS``; ``handle`` only dispatches.
 """
 
@@ -474,6 +474,37 @@ def batches_list(command: BaseCommand, options: dict[str, Any]) -> None:
     ))
 
 
+# -- jobs processes -------------------------------------------------------------------------------
+
+
+def _megabytes(value: int | None) -> str:
+    return "" if value is None else f"{value / 2**20:.0f} MB"
+
+
+def _ago(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{max(0.0, (timezone.now() - value).total_seconds()):.0f}s ago"
+
+
+def processes_show(command: BaseCommand, options: dict[str, Any]) -> None:
+    rows = api.processes(with_jobs=False)
+    if options["json"]:
+        _dump(command, [{k: v for k, v in p.as_json().items() if k != "jobs"} for p in rows])
+        return
+    if not rows:
+        command.stdout.write("No worker processes.")
+        return
+    command.stdout.write(table(
+        ["HOST", "PID", "QUEUES", "BUSY", "RSS", "STARTED", "LAST BEAT", "QUIET", "ID"],
+        [
+            [p.host, p.pid, p.queues, f"{p.busy}/{p.concurrency}", _megabytes(p.rss), _when(p.started_at),
+             _ago(p.last_beat), "yes" if p.quiet else "no", p.process_id]
+            for p in rows
+        ],
+    ))
+
+
 def add_batches(groups: Any) -> None:
     p = groups.add_parser("batches", help="Batches, newest first: progress, failures, callbacks fired.")
     p.add_argument("bid", nargs="?", default=None, help="One batch's id: its status only.")
@@ -483,8 +514,69 @@ def add_batches(groups: Any) -> None:
     p.set_defaults(handler=batches_list)
 
 
+def add_processes(groups: Any) -> None:
+    p = groups.add_parser("processes", help="Live worker processes: host, pid, queues, busy threads, memory, heartbeat.")
+    p.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    p.set_defaults(handler=processes_show)
+
+
+# -- jobs metrics / jobs metrics mark ---------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.1f} ms" if value < 1000 else f"{value / 1000:.2f} s"
+
+
+def metrics_show(command: BaseCommand, options: dict[str, Any]) -> None:
+    try:
+        report = api.metrics(options["job_class"], options["minutes"])
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if options["json"]:
+        _dump(command, report.as_json())
+        return
+    if not report.classes:
+        command.stdout.write(f"No job ran in the last {options['minutes']} minute(s).")
+    else:
+        rows = []
+        for name in sorted(report.classes):
+            m = report.classes[name]
+            other = ", ".join(f"{k}={v}" for k, v in sorted(m.other.items()))
+            rows.append([
+                name, m.total_runs, m.total_failures, _ms(m.average_ms), _ms(m.percentile(0.5)),
+                _ms(m.percentile(0.95)), _ms(m.percentile(0.99)), _ms(m.average_latency_ms), other,
+            ])
+        command.stdout.write(table(["JOB", "RUNS", "FAILED", "AVG", "P50", "P95", "P99", "LATENCY", "NOT RUN"], rows))
+    for found in report.marks:
+        command.stdout.write(f"mark {found.label!r} at {_when(datetime.fromtimestamp(found.at, UTC))}")
+
+
+def metrics_mark(command: BaseCommand, options: dict[str, Any]) -> None:
+    try:
+        found = api.mark_deploy(options["label"])
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    command.stdout.write(f"Marked {found.label!r} at {_when(datetime.fromtimestamp(found.at, UTC))}.")
+
+
+def add_metrics(groups: Any) -> None:
+    p = groups.add_parser("metrics", help="Per-class runs, failures, execution time percentiles and queue latency.")
+    p.add_argument("--class", dest="job_class", help="Only this job class (its registered name).")
+    p.add_argument("--minutes", type=int, default=60, help="Minutes back, the current one included (default 60).")
+    p.add_argument("--json", action="store_true", help="Print JSON (per-minute series and histograms) instead of a table.")
+    p.set_defaults(handler=metrics_show)
+    actions = p.add_subparsers(dest="action", required=False, metavar="ACTION")
+    mark = actions.add_parser("mark", help="Record a deploy mark, shown on the metrics charts.")
+    mark.add_argument("label", help='The label, e.g. "v1.2".')
+    mark.set_defaults(handler=metrics_mark)
+
+
 # One entry per command group; each adds its parser and sets ``handler`` on its leaves.
-GROUPS: list[Callable[[Any], None]] = [add_dead, add_operations, add_queue, add_cancel, add_cron, add_batches]
+GROUPS: list[Callable[[Any], None]] = [
+    add_dead, add_operations, add_queue, add_cancel, add_cron, add_batches, add_processes, add_metrics,
+]
 
 
 class Command(BaseCommand):

@@ -1,0 +1,398 @@
+"""Per-class execution metrics: runs, failures, execution time and queue latency per minute.
+
+Sidekiq 7's metrics, kept ``METRICS_RETENTION`` (72 hours). The worker's ``Metrics`` layer appends
+each finished job to a buffer in the process (a tuple on a deque: no lock, no Redis); the
+worker's heart sums the buffer up and sends it at every beat in one script (``metrics.lua``):
+one hash per minute (``p:metrics:<minute>``), fields ``<job class>|<stat>``, expiring with the
+retention. Execution time and latency go into log-scale histogram buckets (``BOUNDS_MS``, each
+half as wide again as the one before), from which ``percentile`` reads p50/p95/p99.
+
+Only executions count as runs (``RUNS``: the job's ``perform`` ran, whatever it raised). A job
+the worker drops before it runs (expired, blocked by its concurrency limit, cancelled) or puts
+back (rate limited, interrupted at a checkpoint) is counted apart, under its outcome's name.
+
+Deploy marks (``jobs metrics mark v1.2``) are kept as long, to show on the charts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django_async_jobs.broker.client import Broker
+from django_async_jobs.conf import get_settings
+
+logger = logging.getLogger("django_async_jobs.worker")
+
+# Upper bounds of the histogram buckets in milliseconds, 0.1 ms to 27 minutes; a last bucket
+# takes anything longer.
+BOUNDS_MS: tuple[float, ...] = tuple(round(0.1 * 1.5**i, 3) for i in range(42))
+BUCKETS = len(BOUNDS_MS) + 1
+# The outcomes of an execution; any other one (expired, blocked, cancelled, limited, ...) is a
+# job that did not run, or not to its end. See ``ran``.
+RUNS = frozenset({"ok", "retry", "dead", "discarded"})
+
+# A buffered row: runs, failures, execution ms, latency ms, latencies measured, then the
+# execution histogram's buckets and the latency histogram's.
+RUNS_AT, FAILED_AT, MS_AT, LATENCY_AT, LATENCIES_AT = range(5)
+HISTOGRAM_AT = 5
+LATENCY_HISTOGRAM_AT = HISTOGRAM_AT + BUCKETS
+ROW = LATENCY_HISTOGRAM_AT + BUCKETS
+
+# Field suffixes in the minute hashes.
+STATS = {RUNS_AT: "r", FAILED_AT: "f", MS_AT: "ms", LATENCY_AT: "lat", LATENCIES_AT: "latn"}
+HISTOGRAM = "h"
+LATENCY_HISTOGRAM = "l"
+OTHER = "x:"
+
+Key = tuple[int, str, str]  # minute (epoch // 60), job class, queue
+
+
+def ran(outcome: Any) -> bool:
+    """Whether an outcome is an execution's: one of ``RUNS``, but a job discarded without an
+    error (its concurrency limit full, ``on_conflict="discard"``) never ran."""
+    return outcome.name in RUNS and (outcome.error is not None or outcome.name != "discarded")
+
+
+def queue_latency(job: Any, began: float) -> float | None:
+    """Seconds from when the job was due (a retry's or a scheduled job's run-at, else its
+    enqueue) to ``began``; None for a payload without a usable time."""
+    return _since(job.scheduled_at or job.enqueued_at, began)
+
+
+def _since(due: Any, began: float) -> float | None:
+    try:
+        return max(0.0, began - due)
+    except TypeError:
+        return None
+
+
+# What the layer appends per job: class, queue, outcome, began, ended, due (epoch seconds).
+Event = tuple[str, str, Any, float, float, Any]
+
+
+class Buffer:
+    """What this process's jobs did since the last flush. A job only appends an ``Event`` to a
+    deque (atomic, no lock, no arithmetic on the job's thread); ``take`` sums them up by minute,
+    class and queue."""
+
+    def __init__(self) -> None:
+        self.events: deque[Event] = deque()
+        self._lock = threading.Lock()  # one take/restore at a time
+        self._rows: dict[Key, list[float]] = {}
+        self._other: dict[tuple[int, str, str, str], int] = {}
+
+    def _sum_events(self) -> None:
+        """Move the events into the rows; the caller holds the lock. (Names bound locally: this
+        loop runs once per job.)"""
+        rows, other, pop, bounds, bucket = self._rows, self._other, self.events.popleft, BOUNDS_MS, bisect_left
+        while self.events:
+            name, queue, outcome, began, ended, due = pop()
+            minute = int(ended // 60)
+            if not ran(outcome):
+                key4 = (minute, name, queue, outcome.name)
+                other[key4] = other.get(key4, 0) + 1
+                continue
+            key = (minute, name, queue)
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = [0] * ROW
+            ms = (ended - began) * 1000
+            row[0] += 1  # RUNS_AT
+            if outcome.failed:
+                row[1] += 1  # FAILED_AT
+            row[2] += ms  # MS_AT
+            row[HISTOGRAM_AT + bucket(bounds, ms)] += 1
+            try:
+                latency = (began - due) * 1000 if due > 0 else None
+            except TypeError:
+                latency = None
+            if latency is not None:
+                latency = max(0.0, latency)
+                row[3] += latency  # LATENCY_AT
+                row[4] += 1  # LATENCIES_AT
+                row[LATENCY_HISTOGRAM_AT + bucket(bounds, latency)] += 1
+
+    def take(self) -> tuple[dict[Key, list[float]], dict[tuple[int, str, str, str], int]]:
+        with self._lock:
+            self._sum_events()
+            rows, other = self._rows, self._other
+            self._rows, self._other = {}, {}
+        return rows, other
+
+    def restore(self, rows: dict[Key, list[float]], other: dict[tuple[int, str, str, str], int]) -> None:
+        """Put back what a flush could not send, for the next one (summed: memory stays bounded
+        by minutes and classes however long Redis is away)."""
+        with self._lock:
+            for key, row in rows.items():
+                mine = self._rows.setdefault(key, [0] * ROW)
+                for i, value in enumerate(row):
+                    mine[i] += value
+            for key, count in other.items():
+                self._other[key] = self._other.get(key, 0) + count
+
+
+BUFFER = Buffer()
+_append = BUFFER.events.append
+
+
+class Metrics:
+    """The worker layer, just inside the log line: it times the job and hands it to ``BUFFER``."""
+
+    def applies_to(self, job_class: type) -> bool:
+        return get_settings().metrics_retention is not None
+
+    def perform(self, job: Any, call_next: Callable[[Any], Any]) -> Any:
+        began = time.time()
+        result = call_next(job)
+        _append((job.job_name, job.queue_name, job.outcome, began, time.time(), job.scheduled_at or job.enqueued_at))
+        return result
+
+    async def aperform(self, job: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        began = time.time()
+        result = await call_next(job)
+        _append((job.job_name, job.queue_name, job.outcome, began, time.time(), job.scheduled_at or job.enqueued_at))
+        return result
+
+
+def fields(rows: dict[Key, list[float]], other: dict[tuple[int, str, str, str], int]) -> dict[int, dict[str, str]]:
+    """A buffer's rows as increments of the minute hashes: minute -> field -> amount (queues
+    merged; a float amount is written with a '.', which is how the script tells it apart)."""
+    out: dict[int, dict[str, str]] = {}
+    sums: dict[tuple[int, str], dict[str, float]] = {}
+    for (minute, name, _queue), row in rows.items():
+        into = sums.setdefault((minute, name), {})
+        for at, stat in STATS.items():
+            if row[at]:
+                into[stat] = into.get(stat, 0) + row[at]
+        for i in range(BUCKETS):
+            for base, prefix in ((HISTOGRAM_AT, HISTOGRAM), (LATENCY_HISTOGRAM_AT, LATENCY_HISTOGRAM)):
+                if row[base + i]:
+                    into[f"{prefix}{i}"] = into.get(f"{prefix}{i}", 0) + row[base + i]
+    for (minute, name, _queue, outcome), count in other.items():
+        into = sums.setdefault((minute, name), {})
+        into[OTHER + outcome] = into.get(OTHER + outcome, 0) + count
+    for (minute, name), values in sums.items():
+        hash_fields = out.setdefault(minute, {})
+        for stat, amount in values.items():
+            hash_fields[f"{name}|{stat}"] = f"{amount:.3f}" if isinstance(amount, float) else str(amount)
+    return out
+
+
+def flush(broker: Broker, buffer: Buffer = BUFFER) -> int:
+    """Send the buffer to Redis in one round trip; what Redis did not take waits for the next.
+    Returns the minutes written."""
+    retention = broker.settings.metrics_retention
+    rows, other = buffer.take()
+    if retention is None or not (rows or other):
+        return 0
+    increments = fields(rows, other)
+    try:
+        broker.record_metrics(increments, retention, time.time())
+    except Exception:
+        buffer.restore(rows, other)
+        raise
+    return len(increments)
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def percentile(histogram: Sequence[int] | dict[int, int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a histogram of ``BOUNDS_MS`` buckets, in milliseconds: the
+    upper bound of the bucket it falls in (so within 50% above the true value), None when empty.
+    A value past the last bound reads as that bound."""
+    counts = histogram if isinstance(histogram, dict) else dict(enumerate(histogram))
+    total = sum(counts.values())
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for bucket in sorted(counts):
+        seen += counts[bucket]
+        if seen >= rank and counts[bucket]:
+            return BOUNDS_MS[min(bucket, len(BOUNDS_MS) - 1)]
+    return BOUNDS_MS[-1]
+
+
+@dataclass
+class ClassMetrics:
+    """One job class over the minutes asked for; lists run oldest minute first."""
+
+    job_class: str
+    minutes: list[int]  # each minute's start, epoch seconds
+    runs: list[int]
+    failures: list[int]
+    ms: list[float]  # execution time, summed over the minute's runs
+    latency_ms: list[float]  # queue latency, summed over the minute's runs that had one
+    latencies: list[int]
+    histograms: list[dict[int, int]]  # per minute: bucket -> runs (execution time)
+    latency_histograms: list[dict[int, int]]
+    other: dict[str, int] = field(default_factory=dict)  # not runs: outcome -> jobs (whole span)
+
+    @property
+    def total_runs(self) -> int:
+        return sum(self.runs)
+
+    @property
+    def total_failures(self) -> int:
+        return sum(self.failures)
+
+    @property
+    def average_ms(self) -> float | None:
+        runs = self.total_runs
+        return sum(self.ms) / runs if runs else None
+
+    @property
+    def average_latency_ms(self) -> float | None:
+        count = sum(self.latencies)
+        return sum(self.latency_ms) / count if count else None
+
+    def histogram(self) -> dict[int, int]:
+        """Execution-time buckets over the whole span."""
+        return _merged(self.histograms)
+
+    def latency_histogram(self) -> dict[int, int]:
+        return _merged(self.latency_histograms)
+
+    def percentile(self, q: float) -> float | None:
+        return percentile(self.histogram(), q)
+
+    def percentile_series(self, q: float) -> list[float | None]:
+        """The ``q`` quantile of each minute (None for a minute without runs), for a chart."""
+        return [percentile(minute, q) for minute in self.histograms]
+
+    def as_json(self) -> dict[str, Any]:
+        hist = self.histogram()
+        return {
+            "job_class": self.job_class,
+            "runs": self.total_runs,
+            "failures": self.total_failures,
+            "average_ms": _rounded(self.average_ms),
+            "p50_ms": percentile(hist, 0.5),
+            "p95_ms": percentile(hist, 0.95),
+            "p99_ms": percentile(hist, 0.99),
+            "average_latency_ms": _rounded(self.average_latency_ms),
+            "p95_latency_ms": percentile(self.latency_histogram(), 0.95),
+            "other": self.other,
+            "series": [
+                {"minute": m, "runs": r, "failures": f, "ms": round(ms, 3), "latency_ms": round(lat, 3),
+                 "latencies": n, "histogram": h, "latency_histogram": lh}
+                for m, r, f, ms, lat, n, h, lh in zip(
+                    self.minutes, self.runs, self.failures, self.ms, self.latency_ms, self.latencies,
+                    self.histograms, self.latency_histograms, strict=True,
+                )
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A deploy mark: a label at a time, drawn on the charts."""
+
+    at: float
+    label: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"at": self.at, "label": self.label}
+
+
+@dataclass
+class Report:
+    """``api.metrics``: every class seen in the span (or the one asked for), and the marks in it."""
+
+    minutes: list[int]
+    classes: dict[str, ClassMetrics]
+    marks: list[Mark]
+    bounds_ms: tuple[float, ...] = BOUNDS_MS
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "minutes": self.minutes,
+            "bounds_ms": list(self.bounds_ms),
+            "classes": [c.as_json() for c in sorted(self.classes.values(), key=lambda c: c.job_class)],
+            "marks": [m.as_json() for m in self.marks],
+        }
+
+
+def _merged(histograms: Iterable[dict[int, int]]) -> dict[int, int]:
+    total: dict[int, int] = {}
+    for histogram in histograms:
+        for bucket, count in histogram.items():
+            total[bucket] = total.get(bucket, 0) + count
+    return total
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def read(broker: Broker, job_class: str | None = None, minutes: int = 60, now: float | None = None) -> Report:
+    """The last ``minutes`` minutes (the current one included), from the minute hashes."""
+    minutes = max(1, int(minutes))
+    last = int((time.time() if now is None else now) // 60)
+    numbers = list(range(last - minutes + 1, last + 1))
+    hashes, raw_marks = broker.read_metrics(numbers, numbers[0] * 60)
+    classes: dict[str, ClassMetrics] = {}
+    for index, values in enumerate(hashes):
+        for raw_field, raw_value in values.items():
+            name, _, stat = _text(raw_field).rpartition("|")
+            if not name or (job_class is not None and name != job_class):
+                continue
+            try:
+                amount = float(_text(raw_value))
+            except ValueError:
+                continue
+            found = classes.get(name)
+            if found is None:
+                found = classes[name] = _empty(name, [n * 60 for n in numbers])
+            _add(found, index, stat, amount)
+    marks = []
+    for member, score in raw_marks:
+        _, _, label = _text(member).partition(" ")
+        marks.append(Mark(float(score), label))
+    return Report([n * 60 for n in numbers], classes, marks)
+
+
+def _empty(name: str, minutes: list[int]) -> ClassMetrics:
+    n = len(minutes)
+    return ClassMetrics(
+        name, minutes, [0] * n, [0] * n, [0.0] * n, [0.0] * n, [0] * n, [{} for _ in range(n)], [{} for _ in range(n)],
+    )
+
+
+_SERIES = {"r": "runs", "f": "failures", "ms": "ms", "lat": "latency_ms", "latn": "latencies"}
+
+
+def _add(metrics: ClassMetrics, index: int, stat: str, amount: float) -> None:
+    if stat in _SERIES:
+        series = getattr(metrics, _SERIES[stat])
+        series[index] = type(series[index])(amount)
+    elif stat.startswith(OTHER):
+        outcome = stat[len(OTHER):]
+        metrics.other[outcome] = metrics.other.get(outcome, 0) + int(amount)
+    elif stat[:1] in (HISTOGRAM, LATENCY_HISTOGRAM) and stat[1:].isdigit() and int(stat[1:]) < BUCKETS:
+        into = metrics.histograms if stat[0] == HISTOGRAM else metrics.latency_histograms
+        into[index][int(stat[1:])] = int(amount)
+
+
+def mark(broker: Broker, label: str, at: float | None = None) -> Mark:
+    """Record a deploy mark (``jobs metrics mark v1.2``), kept as long as the metrics."""
+    if not isinstance(label, str) or not label.strip() or len(label) > 200:
+        raise ValueError(f"A deploy mark needs a label of 1 to 200 characters, got {label!r}.")
+    retention = broker.settings.metrics_retention
+    if retention is None:
+        raise ValueError("Metrics are off (ASYNC_JOBS['METRICS_RETENTION'] is None): there are no charts to mark.")
+    found = Mark(time.time() if at is None else at, label.strip())
+    broker.add_metrics_mark(f"{found.at:.3f} {found.label}", found.at, retention)
+    return found

@@ -1,0 +1,176 @@
+"""Per-class metrics: a real worker runs jobs, its heart sends the buffered counts to Redis,
+``api.metrics`` and ``jobs metrics`` read them back."""
+
+import dataclasses
+import json
+import time
+from io import StringIO
+
+import pytest
+import redis
+from django.core.management import CommandError, call_command
+
+from django_async_jobs import api, metrics
+from django_async_jobs.broker.client import Broker
+from django_async_jobs.checks import check_settings
+from django_async_jobs.conf import get_settings
+from django_async_jobs.worker import processor
+from tests.helpers import wait_for
+from tests.testapp.flow_jobs import DiscardingAccountJob, ExpiringJob
+from tests.testapp.jobs import FailJob, IncrJob, TraceJob
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def empty_buffer():
+    """Jobs of earlier tests (other prefixes) leave nothing in this process's buffer."""
+    metrics.BUFFER.take()
+    yield
+    metrics.BUFFER.take()
+
+
+def run(*args):
+    out = StringIO()
+    call_command("jobs", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def runs_of(name):
+    found = api.metrics(name, minutes=5).classes.get(name)
+    return found.total_runs if found else 0
+
+
+def test_runs_failures_and_jobs_that_did_not_run_are_counted_per_class(broker, worker, prefix):
+    for i in range(3):
+        IncrJob.perform_later(f"{prefix}:n", i)
+    FailJob.perform_later(f"{prefix}:f")
+    ExpiringJob.set(wait_until=time.time() - 120).perform_later(f"{prefix}:e")  # past its deadline
+    wait_for(lambda: runs_of(IncrJob.job_name) == 3 and runs_of(FailJob.job_name) == 1, 30, "the heart's flush")
+    wait_for(lambda: api.metrics(minutes=5).classes.get(ExpiringJob.job_name), 30, "the expired job")
+    report = api.metrics(minutes=5)
+    incr, fail, expiring = (report.classes[c.job_name] for c in (IncrJob, FailJob, ExpiringJob))
+    assert (incr.total_runs, incr.total_failures) == (3, 0)
+    assert (fail.total_runs, fail.total_failures) == (1, 1)  # failed, waiting for its retry
+    assert expiring.total_runs == 0 and expiring.other == {"expired": 1}  # dropped: not a run
+    assert sum(incr.histogram().values()) == 3 and incr.average_ms > 0
+    assert incr.percentile(0.5) in metrics.BOUNDS_MS
+    series = incr.percentile_series(0.95)
+    assert len(series) == 5 and series.count(None) >= 3 and any(series)  # the minutes that ran
+    assert sum(incr.latencies) == 3 and incr.average_latency_ms >= 0
+    assert len(report.minutes) == 5 and report.minutes[-1] == int(time.time() // 60) * 60
+
+
+def test_execution_time_lands_in_its_bucket_and_latency_counts_from_the_run_at(broker, worker, prefix):
+    TraceJob.perform_later(f"{prefix}:t", "slow", 0.2)
+    IncrJob.set(wait_until=time.time() - 90).perform_later(f"{prefix}:n")  # due 90 s ago
+    wait_for(lambda: runs_of(TraceJob.job_name) == 1 and runs_of(IncrJob.job_name) == 1, 30, "both runs")
+    report = api.metrics(minutes=5)
+    slow = report.classes[TraceJob.job_name]
+    [bucket] = slow.histogram()
+    assert metrics.BOUNDS_MS[bucket - 1] < slow.average_ms <= metrics.BOUNDS_MS[bucket]
+    assert slow.average_ms >= 200
+    late = report.classes[IncrJob.job_name]
+    assert late.average_latency_ms >= 90_000
+    assert metrics.percentile(late.latency_histogram(), 0.95) >= 90_000
+
+
+def test_percentile_reads_the_bucket_a_rank_falls_in():
+    hist = {3: 50, 10: 45, 20: 5}
+    assert metrics.percentile(hist, 0.5) == metrics.BOUNDS_MS[3]
+    assert metrics.percentile(hist, 0.95) == metrics.BOUNDS_MS[10]
+    assert metrics.percentile(hist, 0.99) == metrics.BOUNDS_MS[20]
+    assert metrics.percentile({}, 0.5) is None
+    assert metrics.percentile({metrics.BUCKETS - 1: 1}, 0.5) == metrics.BOUNDS_MS[-1]  # past the last bound
+    assert all(b > a for a, b in zip(metrics.BOUNDS_MS, metrics.BOUNDS_MS[1:], strict=False))
+
+
+def test_minute_hashes_expire_with_the_retention_and_old_minutes_are_not_written(broker, settings):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "METRICS_RETENTION": 600}
+    broker = api.get_broker()
+    now = time.time()
+    minute = int(now // 60)
+    broker.record_metrics({minute: {"a.Job|r": "2"}, minute - 30: {"a.Job|r": "1"}}, 600, now)
+    ttl = broker.redis.ttl(broker.keys.metrics(minute))
+    assert 540 < ttl <= 660
+    assert not broker.redis.exists(broker.keys.metrics(minute - 30))  # older than the retention
+    assert api.metrics("a.Job", minutes=5).classes["a.Job"].total_runs == 2
+    assert len(api.metrics(minutes=10_000).minutes) == 10  # never further back than the retention
+
+
+def test_a_flush_redis_did_not_take_is_sent_with_the_next(broker, prefix):
+    payload = {"jid": "x1", "job": IncrJob.job_name, "queue": "default", "args": [f"{prefix}:n"], "enqueued_at": time.time()}
+    processor.worker_chain(IncrJob).run(IncrJob.deserialize(payload))
+    unreachable = Broker(dataclasses.replace(get_settings(), redis_url="redis://127.0.0.1:1/0"))
+    with pytest.raises(redis.ConnectionError):
+        metrics.flush(unreachable)
+    assert metrics.flush(broker) == 1
+    assert runs_of(IncrJob.job_name) == 1
+
+
+def test_metrics_off_leaves_the_layer_out(settings):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "METRICS_RETENTION": None}
+    assert not metrics.Metrics().applies_to(IncrJob)
+    with pytest.raises(ValueError, match="Metrics are off"):
+        api.mark_deploy("v1")
+
+
+@pytest.mark.parametrize("value", [0, 30, "72h", True])
+def test_bad_retention_is_refused_by_the_check(settings, value):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "METRICS_RETENTION": value}
+    assert "async_jobs.E014" in [e.id for e in check_settings()]
+
+
+def test_deploy_marks_are_kept_and_returned_with_the_metrics(broker):
+    assert "Marked 'v1.2'" in run("metrics", "mark", "v1.2")
+    api.mark_deploy("v1.3")
+    assert [m.label for m in api.metrics(minutes=5).marks] == ["v1.2", "v1.3"]
+    assert broker.redis.ttl(broker.keys.metrics_marks) > 0
+    with pytest.raises(CommandError, match="label of 1 to 200"):
+        run("metrics", "mark", " ")
+
+
+def test_the_metrics_command_prints_a_table_and_json(broker, worker, prefix):
+    assert "No job ran in the last 60 minute(s)." in run("metrics")
+    for i in range(2):
+        IncrJob.perform_later(f"{prefix}:n", i)
+    FailJob.perform_later(f"{prefix}:f")
+    wait_for(lambda: runs_of(IncrJob.job_name) == 2 and runs_of(FailJob.job_name) == 1, 30, "the flush")
+    lines = run("metrics", "--minutes", "5").splitlines()
+    assert lines[0].split()[:4] == ["JOB", "RUNS", "FAILED", "AVG"]
+    assert any(line.split()[:3] == [IncrJob.job_name, "2", "0"] for line in lines)
+    data = json.loads(run("metrics", "--class", FailJob.job_name, "--json"))
+    [only] = data["classes"]
+    assert (only["job_class"], only["runs"], only["failures"]) == (FailJob.job_name, 1, 1)
+    assert only["p50_ms"] in data["bounds_ms"] and len(only["series"]) == 60
+    with pytest.raises(CommandError, match="positive integer"):
+        run("metrics", "--minutes", "0")
+
+
+def test_the_processes_command_shows_each_worker(broker, worker):
+    lines = run("processes").splitlines()
+    assert lines[0].split()[:5] == ["HOST", "PID", "QUEUES", "BUSY", "RSS"]
+    assert worker.process_id in lines[2] and f"0/{worker.concurrency}" in lines[2].split()
+    [data] = json.loads(run("processes", "--json"))
+    assert data["id"] == worker.process_id and data["rss"] > 0 and data["quiet"] is False
+
+
+def test_a_payload_whose_times_are_not_numbers_counts_a_run_without_latency(broker, worker, prefix):
+    payload = {"jid": "j1", "job": IncrJob.job_name, "queue": "default", "args": [f"{prefix}:n"],
+               "enqueued_at": "yesterday", "at": None}
+    broker.push([json.dumps(payload)])
+    wait_for(lambda: runs_of(IncrJob.job_name) == 1, 30, "the run")
+    incr = api.metrics(IncrJob.job_name, minutes=5).classes[IncrJob.job_name]
+    assert sum(incr.latencies) == 0 and incr.average_latency_ms is None
+
+
+def test_a_job_its_concurrency_limit_discards_is_not_a_run(broker, worker, prefix):
+    gate = f"{prefix}:gate"
+    DiscardingAccountJob.perform_later("acme", prefix, gate)
+    wait_for(lambda: broker.redis.llen(f"{prefix}:start") == 1, 30, "the first job running")
+    DiscardingAccountJob.perform_later("acme", prefix)  # its place is taken: discarded unstarted
+    name = DiscardingAccountJob.job_name
+    wait_for(lambda: api.metrics(name, minutes=5).classes.get(name), 30, "the discard counted")
+    broker.redis.rpush(gate, "go")
+    wait_for(lambda: runs_of(name) == 1, 30, "the first job's run")
+    assert api.metrics(name, minutes=5).classes[name].other == {"discarded": 1}
