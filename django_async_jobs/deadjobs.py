@@ -292,12 +292,26 @@ def flush_staged(broker: Broker | None = None, batch: int = FLUSH_BATCH) -> int:
             if written is None:
                 return moved
             if written:
+                for i in written:
+                    _count_in_batch(broker, rows[i])
                 broker.redis.hdel(key, *(chunk[i][0] for i in written))
                 moved += len(written)
             if len(written) < len(chunk) and not _db_up(alias):
                 return moved
         if cursor == 0:
             return moved
+
+
+def _count_in_batch(broker: Broker, row: DeadJob) -> None:
+    """A poison pill is buried by a recovery, not by a settle step, so its batch learns of the
+    death here: before the staged record goes (a crash repeats the call, which is idempotent).
+    Only keys in the batches' own space are touched, whatever the payload says."""
+    if row.reason != DeathReason.POISON_PILL or not row.job_id:
+        return
+    keys = _parse_payload(row.payload).get("batch")
+    base = broker.keys.batch_base
+    if isinstance(keys, list) and 0 < len(keys) <= 32 and all(isinstance(k, str) and k.startswith(base) for k in keys):
+        broker.batch_dead(keys, row.job_id)
 
 
 def _db_up(alias: str) -> bool:

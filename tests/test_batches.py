@@ -401,3 +401,30 @@ def test_the_api_pages_batches_newest_first_and_the_command_shows_them(broker, p
     assert json.loads(out.getvalue())["total"] == 1
     with pytest.raises(CommandError, match="No batch"):
         call_command("jobs", "batches", "nosuchbatch")
+
+
+def test_a_poison_pill_member_counts_dead_and_fires_death_once(worker, broker, prefix):
+    """A member that crashes its worker every time is buried by a recovery, not a settle step:
+    the dead-job writer tells its batch, so death and complete fire (once), success never."""
+    from django_async_jobs import signals
+
+    key = f"{prefix}:runs"
+
+    def crash(sender, job, **kwargs):
+        if job.arguments[1] == "pill":
+            raise SystemExit(1)  # outside perform: no settlement, the heartbeat hands it back
+
+    batch = watched(key)
+    signals.job_started.connect(crash, sender=MemberJob, weak=False)
+    try:
+        with batch.jobs():
+            MemberJob.perform_later(key, "ok")
+            MemberJob.perform_later(key, "pill")
+        wait_for(lambda: sorted(events(broker, key)) == ["complete", "death"], 60, "death and complete")
+    finally:
+        signals.job_started.disconnect(crash, sender=MemberJob)
+    time.sleep(0.5)  # nothing more arrives
+    assert sorted(events(broker, key)) == ["complete", "death"]
+    status = Batch.status(batch.bid)
+    assert (status["dead"], status["pending"]) == (1, 1)
+    assert broker.redis.hlen(broker.keys.dead) == 0  # the row is written, the record gone

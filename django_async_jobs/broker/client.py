@@ -457,6 +457,11 @@ class Broker:
         (its callbacks fire then when due). Returns how many joined."""
         return self._run("batch", [self.keys.batches, *keys], ["close" if close else "add", ttl, *job_ids])
 
+    def batch_dead(self, keys: list[str], job_id: str) -> None:
+        """Count a member of batch ``keys[0]`` dead that no settle step buried (a poison pill of
+        a recovery); idempotent per member."""
+        self._run("batch", [self.keys.batches, *keys], ["dead", job_id])
+
     def batch_cancel(self, bid: str) -> bool:
         """Mark a batch cancelled; False when it is gone."""
         return self._run("batch", [self.keys.batches, self.keys.batch(bid)], ["cancel"]) == 1

@@ -10,6 +10,9 @@
 --           at once). Returns how many joined.
 --   cancel: no callback fires from now on; its jobs are dropped when fetched. Returns 1, or 0
 --           when the batch is gone.
+--   dead  : ARGV[4] = a member's job id, buried outside the settle step (a poison pill of a
+--           recovery): it counts as dead, and death (then complete) fire as the settle step
+--           would. A second call for the same member changes nothing. Returns 1.
 local op, key = ARGV[3], KEYS[5]
 local now = now_seconds()
 if op == 'open' then
@@ -39,6 +42,12 @@ end
 if op == 'cancel' then
   if redis.call('HEXISTS', key, 'created_at') == 0 then return 0 end
   redis.call('HSETNX', key, 'cancelled_at', now)
+  return 1
+end
+if op == 'dead' then
+  local keys = {}
+  for i = 5, #KEYS do keys[#keys + 1] = KEYS[i] end
+  if batch_ended(keys, ARGV[4], 'dead') then redis.call('PUBLISH', CHANNEL, 'ready') end
   return 1
 end
 if redis.call('HEXISTS', key, 'created_at') == 0 then return 0 end

@@ -325,7 +325,7 @@ local function batch_member(key, jid, event)
   if was == 's' then return false, false end  -- done already: a duplicate run changes nothing
   local to = 's'
   if event == 'fail' then to = 'r' elseif event == 'dead' then to = 'd' end
-  if to ~= 's' then redis.call('HINCRBY', key, 'failures', 1) end
+  if to ~= 's' and not (to == 'd' and was == 'd') then redis.call('HINCRBY', key, 'failures', 1) end
   if was == 'd' and to ~= 'd' then redis.call('HINCRBY', key, 'dead', -1) end
   if to == 'd' and was ~= 'd' then redis.call('HINCRBY', key, 'dead', 1) end
   local died, due = to == 'd' and was ~= 'd', false
@@ -339,20 +339,13 @@ local function batch_member(key, jid, event)
   return died, due or died
 end
 
--- The settle step's part: a job of a batch (its payload's "batch": the batch's key list) ended
--- with op. The keys are used only if they were passed (passed(key)). Returns true when a
--- callback was pushed.
-local function batch_settled(job, op)
-  local keys = job and job.batch
-  if type(keys) ~= 'table' or #keys == 0 or type(job.jid) ~= 'string' then return false end
-  for _, key in ipairs(keys) do
-    if type(key) ~= 'string' or not passed(key) then return false end
-  end
+-- A member of batch keys[1] (keys: the batch, then its parents) ended with event (see
+-- batch_member): its counters move, and death, complete and success fire where due. Returns
+-- true when a callback was pushed.
+local function batch_ended(keys, jid, event)
   if redis.call('HEXISTS', keys[1], 'created_at') == 0 then return false end  -- expired, or never made
-  local event = 'ok'
-  if op == 'retry' then event = 'fail' elseif op == 'dead' then event = 'dead' end
   local pushed = false
-  local died, due = batch_member(keys[1], job.jid, event)
+  local died, due = batch_member(keys[1], jid, event)
   if not due then return false end
   local now = now_seconds()
   if died then
@@ -365,3 +358,18 @@ local function batch_settled(job, op)
   if batch_check(keys, 1, now) then pushed = true end
   return pushed
 end
+
+-- The settle step's part: a job of a batch (its payload's "batch": the batch's key list) ended
+-- with op. The keys are used only if they were passed (passed(key)). Returns true when a
+-- callback was pushed.
+local function batch_settled(job, op)
+  local keys = job and job.batch
+  if type(keys) ~= 'table' or #keys == 0 or type(job.jid) ~= 'string' then return false end
+  for _, key in ipairs(keys) do
+    if type(key) ~= 'string' or not passed(key) then return false end
+  end
+  local event = 'ok'
+  if op == 'retry' then event = 'fail' elseif op == 'dead' then event = 'dead' end
+  return batch_ended(keys, job.jid, event)
+end
+
