@@ -145,7 +145,9 @@ def test_expired_and_async_jobs_count_too(worker, broker, prefix):
     key = f"{prefix}:runs"
     batch = watched(key)
     with batch.jobs():
-        ExpiringJob.set(expires_in=0.001).perform_later(key)  # expired when fetched: done, never ran
+        # Due two minutes ago with a minute to live: expired when fetched, done, never ran. (A
+        # short expires_in could still be met: an idle worker starts a job within a millisecond.)
+        ExpiringJob.set(wait_until=time.time() - 120).perform_later(key)
         AsyncMemberJob.perform_later(key, "async")
     wait_for(lambda: sorted(events(broker, key)) == ["complete", "success"], 20, "the callbacks")
     assert runs(broker, key) == ["run:async"]

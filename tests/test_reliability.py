@@ -310,12 +310,15 @@ def test_jobs_finishing_while_redis_is_down_are_settled_once_it_is_back(tmp_path
         out = tmp_path / "done.txt"
         a = spawn("-c", "2", redis_url=server.url)
         process_id = wait_registered(private, a)[a.pid]
-        gate = tmp_path / "gate"
-        for name in ("x", "y"):
+        gates = {name: tmp_path / f"gate-{name}" for name in ("x", "y")}
+        for name, gate in gates.items():
             FileJob.perform_later(str(out), name, str(gate))  # neither ends while Redis is up
-        wait_for(lambda: len(private.inflight(process_id)) == 2, 30, "both jobs in flight")
+        # Both running, not only fetched: Redis goes away in the middle of both jobs.
+        wait_for(lambda: all(Path(f"{gate}.started").exists() for gate in gates.values()), 30, "both jobs running")
+        assert len(private.inflight(process_id)) == 2
         server.stop()  # kill -9, mid-job
-        gate.touch()
+        for gate in gates.values():
+            gate.touch()
         wait_for(lambda: out.exists() and len(out.read_text().split()) == 2, 30, "both jobs done, Redis down")
         wait_for(lambda: "failed, retrying" in a.output(), 30, "the acker meeting the outage")
         server.start()
