@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
+
 from django_async_jobs import batches as batch_state
 from django_async_jobs import cron, outbox, registry, resumable, signals
 from django_async_jobs import metrics as job_metrics
@@ -274,11 +276,115 @@ def set_key(kind: str, broker: Broker | None = None) -> str:
 
 
 def act(key: str, op: str, refs: Iterable[str], broker: Broker | None = None) -> int:
-    """Delete, run now (``enqueue``) or ``kill`` the jobs ``refs`` name in the set ``key``."""
+    """Delete, run now (``enqueue``), ``kill`` or ``cancel`` (``cancel_refs``) the jobs ``refs``
+    name in the set ``key``."""
+    if op == "cancel":
+        return cancel_refs(key, refs, broker)
     picks = parse_refs(refs)
     if not picks:
         return 0
     return (broker or get_broker()).pick(key, op, picks)
+
+
+def find_ref(key: str, ref: str, broker: Broker | None = None) -> JobEntry | None:
+    """The job ``ref`` names in the sorted set ``key``, or None when it is gone: one
+    ZRANGEBYSCORE on its score."""
+    picks = parse_refs([ref])
+    if not picks:
+        return None
+    score, job_id = picks[0]
+    broker = broker or get_broker()
+    for member, found_score in broker.redis.zrangebyscore(key, score, score, withscores=True):
+        job = entry(member, found_score)
+        if job.job_id == job_id:
+            return job
+    return None
+
+
+# -- search -------------------------------------------------------------------------------------
+
+SCAN_COUNT = 500  # members Redis looks at per ZSCAN call
+SCAN_CALLS = 20  # ZSCAN calls per page of results at most: a search page stays bounded
+
+
+def _glob_any_case(text: str) -> str:
+    """A glob matching ``text`` in any letter case (Redis' MATCH is case-sensitive)."""
+    return "".join(
+        f"[{c.lower()}{c.upper()}]" if c.lower() != c.upper() and len(c.upper()) == 1 else escape_glob(c)
+        for c in text
+    )
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a search looks for: each given field must match (class and queue exactly, error and
+    argument text anywhere, in any case)."""
+
+    job_class: str = ""
+    queue: str = ""
+    error: str = ""
+    text: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.job_class or self.queue or self.error or self.text)
+
+    def pattern(self) -> str:
+        """The MATCH glob Redis filters by, from the most selective field given."""
+        if self.job_class:
+            return "*" + escape_glob(_json_text(self.job_class) or "") + "*"
+        if self.text:
+            return "*" + _glob_any_case(self.text) + "*"
+        if self.error:
+            return "*" + _glob_any_case(self.error) + "*"
+        if self.queue:
+            return "*" + escape_glob(_json_text(self.queue) or "") + "*"
+        return "*"
+
+    def matches(self, job: JobEntry) -> bool:
+        return (
+            (not self.job_class or job.job_class == self.job_class)
+            and (not self.queue or job.queue == self.queue)
+            and (not self.error or self.error.lower() in job.error.lower())
+            and (not self.text or self.text.lower() in job.raw.lower())
+        )
+
+
+@dataclass(frozen=True)
+class Found:
+    """A page of search results: the jobs, and the cursor of the next page (0: the scan ended)."""
+
+    entries: list[JobEntry]
+    cursor: int
+
+
+def search(key: str, filters: Filters, cursor: int = 0, limit: int = 25, broker: Broker | None = None) -> Found:
+    """Jobs of the sorted set ``key`` matching ``filters``, a page at a time: ZSCAN with a MATCH
+    pattern (Redis drops most non-matches), at most ``SCAN_CALLS`` calls per page, so a search
+    never loads the whole set, however large; pass the returned cursor for the next page."""
+    broker = broker or get_broker()
+    limit = max(1, min(limit, MAX_PER_PAGE))
+    found: list[JobEntry] = []
+    pattern = filters.pattern()
+    for _ in range(SCAN_CALLS):
+        cursor, members = broker.redis.zscan(key, cursor, match=pattern, count=SCAN_COUNT)
+        found += [job for job in (entry(m, s) for m, s in members) if filters.matches(job)]
+        if cursor == 0 or len(found) >= limit:
+            break
+    return Found(found, cursor)
+
+
+def act_matching(key: str, op: str, filters: Filters, broker: Broker | None = None) -> int:
+    """``act`` on every job of ``key`` matching ``filters`` ("all matching"), a scan page at a
+    time: each page's jobs are acted on before the next is read. Returns how many were."""
+    broker = broker or get_broker()
+    done, cursor, pattern = 0, 0, filters.pattern()
+    while True:
+        cursor, members = broker.redis.zscan(key, cursor, match=pattern, count=SCAN_COUNT * 2)
+        refs = [job.ref for job in (entry(m, s) for m, s in members) if filters.matches(job)]
+        if refs:
+            done += act(key, op, refs, broker)
+        if cursor == 0:
+            return done
 
 
 # -- cancelling a job ------------------------------------------------------------------------------
@@ -311,29 +417,73 @@ def cancel(job_id: str, broker: Broker | None = None) -> Cancellation:
     ``self.cancelled`` become true, once that worker's next heartbeat reads the mark (see
     resumable.py). Nothing is recorded as dead.
 
-    Finding a job by id reads every queue (``ZSCAN``, a page at a time): an operator's action,
-    not one for a hot path. The sets are read in the order jobs move between them (schedule and
-    retries to queues, queues to workers), so a job moving meanwhile is found, or is held by a
-    worker by the time the mark is read.
+    Finding the job reads every set (``_waiting``), then every process's jobs.
     """
     if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise ValueError(f"cancel(): {job_id!r} is not a job id (letters, digits, '-', '_', '.' and ':').")
     broker = broker or get_broker()
-    keys = broker.keys
     broker.mark_cancelled(job_id, resumable.CANCEL_TTL)
-    places = [("scheduled", keys.schedule), ("retries", keys.retry)]
-    places += [(f"queue {name}", keys.queue(name)) for name in queue_names(broker)]
-    pattern = "*" + escape_glob(f'"{job_id}"') + "*"  # Redis keeps only the members holding the id
-    removed = []
-    for place, key in places:
-        for member, score in broker.redis.zscan_iter(key, match=pattern, count=1000):
-            if entry(member, score).job_id == job_id and _remove(broker, key, repr(score), job_id):
-                removed.append(place)
-    running = []
-    for process in processes(broker=broker):
-        if any(job.field.rpartition(":")[0] == job_id for job in process.jobs):
-            running.append(process.process_id)
+    removed = [
+        where.label for where in _waiting(job_id, broker)
+        if _remove(broker, where.key, repr(where.job.score), job_id)
+    ]
+    running = [process.process_id for process, _ in _holding(job_id, broker)]
     return Cancellation(job_id, removed, running)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a job is: ``kind`` is "queue", "scheduled", "retries" or "running"; ``key`` the
+    sorted set holding it (None while a process holds it)."""
+
+    kind: str
+    key: str | None
+    job: JobEntry
+    queue: str = ""
+    process: ProcessInfo | None = None
+    running: RunningJob | None = None
+
+    @property
+    def label(self) -> str:
+        return f"queue {self.queue}" if self.kind == "queue" else self.kind
+
+
+def _waiting(job_id: str, broker: Broker) -> list[Place]:
+    """The job's copies in the schedule, the retry set and the queues, in the order jobs move
+    between them (so a job moving meanwhile is found, or is held by a worker by then). Finding a
+    job by id reads every set (``ZSCAN`` with a MATCH on the id, a page at a time): an
+    operator's action, not one for a hot path."""
+    keys = broker.keys
+    sets = [("scheduled", keys.schedule, ""), ("retries", keys.retry, "")]
+    sets += [("queue", keys.queue(name), name) for name in queue_names(broker)]
+    pattern = "*" + escape_glob(f'"{job_id}"') + "*"  # Redis keeps only the members holding the id
+    found = []
+    for kind, key, queue in sets:
+        for member, score in broker.redis.zscan_iter(key, match=pattern, count=1000):
+            job = entry(member, score)
+            if job.job_id == job_id:
+                found.append(Place(kind, key, job, queue=queue or job.queue))
+    return found
+
+
+def _holding(job_id: str, broker: Broker) -> list[tuple[ProcessInfo, RunningJob]]:
+    return [
+        (process, running) for process in processes(broker=broker) for running in process.jobs
+        if running.field.rpartition(":")[0] == job_id
+    ]
+
+
+def locate(job_id: str, broker: Broker | None = None) -> list[Place]:
+    """Every place job ``job_id`` is in Redis right now (its detail page): waiting in a set, or
+    held by a process. Dead jobs are rows of ``DeadJob``."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        return []
+    broker = broker or get_broker()
+    held = [
+        Place("running", None, running.job, queue=running.job.queue, process=process, running=running)
+        for process, running in _holding(job_id, broker)
+    ]
+    return _waiting(job_id, broker) + held
 
 
 def cancel_refs(key: str, refs: Iterable[str], broker: Broker | None = None) -> int:
@@ -365,7 +515,7 @@ def _remove(broker: Broker, key: str, score: str, job_id: str) -> bool:
 class QueueInfo:
     name: str
     size: int
-    latency: float  # seconds since the job at the head was enqueued; 0 when empty
+    latency: float  # seconds the job at the head has been ready to run (``ready_since``); 0 when empty
     paused: bool = False
 
     def as_json(self) -> dict[str, Any]:
@@ -398,14 +548,21 @@ def queues(broker: Broker | None = None) -> list[QueueInfo]:
     result = []
     for i, name in enumerate(names):
         size, head = replies[2 * i], replies[2 * i + 1]
-        latency = 0.0
-        if head:
-            data = entry(head[0], 0.0).data
-            enqueued = (data or {}).get("enqueued_at")
-            if isinstance(enqueued, (int, float)) and not isinstance(enqueued, bool):
-                latency = max(0.0, now - enqueued)
-        result.append(QueueInfo(name, size, latency, name in paused))
+        ready = ready_since(entry(head[0], 0.0), now) if head else None
+        result.append(QueueInfo(name, size, 0.0 if ready is None else max(0.0, now - ready), name in paused))
     return result
+
+
+def ready_since(job: JobEntry, now: float) -> float | None:
+    """When a queued job became ready to run: the latest of its enqueue, its run-at time once
+    past (a scheduled job or a retry moved by the poller) and its "Run now" (``moved_at``,
+    stamped by pick.lua), so a job that waited in the schedule does not count that wait."""
+    data = job.data or {}
+    moments = [
+        value for value in (data.get("enqueued_at"), data.get("moved_at"), data.get("at"))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value <= now
+    ]
+    return max(moments, default=None)
 
 
 def clear_queue(name: str, broker: Broker | None = None) -> int:
@@ -668,6 +825,25 @@ def mark_deploy(label: str, broker: Broker | None = None) -> job_metrics.Mark:
     return job_metrics.mark(broker or get_broker(), label)
 
 
+def redis_info(broker: Broker | None = None) -> dict[str, Any] | None:
+    """What the overview shows of the Redis server: version, memory, clients, commands per
+    second, keys and uptime. None where INFO is refused (some managed services rename it)."""
+    broker = broker or get_broker()
+    try:
+        with broker.redis.pipeline(transaction=False) as pipe:
+            pipe.info()
+            pipe.dbsize()
+            info, keys = pipe.execute()
+    except redis.ResponseError:
+        return None
+    return {
+        "version": _text(info.get("redis_version", "?")), "memory": _text(info.get("used_memory_human", "?")),
+        "memory_peak": _text(info.get("used_memory_peak_human", "?")), "clients": int(_number(info.get("connected_clients"))),
+        "ops_per_sec": int(_number(info.get("instantaneous_ops_per_sec"))), "keys": keys,
+        "uptime": int(_number(info.get("uptime_in_seconds"))),
+    }
+
+
 @dataclass(frozen=True)
 class OutboxState:
     """Jobs written to the outboxes that the workers have not relayed to Redis yet."""
@@ -707,7 +883,8 @@ def run_recurring_now(name: str) -> str:
     """Enqueue a recurring entry's job now, outside its schedule; returns the job id.
 
     Its ticks are left alone: the next scheduled run still happens. The payload's ``cron`` field
-    is ``{"name": name, "manual": True}``, with no tick: the job can tell it was started by hand.
+    is ``{"name": name, "manual": True}``, with no tick: the job can tell it was started by hand;
+    the entry's last run shows it (``cron.last_run``'s ``manual_at``).
     """
     for entry in cron.entries():
         if entry.name == name:
@@ -719,6 +896,7 @@ def run_recurring_now(name: str) -> str:
             job.enqueue(queue=entry.queue, priority=entry.priority)
             if not job:
                 raise RuntimeError(f"{entry.job} was not enqueued: a before_enqueue callback halted it")
+            get_broker().mark_cron_manual(entry.name, job.job_id)
             return job.job_id
     raise LookupError(f"no recurring entry is named {name!r}")
 

@@ -4,7 +4,7 @@ from django.utils.module_loading import autodiscover_modules
 
 class AsyncJobsConfig(AppConfig):
     name = "django_async_jobs"
-    verbose_name = "Async jobs"
+    verbose_name = "Jobs"
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:

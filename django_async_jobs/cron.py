@@ -187,15 +187,24 @@ def enqueue_tick(entry: Entry, tick: float, broker: Any) -> str | None:
 
 
 def last_run(entry_name: str, broker: Any) -> dict[str, Any] | None:
-    """The last enqueued tick of an entry: ``{"tick", "job_id", "enqueued_at"}`` (datetimes in UTC)."""
+    """An entry's last run: ``{"tick", "job_id", "enqueued_at", "manual_at", "manual_job_id"}``
+    (datetimes in UTC; a key is None when that kind of run never happened). ``tick`` is the last
+    scheduled tick (``job_id`` empty when a unique job's lock kept it out); ``manual_at`` the last
+    "Run now". None when neither happened."""
     raw = broker.redis.hgetall(broker.keys.cron(entry_name))
     if not raw:
         return None
     data = {k.decode(): v.decode() for k, v in raw.items()}
+
+    def moment(name: str) -> datetime | None:
+        return datetime.fromtimestamp(float(data[name]), UTC) if name in data else None
+
     return {
-        "tick": datetime.fromtimestamp(float(data["tick"]), UTC),
+        "tick": moment("tick"),
         "job_id": data.get("job_id") or None,  # none when a unique job's lock kept the tick out
-        "enqueued_at": datetime.fromtimestamp(float(data["enqueued_at"]), UTC) if "enqueued_at" in data else None,
+        "enqueued_at": moment("enqueued_at"),
+        "manual_at": moment("manual_at"),
+        "manual_job_id": data.get("manual_job_id") or None,
     }
 
 
@@ -227,6 +236,15 @@ def _last_outcome(last: dict[str, Any]) -> str:
     return f"job {last['job_id']}" if last["job_id"] else "skipped: its unique job was still pending"
 
 
+def _last_line(last: dict[str, Any] | None) -> str:
+    parts = []
+    if last and last["tick"]:
+        parts.append(f"{last['tick'].isoformat()} ({_last_outcome(last)})")
+    if last and last["manual_at"]:
+        parts.append(f"run now at {last['manual_at'].isoformat()} (job {last['manual_job_id']})")
+    return "; ".join(parts) or "never"
+
+
 def format_table(rows: list[dict[str, Any]]) -> list[str]:
     """Plain-text lines for a terminal: one block per entry."""
     if not rows:
@@ -237,7 +255,7 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"{row['name']}: {row['class']} on {row['queue'] or '?'}  cron '{row['cron']}' ({row['timezone']})")
         lines.append("  next: " + ", ".join(moment.isoformat() for moment in row["next_runs"]))
         lines.append(
-            "  last: " + (f"{last['tick'].isoformat()} ({_last_outcome(last)})" if last else "never")
+            "  last: " + _last_line(last)
             + ("  catch_up=last" if row["catch_up"] else "")
         )
     return lines

@@ -42,7 +42,9 @@ RETRY_CHUNK = 1000
 PRUNE_CHUNK = 1000
 
 # Bookkeeping of the attempts that led to the death; a retried dead job starts afresh.
-RESET_KEYS = frozenset({"executions", "retry_count", "retries", "at", "error_class", "error_message"})
+RESET_KEYS = frozenset({
+    "executions", "retry_count", "retries", "at", "error_class", "error_message", "traceback", "moved_at",
+})
 
 _CHAR_LIMIT = 255
 _INT_LIMIT = 2**31 - 1

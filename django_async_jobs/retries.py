@@ -21,6 +21,7 @@ import asyncio
 import logging
 import random
 import time
+import traceback
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ logger = logging.getLogger("django_async_jobs.job")
 DEFAULT_MAX_RETRIES = 25
 DEFAULT_JITTER = 0.15
 UNLIMITED = "unlimited"
+# The end of a long traceback is where the error is; the retry payload keeps that much of it.
+TRACEBACK_KEPT = 8000
 
 Wait = float | int | timedelta | Callable[[int], Any]
 
@@ -350,6 +353,9 @@ def _retry(
     _counter(job.executions, "executions")
     data = {**job.payload, **counters, "executions": job.executions, "error_class": type(exc).__name__}
     data["error_message"] = str(exc)[:500]
+    # The failure's traceback rides with the job: its detail page shows it, and a retry killed
+    # from the dashboard becomes a dead job that still has it.
+    data["traceback"] = "".join(traceback.format_exception(exc))[-TRACEBACK_KEPT:]
     if queue:
         data["queue"] = queue
     if priority is not None:

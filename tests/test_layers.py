@@ -20,7 +20,7 @@ LAYERS = {
     "worker runtime": ["worker"],
     "Django surface": [
         "apps", "checks", "admin", "dashboard", "management", "tasks", "jobs", "testing",
-        "pytest_plugin", "views", "urls",
+        "pytest_plugin", "views", "urls", "templatetags",
     ],
 }
 RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}

@@ -243,7 +243,9 @@ def test_a_run_by_hand_is_marked_manual_and_leaves_the_ticks_alone(settings, bro
     payload = json.loads(raw)
     assert payload["jid"] == job_id and payload["priority"] == 5
     assert payload["cron"] == {"name": "nightly", "manual": True}
-    assert cron.last_run("nightly", broker) is None  # no tick was recorded
+    last = cron.last_run("nightly", broker)
+    assert last["tick"] is None and last["job_id"] is None  # no tick was recorded
+    assert last["manual_job_id"] == job_id and last["manual_at"] is not None  # the run by hand was
 
 
 def test_the_cron_field_stays_with_a_job_that_enqueues_itself_again(settings, broker, key):

@@ -657,6 +657,10 @@ class Broker:
     def paused_queues(self) -> set[str]:
         return {name.decode() if isinstance(name, bytes) else name for name in self.redis.smembers(self.keys.paused)}
 
+    def mark_cron_manual(self, entry: str, job_id: str) -> None:
+        """Record a recurring entry's "Run now" beside its last tick (one HSET: atomic)."""
+        self.redis.hset(self.keys.cron(entry), mapping={"manual_at": f"{time.time():.3f}", "manual_job_id": job_id})
+
     def signal_process(self, process_id: str, signal: str, ttl: float) -> None:
         """Ask a worker process to ``quiet`` or ``stop``; it acts on its next heartbeat."""
         if signal not in ("quiet", "stop"):

@@ -23,7 +23,8 @@ key                                    type       holds
 ``p:notify``                           channel    "work is ready" wake-ups for idle workers
 ``p:lock:<job>:<digest>``              string     a unique job's enqueue lock; value = job id
 ``p:runlock:<job>:<digest>``           string     a unique job's run lock; value = in-flight field
-``p:cron:<name>``                      hash       a recurring entry's last tick, job id, time
+``p:cron:<name>``                      hash       a recurring entry's last tick, job id, time; and its
+                                                  last "Run now" (manual_at, manual_job_id)
 ``p:result:<id>``                      string     a django.tasks result (JSON), kept RESULT_TTL
 ``p:lease:<chore>``                     string     which process does a chore now (dead flush, prune,
                                                   ``outbox:<alias>``: relaying that database's outbox)

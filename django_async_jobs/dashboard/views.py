@@ -8,11 +8,13 @@ that redirects back (post/redirect/get), with the outcome in a message.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import redis
 from django.contrib import messages
@@ -21,12 +23,13 @@ from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
-from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from django_async_jobs import api
 from django_async_jobs.conf import valid_queue_name
+from django_async_jobs.models import DeadJob, JobProgress
+from django_async_jobs.templatetags.async_jobs import absolute, duration, moment_parts, relative
 
 # Retrying, deleting and killing dead jobs already need this one in the DeadJob admin; the
 # dashboard's changes are the same kind of power, so one permission covers both.
@@ -72,33 +75,37 @@ def _buttons(ops: tuple[str, ...]) -> list[tuple[str, str, str | None]]:
 
 
 @dataclass(frozen=True)
+class Cell:
+    """A table cell: its text, the whole value when the text is cut (tooltip and expander), and
+    a CSS class ("aj-long": truncated to the column, "aj-time": a moment)."""
+
+    text: str
+    whole: str = ""
+    css: str = ""
+    extra: str = ""  # a muted second part (a moment's relative time)
+
+
+@dataclass(frozen=True)
 class Row:
-    """One job as a table row: its ref (for the checkbox and buttons) and its cells as text."""
+    """One job as a table row: its ref (for the checkbox and buttons), its detail page, its cells."""
 
     ref: str
     job_id: str
-    cells: list[tuple[str, str]]  # (text, title)
+    url: str
+    cells: list[Cell]
 
 
-def _relative(seconds: float) -> str:
-    """A short, translation-free age or wait ("3 min ago", "in 2 h"), cheap enough for every row."""
-    size = abs(seconds)
-    text = (
-        f"{size:.0f} s" if size < 90 else f"{size / 60:.0f} min" if size < 5400
-        else f"{size / 3600:.0f} h" if size < 129600 else f"{size / 86400:.0f} d"
-    )
-    return f"in {text}" if seconds > 0 else f"{text} ago"
+def _time_cell(value: datetime | None, now: float) -> Cell:
+    text, ago, iso = moment_parts(value, now)
+    return Cell(text, iso, "aj-time", ago)
 
 
-def _moment(value: datetime | None, now: float) -> tuple[str, str]:
-    if value is None:
-        return "-", ""
-    return f"{value:%Y-%m-%d %H:%M:%S} ({_relative(value.timestamp() - now)})", value.isoformat()
-
-
-def job_table(page: api.Page, kind: str | None, arguments: bool = True) -> tuple[list[str], list[Row]]:
+def job_table(
+    page_entries: list[api.JobEntry], kind: str | None, detail: Callable[[api.JobEntry], str], arguments: bool = True,
+) -> tuple[list[str], list[Row]]:
     """Headers and rows for a page of jobs, built in Python: a template doing the same per cell
-    costs more than the Redis reads for the page. ``arguments``: show the Arguments column."""
+    costs more than the Redis reads for the page. ``arguments``: show the Arguments column;
+    ``detail``: a job's detail page URL."""
     now = time.time()
     headers = [str(_("When")) if kind else str(_("Enqueued")), str(_("Job"))]
     if kind:
@@ -109,16 +116,16 @@ def job_table(page: api.Page, kind: str | None, arguments: bool = True) -> tuple
         headers += [str(_("Retries")), str(_("Error"))]
     headers.append(str(_("Job id")))
     rows = []
-    for job in page.entries:
-        cells = [_moment(job.at if kind else job.enqueued_at, now), (job.job_class or str(_("(unreadable payload)")), "")]
+    for job in page_entries:
+        cells = [_time_cell(job.at if kind else job.enqueued_at, now), Cell(job.job_class or str(_("(unreadable payload)")))]
         if kind:
-            cells.append((job.queue, ""))
+            cells.append(Cell(job.queue))
         if arguments:
-            cells.append((job.arguments, job.raw))
+            cells.append(Cell(job.arguments, job.raw, "aj-long"))
         if kind == "retries":
-            cells += [(str(job.retry_count), ""), (Truncator(job.error).chars(100), job.error)]
-        cells.append((job.job_id, ""))
-        rows.append(Row(job.ref, job.job_id, cells))
+            cells += [Cell(str(job.retry_count)), Cell(job.error, job.error, "aj-long")]
+        cells.append(Cell(job.job_id, job.job_id, "aj-id"))
+        rows.append(Row(job.ref, job.job_id, detail(job), cells))
     return headers, rows
 
 
@@ -140,11 +147,16 @@ def _url(site: AdminSite, name: str, *args: Any) -> str:
     return reverse(f"{site.name}:{name}", args=args, current_app=site.name)
 
 
-def dead_url(site: AdminSite) -> str | None:
+def _admin_url(site: AdminSite, name: str, *args: Any) -> str | None:
+    """An admin page of the app's models, or None where the site does not register it."""
     try:
-        return _url(site, "django_async_jobs_deadjob_changelist")
+        return _url(site, f"{APP_LABEL}_{name}", *args)
     except NoReverseMatch:
         return None
+
+
+def dead_url(site: AdminSite) -> str | None:
+    return _admin_url(site, "deadjob_changelist")
 
 
 def _render(
@@ -159,10 +171,13 @@ def _render(
         "models": our_models(base["available_apps"]),
         "title": title,
         "tabs": tabs,
+        "current_tab": dict((key, label) for key, _name, label, _current in tabs).get(tab),
+        "current_tab_url": dict((key, url) for key, url, _label, _current in tabs).get(tab),
         "dead_url": dead_url(site) if readable else None,
         "can_read": readable,
         "can_manage": can_manage(request),
         "overview_url": _url(site, "async_jobs_overview"),
+        "app_url": _url(site, "app_list", APP_LABEL),
         **context,
     })
 
@@ -174,23 +189,46 @@ def _int(value: str | None, default: int) -> int:
         return default
 
 
-def _page(request: HttpRequest, key: str, kind: str | None) -> dict[str, Any]:
-    """A page of a sorted set and its table, as template context."""
-    page = api.page_of(
-        key, _int(request.GET.get("page"), 1), _int(request.GET.get("per_page"), DEFAULT_PER_PAGE)
+def detail_url(site: AdminSite, where: str) -> Callable[[api.JobEntry], str]:
+    """A job's detail page from a list: ``where`` names the set, the ref finds the job at once."""
+    def url(job: api.JobEntry) -> str:
+        return f"{_url(site, 'async_jobs_job', job.job_id)}?{urlencode({'where': where, 'ref': job.ref})}"
+    return url
+
+
+def _filters(request: HttpRequest, kind: str | None) -> api.Filters:
+    """The search form's filters; argument text only for users who may read arguments."""
+    get = request.GET
+    return api.Filters(
+        job_class=get.get("class", "").strip(),
+        queue=get.get("queue", "").strip() if kind else "",
+        error=get.get("error", "").strip() if kind == "retries" else "",
+        text=get.get("q", "").strip() if can_read(request) else "",
     )
-    headers, rows = job_table(page, kind, arguments=can_read(request))
-    return {"page": page, "headers": headers, "rows": rows}
 
 
-def _apply(key: str, op: str, refs: list[str]) -> int:
-    """Act on the jobs ``refs`` name in a queue or set: cancel them (``api.cancel_refs``: marked
-    and taken out, ``job_cancelled`` sent) or ``api.act``'s delete, run now and kill."""
-    return api.cancel_refs(key, refs) if op == "cancel" else api.act(key, op, refs)
+def _page(request: HttpRequest, site: AdminSite, key: str, kind: str | None, where: str) -> dict[str, Any]:
+    """A page of a sorted set (or of the search in it) and its table, as template context."""
+    filters = _filters(request, kind)
+    per_page = _int(request.GET.get("per_page"), DEFAULT_PER_PAGE)
+    if filters:
+        found = api.search(key, filters, _int(request.GET.get("cursor"), 0), per_page)
+        entries, page = found.entries, None
+        next_query = request.GET.copy()
+        next_query["cursor"] = str(found.cursor)
+        search = {"next_url": f"?{next_query.urlencode()}" if found.cursor else None, "count": len(entries)}
+    else:
+        page = api.page_of(key, _int(request.GET.get("page"), 1), per_page)
+        entries, search = page.entries, None
+    headers, rows = job_table(entries, kind, detail_url(site, where), arguments=can_read(request))
+    return {
+        "page": page, "search": search, "filters": filters, "headers": headers, "rows": rows,
+        "search_kind": kind or "queue",
+    }
 
 
 def _redirect_back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
-    """Back to the page (and page number) the form was on."""
+    """Back to the page (and page number, and search) the form was on."""
     query = request.GET.urlencode()
     return HttpResponseRedirect(f"{fallback}?{query}" if query else fallback)
 
@@ -210,6 +248,25 @@ def our_models(app_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _act(request: HttpRequest, key: str, ops: tuple[str, ...], kind: str | None) -> None:
+    """A POST on a list of jobs: a row's button, the checked rows, or every job matching the
+    search ("all matching": ``all=1``, the filters in the query string)."""
+    op, refs = _chosen(request, ops)
+    everything = request.POST.get("all") == "1"
+    if op is None:
+        messages.warning(request, _("Choose an action."))
+        return
+    if not refs and not everything:
+        messages.warning(request, _("Select at least one job."))
+        return
+    try:
+        count = api.act_matching(key, op, _filters(request, kind)) if everything else api.act(key, op, refs)
+    except redis.RedisError as exc:
+        _redis_down(request, exc)
+    else:
+        messages.success(request, OP_DONE[op](count) % {"n": count})
+
+
 # -- pages --------------------------------------------------------------------------------------
 
 
@@ -220,29 +277,45 @@ def _outbox_stats() -> dict[str, Any]:
     if state is None:
         return {}
     age = state.age()
-    return {"outbox": state.count, "outbox_age": "-" if age is None else _relative(-age)}
+    return {"outbox": state.count, "outbox_age": "-" if age is None else relative(-age)}
+
+
+def _redis() -> dict[str, Any] | None:
+    info = api.redis_info()
+    return None if info is None else {**info, "uptime_text": duration(info["uptime"])}
+
+
+def _live(stats: api.Stats) -> dict[str, Any]:
+    """What the overview shows and updates beside the counters."""
+    return {
+        "processes_label": ngettext("%(n)d process", "%(n)d processes", stats.processes) % {"n": stats.processes},
+        "nobody_works": stats.processes == 0 and stats.enqueued > 0,
+        "now": absolute(time.time()),
+    }
 
 
 def overview(request: HttpRequest, site: AdminSite) -> HttpResponse:
     outbox_url = None
     if request.user.has_perm("django_async_jobs.view_outboxjob"):  # the rows hold arguments
-        try:
-            outbox_url = _url(site, "django_async_jobs_outboxjob_changelist")
-        except NoReverseMatch:
-            pass
+        outbox_url = _admin_url(site, "outboxjob_changelist")
+    stats = api.stats()
     return _render(
-        request, site, "overview.html", "overview", _("Background jobs"),
-        stats=api.stats(), history=api.history(), stats_url=_url(site, "async_jobs_stats"),
-        outbox=_outbox_stats(), outbox_url=outbox_url,
+        request, site, "overview.html", "overview", _("Dashboard"),
+        stats=stats, live=_live(stats), history=api.history(), stats_url=_url(site, "async_jobs_stats"),
+        outbox=_outbox_stats(), outbox_url=outbox_url, redis=_redis(),
+        paused=api.paused_queues(), queues_url=_url(site, "async_jobs_queues"),
     )
 
 
 def stats_json(request: HttpRequest, site: AdminSite) -> JsonResponse:
-    """What the overview polls: the counters, the 30-day history and the live processes."""
+    """What the overview polls: the counters (running totals: the realtime graph is their
+    differences), the 30-day history, the queues and the Redis server."""
+    stats = api.stats()
     return JsonResponse({
-        "stats": {**api.stats().as_json(), **_outbox_stats()},
+        "stats": {**stats.as_json(), **_outbox_stats(), **_live(stats)},
         "history": api.history(),
         "queues": [q.as_json() for q in api.queues()],
+        "redis": _redis(),
     })
 
 
@@ -250,9 +323,9 @@ def queues(request: HttpRequest, site: AdminSite) -> HttpResponse:
     """Every queue; one whose name breaks the rule (jobs pushed before it) is listed without
     links, since no page may open it: ``jobs clear NAME`` deletes it."""
     rows = [
-        (q, _url(site, "async_jobs_queue", q.name), _url(site, "async_jobs_queue_clear", q.name),
+        (q, duration(q.latency), _url(site, "async_jobs_queue", q.name), _url(site, "async_jobs_queue_clear", q.name),
          _url(site, "async_jobs_queue_pause", q.name))
-        if valid_queue_name(q.name) else (q, None, None, None)
+        if valid_queue_name(q.name) else (q, duration(q.latency), None, None, None)
         for q in api.queues()
     ]
     return _render(request, site, "queues.html", "queues", _("Queues"), rows=rows)
@@ -285,32 +358,30 @@ def _queue_name(name: str) -> str:
     return name
 
 
+def _known_queue(name: str) -> str:
+    """A queue the system knows (pushed to, paused or configured); any other name is a 404."""
+    if _queue_name(name) not in api.queue_names():
+        raise Http404(_("No queue is named %(name)s.") % {"name": name})
+    return name
+
+
 def queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
-    name = _queue_name(name)
-    broker_keys = api.get_broker().keys
+    name = _known_queue(name)
+    key = api.get_broker().keys.queue(name)
     here = _url(site, "async_jobs_queue", name)
     if request.method == "POST":
         _require_manage(request)
-        op, refs = _chosen(request, QUEUE_OPS)
-        if op is None:
-            messages.warning(request, _("Choose an action."))
-            return _redirect_back(request, here)
-        try:
-            count = _apply(broker_keys.queue(name), op, refs)
-        except redis.RedisError as exc:
-            _redis_down(request, exc)
-        else:
-            messages.success(request, OP_DONE[op](count) % {"n": count})
+        _act(request, key, QUEUE_OPS, None)
         return _redirect_back(request, here)
     return _render(
         request, site, "queue.html", "queues", _("Queue %(name)s") % {"name": name},
-        queue_name=name, **_page(request, broker_keys.queue(name), None), buttons=_buttons(QUEUE_OPS),
+        queue_name=name, **_page(request, site, key, None, f"queue:{name}"), buttons=_buttons(QUEUE_OPS),
         clear_url=_url(site, "async_jobs_queue_clear", name), queues_url=_url(site, "async_jobs_queues"),
     )
 
 
 def clear_queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
-    name = _queue_name(name)
+    name = _known_queue(name)
     _require_manage(request)
     queues_url = _url(site, "async_jobs_queues")
     if request.method == "POST":
@@ -347,9 +418,15 @@ def busy(request: HttpRequest, site: AdminSite) -> HttpResponse:
             })
         return HttpResponseRedirect(here)
     live = api.processes()
+    progress = _admin_url(site, "jobprogress_changelist") if request.user.has_perm(
+        "django_async_jobs.view_jobprogress") else None
+    jobs = [(p, running, _url(site, "async_jobs_job", running.job.job_id)) for p in live for running in p.jobs]
     return _render(
         request, site, "busy.html", "busy", _("Busy"),
-        processes=live, running=[(p, running) for p in live for running in p.jobs],
+        processes=live, progress_url=progress,
+        # A job fetched ahead (prefetch) waits for a thread: listed apart, not as running.
+        running=[(p, r, url, duration(r.runtime)) for p, r, url in jobs if r.runtime is not None],
+        waiting=[(p, r, url) for p, r, url in jobs if r.runtime is None],
     )
 
 
@@ -370,31 +447,29 @@ def _cancel_running(request: HttpRequest, here: str) -> HttpResponse:
             ) % {"job": job_id})
         else:
             messages.warning(request, _("Job %(job)s is no longer running; it is marked cancelled in case it comes back.") % {"job": job_id})
-    return HttpResponseRedirect(here)
+    return HttpResponseRedirect(request.POST.get("next") if _safe_next(request) else here)
+
+
+def _safe_next(request: HttpRequest) -> bool:
+    """A form's ``next`` is one of this site's paths (the job page's actions come back to it)."""
+    target = request.POST.get("next", "")
+    return target.startswith("/") and not target.startswith("//") and "\\" not in target
 
 
 def sorted_set(request: HttpRequest, site: AdminSite, kind: str) -> HttpResponse:
-    """Scheduled jobs or retries: a page of the set in run-at order, single and bulk actions."""
+    """Scheduled jobs or retries: a page of the set in run-at order (or of a search in it),
+    single, selected and "all matching" actions."""
     key = api.set_key(kind)
     here = _url(site, f"async_jobs_{kind}")
     ops = SET_OPS[kind]
     if request.method == "POST":
         _require_manage(request)
-        op, refs = _chosen(request, ops)
-        if op is None:
-            messages.warning(request, _("Choose an action."))
-        elif not refs:
-            messages.warning(request, _("Select at least one job."))
-        else:
-            try:
-                count = _apply(key, op, refs)
-            except redis.RedisError as exc:
-                _redis_down(request, exc)
-            else:
-                messages.success(request, OP_DONE[op](count) % {"n": count})
+        _act(request, key, ops, kind)
         return _redirect_back(request, here)
     title = _("Scheduled jobs") if kind == "scheduled" else _("Retries")
-    return _render(request, site, "sorted_set.html", kind, title, kind=kind, buttons=_buttons(ops), **_page(request, key, kind))
+    return _render(
+        request, site, "sorted_set.html", kind, title, kind=kind, buttons=_buttons(ops), **_page(request, site, key, kind, kind)
+    )
 
 
 def _chosen(request: HttpRequest, ops: tuple[str, ...]) -> tuple[str | None, list[str]]:
@@ -443,19 +518,128 @@ def blocked_jobs(request: HttpRequest, site: AdminSite, limit_id: str) -> HttpRe
     here = _url(site, "async_jobs_blocked_jobs", limit_id)
     if request.method == "POST":
         _require_manage(request)
-        refs = _chosen(request, QUEUE_OPS)[1]
-        try:
-            count = api.act(key, "delete", refs)
-        except redis.RedisError as exc:
-            _redis_down(request, exc)
-        else:
-            messages.success(request, OP_DONE["delete"](count) % {"n": count})
+        _act(request, key, ("delete",), None)
         return _redirect_back(request, here)
     return _render(
         request, site, "blocked_jobs.html", "blocked", _("Blocked by %(limit)s") % {"limit": limit_id},
-        limit_id=limit_id, **_page(request, key, None), buttons=_buttons(QUEUE_OPS),
+        limit_id=limit_id, **_page(request, site, key, None, f"blocked:{limit_id}"), buttons=_buttons(("delete",)),
         blocked_url=_url(site, "async_jobs_blocked"),
     )
+
+
+# -- one job ------------------------------------------------------------------------------------
+
+
+def _where_key(where: str) -> tuple[str, str | None, str]:
+    """(kind, sorted set key, list page URL name) of a detail link's ``where``; key None when
+    ``where`` names nothing the dashboard lists (then the job is looked for everywhere)."""
+    keys = api.get_broker().keys
+    kind, _sep, name = where.partition(":")
+    if kind in api.SETS:
+        return kind, api.set_key(kind), f"async_jobs_{kind}"
+    if kind == "queue" and valid_queue_name(name):
+        return kind, keys.queue(name), "async_jobs_queue"
+    if kind == "blocked" and name:
+        return kind, api.blocked_key(name), "async_jobs_blocked_jobs"
+    return kind, None, ""
+
+
+def _pretty(value: Any) -> str:
+    try:
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)
+
+
+def _place_context(site: AdminSite, place: api.Place) -> dict[str, Any]:
+    """A place's row on the job page: what it is, when, and the forms of its actions."""
+    job, now = place.job, time.time()
+    actions: list[tuple[str, str, str, str | None, str]] = []  # (post URL, field, value, confirm, label)
+    if place.kind in api.SETS:
+        page = _url(site, f"async_jobs_{place.kind}")
+        actions = [(page, f"one_{op}", job.ref, confirm and str(confirm), str(label))
+                   for op, (label, confirm) in ((op, BUTTONS[op]) for op in SET_OPS[place.kind])]
+    elif place.kind == "queue":
+        page = _url(site, "async_jobs_queue", place.queue)
+        actions = [(page, f"one_{op}", job.ref, confirm and str(confirm), str(label))
+                   for op, (label, confirm) in ((op, BUTTONS[op]) for op in QUEUE_OPS)]
+    elif place.kind == "running":
+        actions = [(_url(site, "async_jobs_busy"), "cancel", job.job_id, str(BUTTONS["cancel"][1]), str(BUTTONS["cancel"][0]))]
+    labels = {"queue": _("waiting in queue %(queue)s"), "scheduled": _("scheduled"), "retries": _("waiting for a retry"),
+              "running": _("held by %(process)s"), "blocked": _("blocked by a concurrency limit")}
+    state = labels[place.kind] % {"queue": place.queue, "process": place.process.process_id if place.process else ""}
+    when = None
+    if place.kind in api.SETS:
+        when = moment_parts(job.at, now)
+    elif place.kind == "queue":
+        ready = api.ready_since(job, now)
+        when = moment_parts(ready, now) if ready is not None else None
+    runtime = None
+    if place.running is not None:
+        runtime = duration(place.running.runtime) if place.running.runtime is not None else _("waiting for a thread")
+    return {"place": place, "state": state, "when": when, "runtime": runtime, "actions": actions}
+
+
+def job_detail(request: HttpRequest, site: AdminSite, job_id: str) -> HttpResponse:
+    """One job wherever it is (queued, scheduled, retrying, running, dead): its arguments,
+    payload, error and traceback, retry history, progress, and its actions. From a list the
+    link carries the set and the ref (one ZRANGEBYSCORE); otherwise every set is scanned."""
+    places: list[api.Place] = []
+    where, ref = request.GET.get("where", ""), request.GET.get("ref", "")
+    if where and ref:
+        kind, key, _name = _where_key(where)
+        job = api.find_ref(key, ref) if key else None
+        if job is not None and job.job_id == job_id:
+            places = [api.Place(kind, key, job, queue=job.queue)]
+    if not places:
+        places = api.locate(job_id)
+    readable = can_read(request)
+    dead = list(DeadJob.objects.filter(job_id=job_id).order_by("-died_at")[:10]) if readable else []
+    progress = []
+    if request.user.has_perm("django_async_jobs.view_jobprogress"):
+        progress = [(row, _admin_url(site, "jobprogress_change", row.pk)) for row in JobProgress.objects.filter(job_id=job_id)[:10]]
+    if not places and not dead and not progress:
+        raise Http404(_("No job %(job)s is queued, scheduled, retrying, running or dead.") % {"job": job_id})
+    job = places[0].job if places else None
+    data = (job.data or {}) if job else {}
+    sections = []
+    if job and readable:
+        sections = [
+            (_("Arguments"), _pretty(job.args) if job.args is not None else "-"),
+            (_("Keyword arguments"), _pretty(job.kwargs)),
+            (_("Context"), _pretty(data.get("context", {}))),
+            (_("Meta"), _pretty(data.get("meta", {}))),
+        ]
+    now = time.time()
+    facts = []
+    if job:
+        facts = [
+            (_("Job"), job.job_class or _("(unreadable payload)")), (_("Queue"), job.queue),
+            (_("Enqueued"), " ".join(moment_parts(job.enqueued_at, now)[:2])),
+            (_("Priority"), str(data.get("priority", 0))),
+            (_("Executions"), str(data.get("executions", 0))),
+            (_("Retries"), str(job.retry_count)),
+        ]
+        retries = data.get("retries")
+        if isinstance(retries, dict) and retries:
+            facts.append((_("Retries by rule"), ", ".join(f"{k}: {v}" for k, v in retries.items())))
+        if isinstance(data.get("cron"), dict):
+            facts.append((_("Recurring entry"), str(data["cron"].get("name", ""))))
+        if data.get("batch") is not None:
+            facts.append((_("Batch"), str(data["batch"])))
+    return _render(
+        request, site, "job.html", "", _("Job %(job)s") % {"job": job_id},
+        job_id=job_id, job=job, places=[_place_context(site, p) for p in places],
+        facts=facts, sections=sections, error=job.error if job else "",
+        traceback=_string(data.get("traceback")) if readable else "",
+        payload=job.raw if job and readable else "",
+        dead=[(row, _admin_url(site, "deadjob_change", row.pk), absolute(row.died_at)) for row in dead],
+        progress=progress, here=request.get_full_path(),
+    )
+
+
+def _string(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 # -- wiring -------------------------------------------------------------------------------------
@@ -483,4 +667,5 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     ("recurring/", recurring, "async_jobs_recurring"),
     ("blocked/", blocked, "async_jobs_blocked"),
     ("blocked/<str:limit_id>/", blocked_jobs, "async_jobs_blocked_jobs"),
+    ("jobs/<str:job_id>/", job_detail, "async_jobs_job"),
 ]

@@ -4,8 +4,9 @@
 -- few members, the id picks among them (payloads without an id of letters, digits and "-_.:"
 -- go by their SHA-1, as api.identity computes it).
 --   delete : remove the job
---   enqueue: move it to the tail of its queue now ("run now")
---   kill   : move it to the dead stage with reason "killed", keeping its last error
+--   enqueue: move it to the tail of its queue now ("run now"), stamped "moved_at" (right after
+--            its "jid", replacing an earlier stamp there): the queue's latency counts from here
+--   kill   : move it to the dead stage with reason "killed", keeping its last error and traceback
 -- A unique job deleted or killed is done, so its enqueue lock goes as when it finishes (lib.lua);
 -- one run now keeps it: the job is still to run.
 -- A job already gone (run, moved or deleted by someone else meanwhile) is skipped.
@@ -47,6 +48,7 @@ local function kill(member, jid, job)
   }
   if type(job.error_class) == 'string' then record.error_class = job.error_class end
   if type(job.error_message) == 'string' then record.error_message = job.error_message end
+  if type(job.traceback) == 'string' then record.traceback = job.traceback end
   -- cjson reads NaN and 1e999 but cannot write them back: the record would fail, and the job,
   -- already removed, would be lost.
   local executions = job.executions
@@ -54,6 +56,13 @@ local function kill(member, jid, job)
     record.executions = executions
   end
   redis.call('HSET', DEAD, record.dead_id, cjson.encode(record))
+end
+
+local function stamped(member)
+  local head = string.match(member, '^{"jid":"[%w%-_.:]+",')
+  if not head then return member end
+  local rest = string.gsub(string.sub(member, #head + 1), '^"moved_at":[%d.]+,', '', 1)
+  return head .. '"moved_at":' .. string.format('%.3f', now) .. ',' .. rest
 end
 
 for i = 4, #ARGV - 1, 2 do
@@ -65,7 +74,7 @@ for i = 4, #ARGV - 1, 2 do
       if op == 'enqueue' then
         local routable = decode(member)
         if routable then
-          enqueue(member, routable)
+          enqueue(stamped(member), routable)
           enqueued = true
         else
           stage_dead(wanted .. ':' .. tostring(now), wanted, member, 'malformed_payload', now)

@@ -1,8 +1,10 @@
-/* The jobs dashboard: live overview (polls the stats JSON), an SVG chart, confirmations and
-   "select all" for the bulk actions. No dependencies, no external requests. */
+/* The jobs dashboard: live overview (polls the stats JSON), two SVG charts drawn at the box's
+   own size (no stretching), confirmations, "select all" and long values shown whole on demand.
+   No dependencies, no external requests. */
 (function () {
   "use strict";
   var SVG = "http://www.w3.org/2000/svg";
+  var REALTIME_POINTS = 60;
 
   function el(name, attrs, parent) {
     var node = document.createElementNS(SVG, name);
@@ -11,53 +13,111 @@
     return node;
   }
 
-  // Processed and failed per day as two lines, scaled to the largest day.
-  function drawChart(box, history) {
-    var w = 600, h = 200, left = 40, bottom = 20, top = 10;
+  // A round top for the y axis (1, 2 or 5 times a power of ten) so its ticks read well.
+  function niceMax(value) {
+    if (value <= 4) { return 4; }
+    var power = Math.pow(10, Math.floor(Math.log10(value)));
+    var steps = [1, 2, 2.5, 5, 10];
+    for (var i = 0; i < steps.length; i++) { if (steps[i] * power >= value) { return steps[i] * power; } }
+    return 10 * power;
+  }
+
+  function short(n) {
+    if (n >= 1e6) { return (n / 1e6).toFixed(n % 1e6 ? 1 : 0) + "M"; }
+    if (n >= 1e4) { return (n / 1e3).toFixed(0) + "k"; }
+    return String(n);
+  }
+
+  // points: [{label, processed, failed}], drawn in a viewBox of the box's pixel size: text and
+  // dots keep their shape at any width. Failed first (dashed), processed over it.
+  function drawChart(box, points) {
+    var w = Math.max(240, box.clientWidth || 600), h = box.clientHeight || 220;
+    var left = 44, right = 12, top = 12, bottom = 26;
     var max = 1;
-    history.forEach(function (d) { max = Math.max(max, d.processed, d.failed); });
-    var svg = el("svg", { viewBox: "0 0 " + w + " " + h, preserveAspectRatio: "none" });
-    var x = function (i) { return left + i * (w - left - 10) / Math.max(1, history.length - 1); };
-    var y = function (v) { return h - bottom - v * (h - bottom - top) / max; };
-    el("line", { x1: left, y1: h - bottom, x2: w - 10, y2: h - bottom, "class": "aj-axis" }, svg);
-    el("line", { x1: left, y1: top, x2: left, y2: h - bottom, "class": "aj-axis" }, svg);
-    el("text", { x: 2, y: top + 8 }, svg).textContent = String(max);
-    el("text", { x: 2, y: h - bottom }, svg).textContent = "0";
-    if (history.length) {
-      el("text", { x: left, y: h - 4 }, svg).textContent = history[0].date;
-      el("text", { x: w - 70, y: h - 4 }, svg).textContent = history[history.length - 1].date;
+    points.forEach(function (d) { max = Math.max(max, d.processed, d.failed); });
+    max = niceMax(max);
+    var svg = el("svg", { viewBox: "0 0 " + w + " " + h, width: w, height: h });
+    var plotW = w - left - right, plotH = h - top - bottom;
+    var x = function (i) { return left + (points.length > 1 ? i * plotW / (points.length - 1) : plotW / 2); };
+    var y = function (v) { return top + plotH - v * plotH / max; };
+    for (var t = 0; t <= 4; t++) {
+      var value = max * t / 4, yy = y(value);
+      el("line", { x1: left, y1: yy, x2: w - right, y2: yy, "class": t ? "aj-grid" : "aj-axis" }, svg);
+      el("text", { x: left - 6, y: yy + 4, "text-anchor": "end" }, svg).textContent = short(value);
     }
-    ["processed", "failed"].forEach(function (series) {
-      var points = history.map(function (d, i) { return x(i).toFixed(1) + "," + y(d[series]).toFixed(1); });
-      el("polyline", { points: points.join(" "), "class": "aj-line-" + series }, svg);
-      history.forEach(function (d, i) {
-        var dot = el("circle", { cx: x(i), cy: y(d[series]), r: 2.5, "class": "aj-line-" + series }, svg);
-        el("title", {}, dot).textContent = d.date + ": " + d[series] + " " + series;
-      });
+    el("line", { x1: left, y1: top, x2: left, y2: top + plotH, "class": "aj-axis" }, svg);
+    // As many x labels as fit: one every `every` points, the last always.
+    var fit = Math.max(2, Math.floor(plotW / 80));
+    var every = Math.max(1, Math.ceil(points.length / fit));
+    points.forEach(function (d, i) {
+      if (i % every && i !== points.length - 1) { return; }
+      if (i !== points.length - 1 && points.length - 1 - i < every / 2) { return; }
+      el("line", { x1: x(i), y1: top + plotH, x2: x(i), y2: top + plotH + 4, "class": "aj-axis" }, svg);
+      var anchor = i === 0 ? "start" : (i === points.length - 1 ? "end" : "middle");
+      el("text", { x: x(i), y: h - 8, "text-anchor": anchor }, svg).textContent = d.label;
+    });
+    ["failed", "processed"].forEach(function (series) {
+      var line = points.map(function (d, i) { return x(i).toFixed(1) + "," + y(d[series]).toFixed(1); });
+      el("polyline", { points: line.join(" "), "class": "aj-line-" + series }, svg);
+      if (points.length <= 60) {
+        points.forEach(function (d, i) {
+          var dot = el("circle", { cx: x(i), cy: y(d[series]), r: series === "processed" ? 3 : 2.5, "class": "aj-line-" + series }, svg);
+          el("title", {}, dot).textContent = d.label + ": " + d[series] + " " + series;
+        });
+      }
     });
     box.replaceChildren(svg);
+  }
+
+  function historyPoints(history) {
+    return history.map(function (d) { return { label: d.date.slice(5), processed: d.processed, failed: d.failed }; });
   }
 
   function liveOverview() {
     var select = document.getElementById("aj-refresh");
     var chart = document.getElementById("aj-chart");
+    var realtime = document.getElementById("aj-realtime");
     var initial = document.getElementById("aj-history");
     if (!select || !chart) { return; }
-    if (initial) { drawChart(chart, JSON.parse(initial.textContent)); }
-    var timer = null;
+    var history = initial ? historyPoints(JSON.parse(initial.textContent)) : [];
+    var recent = [], previous = null, timer = null;
     var updated = document.getElementById("aj-updated");
+    var banner = document.getElementById("aj-no-process");
+
+    function redraw() {
+      drawChart(chart, history);
+      if (realtime && recent.length > 1) { drawChart(realtime, recent); }
+    }
+    redraw();
+    window.addEventListener("resize", redraw);
 
     function refresh() {
       fetch(select.dataset.statsUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.json(); })
         .then(function (data) {
-          Object.keys(data.stats).forEach(function (name) {
+          var stats = data.stats;
+          Object.keys(stats).forEach(function (name) {
             document.querySelectorAll('[data-stat="' + name + '"]').forEach(function (node) {
-              node.textContent = String(data.stats[name]);
+              node.textContent = String(stats[name]);
             });
           });
-          drawChart(chart, data.history);
-          updated.textContent = "updated " + new Date().toLocaleTimeString();
+          Object.keys(data.redis || {}).forEach(function (name) {
+            document.querySelectorAll('[data-redis="' + name + '"]').forEach(function (node) {
+              node.textContent = String(data.redis[name]);
+            });
+          });
+          if (banner) { banner.hidden = !stats.nobody_works; }
+          if (previous) {
+            recent.push({
+              label: stats.now.slice(11),
+              processed: Math.max(0, stats.processed - previous.processed),
+              failed: Math.max(0, stats.failed - previous.failed)
+            });
+            if (recent.length > REALTIME_POINTS) { recent.shift(); }
+          }
+          previous = stats;
+          history = historyPoints(data.history);
+          redraw();
           updated.dataset.updates = String(Number(updated.dataset.updates || 0) + 1);
         })
         .catch(function (err) { updated.textContent = "refresh failed (" + err.message + ")"; });
@@ -66,16 +126,36 @@
     function schedule() {
       if (timer) { clearInterval(timer); timer = null; }
       var seconds = Number(select.value);
-      if (seconds > 0) { timer = setInterval(refresh, seconds * 1000); }
+      if (seconds > 0) { refresh(); timer = setInterval(refresh, seconds * 1000); }
     }
     select.addEventListener("change", schedule);
     schedule();
   }
 
-  function confirmations() {
+  function forms() {
     document.addEventListener("click", function (event) {
+      var bulk = event.target.closest(".aj-bulk");
+      if (bulk) {
+        var form = bulk.form;
+        var all = form.querySelector(".aj-all-matching");
+        var everything = all && all.checked;
+        if (!everything && !form.querySelector('input[name="ref"]:checked')) {
+          event.preventDefault();
+          window.alert("Select at least one job, or tick the box to act on all of them.");
+          return;
+        }
+        var question = bulk.dataset.confirm + (everything ? " (" + all.parentNode.textContent.trim() + ")" : "");
+        if (!window.confirm(question)) { event.preventDefault(); }
+        return;
+      }
       var button = event.target.closest("[data-confirm]");
       if (button && !window.confirm(button.dataset.confirm)) { event.preventDefault(); }
+      var cut = event.target.closest(".aj-cut");
+      if (cut) { cut.classList.toggle("aj-whole"); }
+    });
+    document.addEventListener("keydown", function (event) {
+      var cut = event.target.closest && event.target.closest(".aj-cut");
+      if (cut && (event.key === "Enter" || event.key === " ")) { event.preventDefault(); cut.classList.toggle("aj-whole"); }
     });
     document.querySelectorAll(".aj-check-all").forEach(function (box) {
       box.addEventListener("change", function () {
@@ -88,6 +168,6 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     liveOverview();
-    confirmations();
+    forms();
   });
 })();
