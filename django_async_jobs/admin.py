@@ -25,6 +25,7 @@ from django.utils.translation import ngettext
 
 from django_async_jobs.deadjobs import retry_dead
 from django_async_jobs.models import DeadJob
+from django_async_jobs.templatetags.async_jobs import absolute
 
 try:  # Django 6.1+: actions can also be offered on the detail page.
     from django.contrib.admin.options import ActionLocation
@@ -34,6 +35,7 @@ except ImportError:  # pragma: no cover - older Django
     _BOTH_PAGES = {}
 
 SKIPPED_SHOWN = 10
+ERRORS_SHOWN = 5
 
 
 def _pre(text: str) -> str:
@@ -62,7 +64,7 @@ def _payload(payload: str) -> str:
 
 @admin.register(DeadJob)
 class DeadJobAdmin(admin.ModelAdmin):
-    list_display = ("died_at", "job_class", "queue", "error_class", "reason", "executions", "short_message")
+    list_display = ("died", "job_class", "queue", "error_class", "reason", "executions", "short_message")
     list_filter = (
         "job_class",
         "queue",
@@ -122,6 +124,11 @@ class DeadJobAdmin(admin.ModelAdmin):
 
     # Keep whatever header attributes the stock column declares (they differ across versions).
     action_checkbox.__dict__.update(admin.ModelAdmin.action_checkbox.__dict__)
+
+    @admin.display(description=_("died at"), ordering="died_at")
+    def died(self, obj: DeadJob) -> str:
+        """The dashboard's one time format (``2026-12-06 04:05:09``, in ``TIME_ZONE``)."""
+        return format_html('<time datetime="{}">{}</time>', obj.died_at.isoformat(), absolute(obj.died_at))
 
     @admin.display(description=_("message"))
     def short_message(self, obj: DeadJob) -> str:
@@ -211,7 +218,7 @@ class IdempotencyMarkerAdmin(admin.ModelAdmin):
 
 @admin.register(JobProgress)
 class JobProgressAdmin(admin.ModelAdmin):
-    list_display = ("job_class", "name", "status", "progress_bar", "processed", "total", "error_count", "started_by", "updated_at")
+    list_display = ("job_class", "label", "status", "progress_bar", "processed", "total", "error_count", "started_by", "updated")
     list_filter = ("status", "job_class")
     search_fields = ("job_id", "job_class", "name")
     list_select_related = ("started_by",)
@@ -238,9 +245,37 @@ class JobProgressAdmin(admin.ModelAdmin):
     def cursor_display(self, obj: JobProgress) -> str:
         return _pretty(obj.cursor)
 
+    @admin.display(description=_("name"), ordering="name")
+    def label(self, obj: JobProgress) -> str:
+        """What the row tracks: its name, or the job itself (most jobs track one thing and leave
+        the name empty), with the job id to tell runs of one class apart."""
+        return format_html(
+            '{} <span class="quiet">{}</span>', obj.name or _("(the whole job)"), Truncator(obj.job_id).chars(14)
+        )
+
+    @admin.display(description=_("updated at"), ordering="updated_at")
+    def updated(self, obj: JobProgress) -> str:
+        return absolute(obj.updated_at)
+
     @admin.display(description=_("error details"))
     def errors_display(self, obj: JobProgress) -> str:
-        return _pretty(obj.error_details) if obj.error_details else "-"
+        """The first errors one per line, the whole list (pretty JSON) behind a click: a
+        thousand errors must not make the page thousands of pixels tall."""
+        if not obj.error_details:
+            return "-"
+        details = obj.error_details if isinstance(obj.error_details, list) else [obj.error_details]
+        lines = [Truncator(json.dumps(item, ensure_ascii=False)).chars(200) for item in details[:ERRORS_SHOWN]]
+        more = len(details) - len(lines)
+        return format_html(
+            '<details><summary>{}{}</summary>{}</details>',
+            "\n".join(lines), ngettext(" … and %(n)d more", " … and %(n)d more", more) % {"n": more} if more > 0 else "",
+            format_html('<div style="max-height: 30em; overflow: auto">{}</div>', _pretty(obj.error_details)),
+        )
+
+    class Media:
+        # While a job runs its row changes: the list and the page reload every few seconds
+        # (not while the user has ticked rows or typed in a form).
+        js = ["async_jobs/progress.js"]
 
 
 @admin.register(OutboxJob)

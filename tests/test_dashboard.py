@@ -330,9 +330,12 @@ def test_kill_a_real_retry_moves_it_to_the_dead_jobs(client, broker, manager, wo
     assert record["payload"] == job.raw and record["dead_id"] == dead_id.decode()
     assert record["error_class"] == "RuntimeError" and record["error_message"] == "boom"
     assert record["died_at"] == pytest.approx(time.time(), abs=10)
+    # The retry payload kept the failure's traceback, so the killed job's record has it.
+    assert "raise RuntimeError(\"boom\")" in job.data["traceback"] and record["traceback"] == job.data["traceback"]
     assert flush_staged(broker) == 1
     row = DeadJob.objects.get()
     assert (row.reason, row.job_id, row.job_class, row.error_class) == ("killed", job.job_id, FailJob.job_name, "RuntimeError")
+    assert row.traceback.startswith("Traceback (most recent call last):") and row.traceback.endswith("RuntimeError: boom\n")
 
 
 def test_pick_tells_jobs_with_the_same_score_apart(broker):
@@ -549,3 +552,272 @@ def test_cancel_needs_the_manage_permission(client, broker, viewer):
     assert client.post(BASE + "queues/default/", {"one_cancel": refs(broker, broker.keys.queue("default"))[0]}).status_code == 403
     assert client.post(BASE + "busy/", {"cancel": job.job_id}).status_code == 403
     assert broker.queue_size("default") == 1 and not broker.redis.exists(broker.keys.cancel(job.job_id))
+
+
+# -- issue 22: what an operator reads ------------------------------------------------------------
+
+ALL_PAGES = ["", "queues/", "queues/default/", "queues/default/clear/", "busy/", "scheduled/", "retries/",
+             "recurring/", "blocked/"]
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_breadcrumbs_are_the_admins_list_and_the_section_is_called_jobs(client, broker, manager, page):
+    IncrJob.perform_later("x")
+    response = client.get(BASE + page)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert '<ol class="breadcrumbs">' in html and 'class="breadcrumbs"' not in html.replace('<ol class="breadcrumbs">', "")
+    crumbs = html.split('<ol class="breadcrumbs">')[1].split("</ol>")[0]
+    assert f'<li><a href="{reverse("admin:app_list", args=["django_async_jobs"])}">Jobs</a></li>' in crumbs
+    assert crumbs.count("<li") >= 3 and "aria-current" in crumbs
+    assert "Async jobs" not in html and "Background jobs" not in html
+
+
+def test_the_app_is_called_jobs_in_the_admin_index(client, manager):
+    response = client.get("/admin/")
+    [app] = [a for a in response.context["app_list"] if a["app_label"] == "django_async_jobs"]
+    assert app["name"] == "Jobs" and app["models"][0]["name"] == "Dashboard"
+
+
+def test_unknown_queues_are_not_found(client, broker, manager):
+    assert client.get(BASE + "queues/nosuchqueue/").status_code == 404
+    assert client.get(BASE + "queues/nosuchqueue/clear/").status_code == 404
+    assert client.post(BASE + "queues/nosuchqueue/", {"action": "delete", "ref": ["1|x"]}).status_code == 404
+    assert client.get(BASE + "queues/critical/").status_code == 200  # configured, empty: known
+
+
+def test_bulk_delete_in_a_queue_with_nothing_selected_says_so(client, broker, manager):
+    IncrJob.perform_later("stays")
+    response = client.post(BASE + "queues/default/", {"action": "delete"}, follow=True)
+    assert [str(m) for m in response.context["messages"]] == ["Select at least one job."]
+    assert broker.queue_size("default") == 1
+
+
+def test_durations_and_moments_have_one_format(settings):
+    from datetime import UTC, datetime
+
+    from django_async_jobs.templatetags.async_jobs import absolute, duration, moment, relative
+
+    assert [duration(s) for s in (0.25, 4.26, 59, 90, 423, 3600, 3725, 273650)] == [
+        "0.2 s", "4.3 s", "59 s", "1 min 30 s", "7 min 3 s", "1 h", "1 h 2 min", "3 d 4 h",
+    ]
+    assert relative(-423) == "7 min 3 s ago" and relative(65) == "in 1 min 5 s"
+    settings.TIME_ZONE = "Europe/Paris"  # 24-hour clock, seconds, in TIME_ZONE
+    moment_utc = datetime(2026, 12, 5, 22, 55, 7, tzinfo=UTC)
+    assert absolute(moment_utc) == "2026-12-05 23:55:07" and absolute(moment_utc.timestamp()) == "2026-12-05 23:55:07"
+    html = str(moment(moment_utc))
+    assert '<time datetime="2026-12-05T22:55:07+00:00"' in html and ">2026-12-05 23:55:07</time>" in html and "ago" in html
+
+
+def test_lists_show_times_in_the_one_format(client, broker, manager, settings):
+    settings.TIME_ZONE = "Asia/Tokyo"
+    in_set(broker, broker.keys.retry, 1, at=1_900_000_000, error_class="E", error_message="m")  # 2030-03-17 17:46:40 UTC
+    html = client.get(BASE + "retries/").content.decode()
+    assert ">2030-03-18 02:46:40</time>" in html and "Times are in Asia/Tokyo" in html
+    broker.heartbeat("h:1:a", {"host": "h", "pid": 1, "queues": "default", "concurrency": 1, "busy": 0, "quiet": 0,
+                               "started_at": time.time() - 423}, ttl=60)
+    html = client.get(BASE + "busy/").content.decode()
+    assert "(7 min 3 s ago)" in html or "(7 min 4 s ago)" in html
+
+
+def test_queue_latency_counts_from_when_the_job_became_ready(client, broker, manager):
+    # Enqueued an hour ago for an hour from now, then moved with Run now: it has waited seconds.
+    now = time.time()
+    broker.redis.zadd(broker.keys.schedule, {encode_payload({
+        "jid": "late1", "job": IncrJob.job_name, "queue": "low", "args": ["x"], "enqueued_at": now - 3600,
+        "at": now + 3600}): now + 3600})
+    client.post(BASE + "scheduled/", {"one_enqueue": refs(broker, broker.keys.schedule)[0]})
+    [moved] = api.page_of(broker.keys.queue("low"), broker=broker).entries
+    assert moved.data["moved_at"] == pytest.approx(now, abs=30) and moved.raw.startswith('{"jid":"late1","moved_at":')
+    assert {q.name: q.latency for q in api.queues()}["low"] < 30
+    # Run now again (back in the schedule, as a retry would put it): one stamp, the new one.
+    broker.redis.zadd(broker.keys.schedule, {moved.raw.replace('"moved_at":', '"moved_at":1'): now + 60})
+    broker.redis.delete(broker.keys.queue("low"))
+    client.post(BASE + "scheduled/", {"one_enqueue": refs(broker, broker.keys.schedule)[0]})
+    [again] = api.page_of(broker.keys.queue("low"), broker=broker).entries
+    assert again.raw.count('"moved_at"') == 1 and again.data["moved_at"] == pytest.approx(time.time(), abs=30)
+    # A retry the poller moved when it came due: from its run-at time, not its first enqueue.
+    due = api.entry(encode_payload({"jid": "r1", "job": "J", "queue": "q", "enqueued_at": now - 900, "at": now - 60}), 0)
+    assert api.ready_since(due, now) == pytest.approx(now - 60)
+
+
+def test_busy_threads_card_counts_processes_in_words(client, broker, manager):
+    assert b"0 processes" in client.get(BASE).content
+    broker.heartbeat("h:1:a", {"host": "h", "pid": 1, "queues": "default", "concurrency": 2, "busy": 0, "quiet": 0}, ttl=60)
+    assert b"(<span data-stat=\"processes_label\">1 process</span>)" in client.get(BASE).content
+    assert client.get(BASE + "stats.json").json()["stats"]["processes_label"] == "1 process"
+
+
+def test_the_overview_warns_when_jobs_wait_and_no_process_is_alive(client, broker, manager):
+    assert b'id="aj-no-process" hidden' in client.get(BASE).content  # nothing waits
+    IncrJob.perform_later("x")
+    html = client.get(BASE).content
+    assert b'id="aj-no-process">' in html and b"no worker process is alive" in html
+    assert client.get(BASE + "stats.json").json()["stats"]["nobody_works"] is True
+    broker.heartbeat("h:1:a", {"host": "h", "pid": 1, "queues": "default", "concurrency": 1, "busy": 0, "quiet": 0}, ttl=60)
+    assert b'id="aj-no-process" hidden' in client.get(BASE).content
+
+
+def test_recurring_shows_a_run_now_as_the_last_run(client, broker, manager, settings):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "RECURRING": {
+        "nightly": {"cron": "0 3 * * *", "class": IncrJob.job_name, "args": ["n"], "queue": "low"},
+    }}
+    assert "never" in client.get(BASE + "recurring/").content.decode().split('class="aj-last-run"')[1]
+    client.post(BASE + "recurring/", {"entry": "nightly"})
+    cell = client.get(BASE + "recurring/").content.decode().split('class="aj-last-run"')[1].split("</td>")[0]
+    assert "run now" in cell and "never" not in cell and "ago" in cell
+
+
+def test_the_overview_has_a_realtime_and_a_history_graph_and_the_redis_panel(client, broker, manager):
+    html = client.get(BASE).content.decode()
+    assert 'id="aj-realtime"' in html and 'id="aj-chart"' in html and 'id="aj-redis"' in html
+    assert 'data-redis="version"' in html and 'preserveAspectRatio' not in html
+    redis_info = client.get(BASE + "stats.json").json()["redis"]
+    assert redis_info["version"] and redis_info["keys"] >= 0 and redis_info["clients"] >= 1
+
+
+def test_the_overview_lists_paused_queues(client, broker, manager):
+    api.pause_queue("low")
+    html = client.get(BASE).content.decode()
+    assert 'id="aj-paused"' in html and ">low</a>" in html.split('id="aj-paused"')[1]
+
+
+# -- one job ------------------------------------------------------------------------------------
+
+
+def job_page(client, job_id, **query):
+    from urllib.parse import urlencode
+
+    return client.get(f"{BASE}jobs/{job_id}/" + (f"?{urlencode(query)}" if query else ""))
+
+
+def test_a_queued_job_has_a_page_with_its_arguments_and_actions(client, broker, manager):
+    job = IncrJob.set(queue="low").perform_later("secret-arg", amount=3)
+    html = job_page(client, job.job_id).content.decode()
+    assert "waiting in queue low" in html and "secret-arg" in html and "&quot;amount&quot;: 3" in html
+    assert 'name="one_delete"' in html and 'name="one_cancel"' in html
+    # From a list, the link carries the set and the ref: the same page without a scan.
+    listing = client.get(BASE + "queues/low/").content.decode()
+    link = listing.split('class="aj-job-link"')[0].rsplit('href="', 1)[1].split('"')[0].replace("&amp;", "&")
+    assert link.startswith(f"{BASE}jobs/{job.job_id}/?where=queue%3Alow&ref=")
+    assert "waiting in queue low" in client.get(link).content.decode()
+
+
+def test_a_retry_page_shows_the_error_traceback_and_history(client, broker, manager, worker):
+    FailJob.perform_later("detail:count")
+    wait_for(lambda: broker.redis.zcard(broker.keys.retry) == 1, what="the failed job in the retry set")
+    [job] = api.page_of(broker.keys.retry, broker=broker).entries
+    worker.stop(timeout=5)
+    html = job_page(client, job.job_id, where="retries", ref=job.ref).content.decode()
+    assert "waiting for a retry" in html and "RuntimeError: boom" in html
+    assert "Traceback (most recent call last)" in html and "Executions" in html
+    assert 'name="one_kill"' in html and 'name="one_enqueue"' in html
+
+
+def test_a_scheduled_running_and_dead_job_each_have_a_page(client, broker, manager):
+    [scheduled] = in_set(broker, broker.keys.schedule, 1)
+    assert "scheduled" in job_page(client, scheduled).content.decode()
+    job = IncrJob.perform_later("run")
+    info = {"host": "host-a", "pid": 1, "queues": "default", "concurrency": 1, "busy": 1, "quiet": 0}
+    broker.heartbeat("host-a:1:ab", info, ttl=60)
+    fetch(broker, "host-a:1:ab", ["default"], 1)
+    html = job_page(client, job.job_id).content.decode()
+    assert "held by host-a:1:ab" in html and "waiting for a thread" in html and 'name="cancel"' in html
+    DeadJob.objects.create(dead_id="d9", job_id="gone1", died_at="2026-01-01T00:00:00Z", reason="killed",
+                           traceback="Traceback ...", payload="{}")
+    html = job_page(client, "gone1").content.decode()
+    assert "Not in Redis any more" in html and "2026-01-01 00:00:00: killed" in html
+    assert job_page(client, "neverwas").status_code == 404
+
+
+def test_the_job_page_hides_arguments_without_the_read_permission(client, broker, viewer):
+    job = IncrJob.perform_later("secret-arg")
+    html = job_page(client, job.job_id).content.decode()
+    assert "waiting in queue default" in html and "IncrJob" in html
+    assert "secret-arg" not in html and "aj-hidden-arguments" in html and "one_delete" not in html
+
+
+# -- search and "all matching" ------------------------------------------------------------------
+
+
+def retries_with(broker, n, **extra):
+    return in_set(broker, broker.keys.retry, n, **extra)
+
+
+def test_search_filters_by_class_queue_error_and_argument_text(client, broker, manager):
+    now = time.time()
+    broker.redis.zadd(broker.keys.retry, {
+        encode_payload({"jid": "a1", "job": "Billing", "queue": "low", "args": ["Ana@example.com"], "error_class": "Timeout",
+                        "error_message": "gateway slow"}): now + 10,
+        encode_payload({"jid": "a2", "job": "Billing", "queue": "default", "args": ["bo@example.com"], "error_class": "KeyError",
+                        "error_message": "x"}): now + 11,
+        encode_payload({"jid": "a3", "job": "Mailer", "queue": "low", "args": ["ana@example.com"], "error_class": "Timeout",
+                        "error_message": "smtp slow"}): now + 12,
+    })
+
+    def found(**query):
+        return sorted(row.job_id for row in client.get(BASE + "retries/", query).context["rows"])
+
+    assert found(**{"class": "Billing"}) == ["a1", "a2"]
+    assert found(queue="low") == ["a1", "a3"]
+    assert found(error="SLOW") == ["a1", "a3"]
+    assert found(q="ana@EXAMPLE") == ["a1", "a3"]
+    assert found(**{"class": "Billing", "q": "ana"}) == ["a1"]
+    assert found(q="nobody") == []
+
+
+def test_argument_search_needs_the_read_permission(client, broker, viewer):
+    retries_with(broker, 3)
+    rows = client.get(BASE + "retries/", {"q": "k1"}).context["rows"]
+    assert len(rows) == 3  # the text filter is ignored: it would reveal what arguments hold
+
+
+def test_search_reads_the_set_in_bounded_pages(client, broker, manager):
+    n = api.SCAN_COUNT * api.SCAN_CALLS * 2  # more than one page of scanning can cover
+    retries_with(broker, n, error_class="E", error_message="needle")
+    first = api.search(broker.keys.retry, api.Filters(error="needle"), limit=25)
+    assert 25 <= len(first.entries) < n and first.cursor != 0
+    response = client.get(BASE + "retries/", {"error": "needle"})
+    assert response.context["search"]["next_url"] and 25 <= len(response.context["rows"]) < n
+
+
+def test_all_matching_acts_on_every_match_and_nothing_else(client, broker, manager):
+    retries_with(broker, 700, error_class="E", error_message="gateway slow")
+    broker.redis.zadd(broker.keys.retry, {encode_payload({"jid": "keep", "job": IncrJob.job_name, "queue": "default",
+                                                         "args": [], "error_message": "other"}): time.time()})
+    response = client.post(BASE + "retries/?error=gateway", {"action": "delete", "all": "1"}, follow=True)
+    assert "Deleted 700 jobs." in [str(m) for m in response.context["messages"]]
+    assert ids(broker, broker.keys.retry) == ["keep"]
+    for i in range(600):
+        IncrJob.perform_later(f"k{i}")
+    response = client.post(BASE + "queues/default/", {"action": "delete", "all": "1"}, follow=True)
+    assert "Deleted 600 jobs." in [str(m) for m in response.context["messages"]] and broker.queue_size("default") == 0
+
+
+def test_all_matching_needs_the_manage_permission(client, broker, viewer):
+    retries_with(broker, 3)
+    assert client.post(BASE + "retries/", {"action": "delete", "all": "1"}).status_code == 403
+    assert broker.redis.zcard(broker.keys.retry) == 3
+
+
+# -- admin pages ----------------------------------------------------------------------------------
+
+
+def test_the_dead_list_writes_times_with_seconds(client, broker):
+    admin_user = User.objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(admin_user)
+    DeadJob.objects.create(dead_id="d1", job_id="j1", died_at="2026-12-05T22:55:07Z", reason="killed")
+    html = client.get(reverse("admin:django_async_jobs_deadjob_changelist")).content.decode()
+    assert ">2026-12-05 22:55:07</time>" in html and "p.m." not in html
+
+
+def test_progress_rows_have_a_name_and_short_error_details(client, broker):
+    from django_async_jobs.models import JobProgress
+
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    row = JobProgress.objects.create(job_id="p1", job_class="Import", status="processing",
+                                     error_details=[{"row": i, "error": "bad"} for i in range(40)], error_count=40)
+    listing = client.get(reverse("admin:django_async_jobs_jobprogress_changelist")).content.decode()
+    assert "(the whole job)" in listing and "async_jobs/progress.js" in listing
+    page = client.get(reverse("admin:django_async_jobs_jobprogress_change", args=[row.pk])).content.decode()
+    assert "<details><summary>" in page and "… and 35 more" in page

@@ -615,7 +615,7 @@ def job_detail(request: HttpRequest, site: AdminSite, job_id: str) -> HttpRespon
     if job:
         facts = [
             (_("Job"), job.job_class or _("(unreadable payload)")), (_("Queue"), job.queue),
-            (_("Enqueued"), " ".join(moment_parts(job.enqueued_at, now)[:2])),
+            (_("Enqueued"), "{} ({})".format(*moment_parts(job.enqueued_at, now)[:2]) if job.enqueued_at else "-"),
             (_("Priority"), str(data.get("priority", 0))),
             (_("Executions"), str(data.get("executions", 0))),
             (_("Retries"), str(job.retry_count)),
