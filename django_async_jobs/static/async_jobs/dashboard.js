@@ -13,13 +13,13 @@
     return node;
   }
 
-  // A round top for the y axis (1, 2 or 5 times a power of ten) so its ticks read well.
+  // A top for the y axis whose four ticks are round numbers (1, 2 or 5 times a power of ten).
   function niceMax(value) {
-    if (value <= 4) { return 4; }
-    var power = Math.pow(10, Math.floor(Math.log10(value)));
-    var steps = [1, 2, 2.5, 5, 10];
-    for (var i = 0; i < steps.length; i++) { if (steps[i] * power >= value) { return steps[i] * power; } }
-    return 10 * power;
+    var step = Math.max(1, value / 4);
+    var power = Math.pow(10, Math.floor(Math.log10(step)));
+    var steps = [1, 2, 5, 10];
+    for (var i = 0; i < steps.length; i++) { if (steps[i] * power >= step) { return 4 * steps[i] * power; } }
+    return 40 * power;
   }
 
   function short(n) {
