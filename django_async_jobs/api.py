@@ -630,6 +630,62 @@ def blocked_key(limit_id: str, broker: Broker | None = None) -> str | None:
     return broker.keys.concurrency_blocked(limit_id)
 
 
+@dataclass(frozen=True)
+class LimiterUse:
+    """A rate limiter in use (its key exists: it was called within its last period or two), and
+    what its state says now. Its count and period live in the code that builds it, not in Redis:
+    ``usage`` is what Redis holds (calls in this window, tokens left, the next free slot, locks
+    held)."""
+
+    kind: str
+    name: str
+    usage: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "usage": self.usage}
+
+
+def rate_limiters(count: int = MAX_PER_PAGE, broker: Broker | None = None) -> list[LimiterUse]:
+    """The rate limiters in use (at most ``count``), found with SCAN in bounded pages (at most
+    ``SCAN_CALLS`` calls), their state read in one pipelined round trip."""
+    broker = broker or get_broker()
+    found: list[str] = []
+    cursor = 0
+    for _ in range(SCAN_CALLS):
+        cursor, names = broker.redis.scan(cursor, match=broker.keys.limiters, count=SCAN_COUNT * 2)
+        found += [_text(name) for name in names]
+        if cursor == 0 or len(found) >= count:
+            break
+    head = broker.keys.limiter("", "")[:-1]  # "<prefix>:limit:", then "<kind>:<name>"
+    parsed = sorted({tuple(key[len(head):].split(":", 1)) for key in found[:count] if ":" in key[len(head):]})
+    with broker.redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        for kind, name in parsed:
+            key = broker.keys.limiter(kind, name)
+            if kind in ("window", "bucket"):
+                pipe.hgetall(key)
+            elif kind == "concurrent":
+                pipe.zcard(key)
+            else:
+                pipe.get(key)
+        now_reply, *states = pipe.execute()
+    now_ms = now_reply[0] * 1000 + now_reply[1] // 1000
+    return [LimiterUse(kind, name, _usage(kind, state, now_ms)) for (kind, name), state in zip(parsed, states, strict=True)]
+
+
+def _usage(kind: str, state: Any, now_ms: int) -> str:
+    """A limiter's state (rate_limit.lua) in words."""
+    if kind == "window":
+        calls = int(_number((state or {}).get(b"n")))
+        return f"{calls} call{'' if calls == 1 else 's'} in the current window"
+    if kind == "bucket":
+        return f"{_number((state or {}).get(b'tokens')):.1f} tokens left at the last call"
+    if kind == "concurrent":
+        return f"{state} lock{'' if state == 1 else 's'} held"
+    due = _number(state) - now_ms
+    return f"next call allowed in {due / 1000:.1f} s" if due > 0 else "a call may go now"
+
+
 # -- processes ----------------------------------------------------------------------------------
 
 

@@ -821,3 +821,19 @@ def test_progress_rows_have_a_name_and_short_error_details(client, broker):
     assert "(the whole job)" in listing and "async_jobs/progress.js" in listing
     page = client.get(reverse("admin:django_async_jobs_jobprogress_change", args=[row.pk])).content.decode()
     assert "<details><summary>" in page and "… and 35 more" in page
+
+
+def test_the_limits_page_shows_rate_limiters_in_use_and_paused_queues(client, broker, manager):
+    from django_async_jobs.flow import RateLimit
+
+    with RateLimit("window", "stripe", 10, 60).within_limit():
+        pass
+    with RateLimit("concurrent", "pdf", 2, 30).within_limit():
+        held = client.get(BASE + "blocked/").content.decode()
+    api.pause_queue("low")
+    html = client.get(BASE + "blocked/").content.decode()
+    assert 'data-limiter="window:stripe"' in html and "1 call in the current window" in html
+    assert "1 lock held" in held.split('data-limiter="concurrent:pdf"')[1].split("</tr>")[0]
+    assert ">low</a>" in html.split("Paused queues:")[1]
+    # A concurrent limiter with no lock held has no key: it is not in use.
+    assert [(u.kind, u.name) for u in api.rate_limiters()] == [("window", "stripe")]

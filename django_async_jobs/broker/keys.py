@@ -189,6 +189,11 @@ class Keys:
         a different type."""
         return f"{self.prefix}:limit:{kind}:{name}"
 
+    @property
+    def limiters(self) -> str:
+        """Matches every rate limiter's key (the dashboard lists those in use)."""
+        return f"{escape_glob(self.prefix)}:limit:*"
+
     def cancel(self, job_id: str) -> str:
         """Marks a job cancelled (``api.cancel``): a worker holding it drops it or stops it at
         its next checkpoint (``resumable.py``)."""

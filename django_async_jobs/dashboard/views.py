@@ -47,7 +47,7 @@ TABS = (
     ("scheduled", "async_jobs_scheduled", gettext_lazy("Scheduled")),
     ("retries", "async_jobs_retries", gettext_lazy("Retries")),
     ("recurring", "async_jobs_recurring", gettext_lazy("Recurring")),
-    ("blocked", "async_jobs_blocked", gettext_lazy("Blocked")),
+    ("blocked", "async_jobs_blocked", gettext_lazy("Limits")),
 )
 QUEUE_OPS = ("cancel", "delete")
 SET_OPS = {
@@ -505,9 +505,13 @@ def recurring(request: HttpRequest, site: AdminSite) -> HttpResponse:
 
 
 def blocked(request: HttpRequest, site: AdminSite) -> HttpResponse:
-    """Concurrency limits with jobs waiting for a place, and how many places are taken."""
+    """Flow control now: concurrency limits with jobs waiting for a place (and how many places
+    are taken), rate limiters in use, paused queues."""
     rows = [(limit, _url(site, "async_jobs_blocked_jobs", limit.limit_id)) for limit in api.blocked_limits()]
-    return _render(request, site, "blocked.html", "blocked", _("Blocked jobs"), rows=rows)
+    return _render(
+        request, site, "blocked.html", "blocked", _("Limits"), rows=rows, limiters=api.rate_limiters(),
+        paused=api.paused_queues(), queues_url=_url(site, "async_jobs_queues"),
+    )
 
 
 def blocked_jobs(request: HttpRequest, site: AdminSite, limit_id: str) -> HttpResponse:
