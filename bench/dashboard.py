@@ -107,7 +107,7 @@ def measure(broker, args) -> str:
         "recurring": reverse("admin:async_jobs_recurring"),
         "limits": reverse("admin:async_jobs_blocked"),
         "job page, from a list": f"{job_page}?where=retries&ref={retry.ref}",
-        "job page, by id (scans every set)": reverse("admin:async_jobs_job", args=[queued.job_id]),
+        "job page, by id alone (scans every set)": reverse("admin:async_jobs_job", args=[queued.job_id]),
         "dead jobs (DeadJob admin)": reverse("admin:django_async_jobs_deadjob_changelist"),
     }
     rows = []

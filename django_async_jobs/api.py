@@ -473,9 +473,9 @@ def _holding(job_id: str, broker: Broker) -> list[tuple[ProcessInfo, RunningJob]
     ]
 
 
-def locate(job_id: str, broker: Broker | None = None) -> list[Place]:
-    """Every place job ``job_id`` is in Redis right now (its detail page): waiting in a set, or
-    held by a process. Dead jobs are rows of ``DeadJob``."""
+def locate(job_id: str, waiting: bool = True, broker: Broker | None = None) -> list[Place]:
+    """Every place job ``job_id`` is in Redis right now (its detail page): held by a process,
+    or (``waiting``, which scans every set) waiting in one. Dead jobs are rows of ``DeadJob``."""
     if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         return []
     broker = broker or get_broker()
@@ -483,7 +483,7 @@ def locate(job_id: str, broker: Broker | None = None) -> list[Place]:
         Place("running", None, running.job, queue=running.job.queue, process=process, running=running)
         for process, running in _holding(job_id, broker)
     ]
-    return _waiting(job_id, broker) + held
+    return (_waiting(job_id, broker) if waiting else []) + held
 
 
 def cancel_refs(key: str, refs: Iterable[str], broker: Broker | None = None) -> int:

@@ -723,6 +723,8 @@ def test_a_scheduled_running_and_dead_job_each_have_a_page(client, broker, manag
     fetch(broker, "host-a:1:ab", ["default"], 1)
     html = job_page(client, job.job_id).content.decode()
     assert "held by host-a:1:ab" in html and "waiting for a thread" in html and 'name="cancel"' in html
+    assert f"{BASE}jobs/{job.job_id}/?where=running" in client.get(BASE + "busy/").content.decode()
+    assert "held by host-a:1:ab" in job_page(client, job.job_id, where="running").content.decode()
     DeadJob.objects.create(dead_id="d9", job_id="gone1", died_at="2026-01-01T00:00:00Z", reason="killed",
                            traceback="Traceback ...", payload="{}")
     html = job_page(client, "gone1").content.decode()

@@ -420,7 +420,7 @@ def busy(request: HttpRequest, site: AdminSite) -> HttpResponse:
     live = api.processes()
     progress = _admin_url(site, "jobprogress_changelist") if request.user.has_perm(
         "django_async_jobs.view_jobprogress") else None
-    jobs = [(p, running, _url(site, "async_jobs_job", running.job.job_id)) for p in live for running in p.jobs]
+    jobs = [(p, running, f'{_url(site, "async_jobs_job", running.job.job_id)}?where=running') for p in live for running in p.jobs]
     return _render(
         request, site, "busy.html", "busy", _("Busy"),
         processes=live, progress_url=progress,
@@ -587,10 +587,13 @@ def _place_context(site: AdminSite, place: api.Place) -> dict[str, Any]:
 def job_detail(request: HttpRequest, site: AdminSite, job_id: str) -> HttpResponse:
     """One job wherever it is (queued, scheduled, retrying, running, dead): its arguments,
     payload, error and traceback, retry history, progress, and its actions. From a list the
-    link carries the set and the ref (one ZRANGEBYSCORE); otherwise every set is scanned."""
+    link carries the set and the ref (one ZRANGEBYSCORE), from Busy ``where=running`` (the
+    processes' jobs only); otherwise every set is scanned (``api.locate``)."""
     places: list[api.Place] = []
     where, ref = request.GET.get("where", ""), request.GET.get("ref", "")
-    if where and ref:
+    if where == "running":  # from Busy: the processes' jobs, no scan of the sets
+        places = api.locate(job_id, waiting=False)
+    elif where and ref:
         kind, key, _name = _where_key(where)
         job = api.find_ref(key, ref) if key else None
         if job is not None and job.job_id == job_id:
