@@ -53,6 +53,14 @@ def _pretty(value: Any) -> str:
     return _pre(text)
 
 
+def _last_part(dotted: str) -> str:
+    """A dotted name by its last part, the whole in the tooltip: the list keeps its columns on
+    screen (the filters and the detail page show it whole)."""
+    if not dotted:
+        return "-"
+    return format_html('<span title="{}">{}</span>', dotted, dotted.rpartition(".")[2])
+
+
 def _payload(payload: str) -> str:
     try:
         text = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
@@ -64,7 +72,7 @@ def _payload(payload: str) -> str:
 
 @admin.register(DeadJob)
 class DeadJobAdmin(admin.ModelAdmin):
-    list_display = ("died", "job_class", "queue", "error_class", "reason", "executions", "short_message")
+    list_display = ("died", "job", "queue", "error", "reason", "executions", "short_message")
     list_filter = (
         "job_class",
         "queue",
@@ -128,11 +136,22 @@ class DeadJobAdmin(admin.ModelAdmin):
     @admin.display(description=_("died at"), ordering="died_at")
     def died(self, obj: DeadJob) -> str:
         """The dashboard's one time format (``2026-12-06 04:05:09``, in ``TIME_ZONE``)."""
-        return format_html('<time datetime="{}">{}</time>', obj.died_at.isoformat(), absolute(obj.died_at))
+        return format_html(
+            '<time datetime="{}" style="white-space: nowrap">{}</time>', obj.died_at.isoformat(), absolute(obj.died_at)
+        )
+
+    @admin.display(description=_("job class"), ordering="job_class")
+    def job(self, obj: DeadJob) -> str:
+        return _last_part(obj.job_class)
+
+    @admin.display(description=_("error class"), ordering="error_class")
+    def error(self, obj: DeadJob) -> str:
+        return _last_part(obj.error_class)
 
     @admin.display(description=_("message"))
     def short_message(self, obj: DeadJob) -> str:
-        return Truncator(obj.error_message.splitlines()[0] if obj.error_message else "").chars(80)
+        text = obj.error_message.splitlines()[0] if obj.error_message else ""
+        return format_html('<span title="{}">{}</span>', Truncator(text).chars(500), Truncator(text).chars(60))
 
     @admin.display(description=_("arguments"))
     def arguments_display(self, obj: DeadJob) -> str:

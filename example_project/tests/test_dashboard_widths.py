@@ -29,6 +29,7 @@ from deliveries.jobs import (
     SendNewsletterJob,
     TaskNotificationJob,
 )
+from django_async_jobs.flow import RateLimit
 from django_async_jobs.models import DeadJob, JobProgress
 from django_async_jobs.serialization import encode_payload, new_job_id
 
@@ -117,6 +118,14 @@ def seed(broker):
         if i < 3:
             running[field] = now - 60 * (i + 1)
     broker.heartbeat(PROCESS, {**info, "running": json.dumps(running)}, ttl=3600)
+    # Flow control: a concurrency limit with blocked jobs, rate limiters in use.
+    limit = f"{ExternalApiJob.job_name}:{'ab12' * 10}"  # "<job name>:<SHA-1 of the key>"
+    r.zadd(k.blocked, {limit: now * 1000})
+    r.zadd(k.concurrency_blocked(limit), {payload(ExternalApiJob, [i]): now * 1000 + i for i in range(12)})
+    r.hset(k.concurrency(limit), mapping={f"{new_job_id()}:1": f"{int(now * 1000) + 60000} {PROCESS}"})
+    for _ in range(7):
+        with RateLimit("window", "carrier-api", 100, 3600).within_limit():
+            pass
     return retry_id
 
 
@@ -156,7 +165,7 @@ def test_every_page_fits_every_width_and_works(live_server, broker, page):
     pages = {
         "overview": BASE, "queues": BASE + "queues/", "queue": BASE + "queues/low/", "busy": BASE + "busy/",
         "scheduled": BASE + "scheduled/", "retries": BASE + "retries/", "recurring": BASE + "recurring/",
-        "blocked": BASE + "blocked/", "job": BASE + f"jobs/{retry_id}/", "search": BASE + "retries/?error=503&class=",
+        "blocked": BASE + "blocked/", "blocked-jobs": BASE + f"blocked/{ExternalApiJob.job_name}:{'ab12' * 10}/", "job": BASE + f"jobs/{retry_id}/", "search": BASE + "retries/?error=503&class=",
         "dead-jobs": "/admin/django_async_jobs/deadjob/", "dead-job": f"/admin/django_async_jobs/deadjob/{dead.pk}/change/",
         "progress": "/admin/django_async_jobs/jobprogress/",
         "progress-detail": f"/admin/django_async_jobs/jobprogress/{progress.pk}/change/",
