@@ -209,7 +209,8 @@ def last_run(entry_name: str, broker: Any) -> dict[str, Any] | None:
 
 
 def describe(count: int = 3, now: float | None = None, broker: Any = None) -> list[dict[str, Any]]:
-    """Each entry with its next ``count`` run times (in its time zone) and its last run.
+    """Each entry with its next ``count`` run times (in its time zone), its last run, and its
+    latest tick if no process enqueued it (``missed``).
 
     What ``manage.py jobs cron`` prints.
     """
@@ -219,6 +220,7 @@ def describe(count: int = 3, now: float | None = None, broker: Any = None) -> li
     for entry in entries():
         job_class = registry.lookup(entry.job)
         queue = entry.queue or (job_class.queue_as if job_class and isinstance(job_class.queue_as, str) else None)
+        last = last_run(entry.name, broker)
         rows.append({
             "name": entry.name,
             "cron": entry.cron,
@@ -227,9 +229,23 @@ def describe(count: int = 3, now: float | None = None, broker: Any = None) -> li
             "timezone": str(entry.timezone),
             "catch_up": entry.catch_up,
             "next_runs": entry.upcoming(moment, count),
-            "last_run": last_run(entry.name, broker),
+            "last_run": last,
+            "missed": _missed(entry, moment, last),
         })
     return rows
+
+
+MISSED_GRACE = 60.0  # seconds a worker's clock may take to enqueue a tick before it counts as missed
+
+
+def _missed(entry: Entry, moment: float, last: dict[str, Any] | None) -> datetime | None:
+    """The entry's latest tick when no process enqueued it (none ran the clock then: every
+    worker stopped or quiet; such ticks are skipped unless ``catch_up``), else None."""
+    due = entry.latest_until(moment - MISSED_GRACE)
+    recorded = last["tick"].timestamp() if last and last["tick"] else None
+    if recorded is not None and recorded >= due:
+        return None
+    return datetime.fromtimestamp(due, UTC)
 
 
 def _last_outcome(last: dict[str, Any]) -> str:

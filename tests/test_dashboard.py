@@ -839,3 +839,19 @@ def test_the_limits_page_shows_rate_limiters_in_use_and_paused_queues(client, br
     assert ">low</a>" in html.split("Paused queues:")[1]
     # A concurrent limiter with no lock held has no key: it is not in use.
     assert [(u.kind, u.name) for u in api.rate_limiters()] == [("window", "stripe")]
+
+
+def test_recurring_shows_a_tick_no_process_enqueued_as_missed(client, broker, manager, settings):
+    from django_async_jobs import cron
+
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "RECURRING": {
+        "minutely": {"cron": "* * * * *", "class": IncrJob.job_name, "args": ["m"], "queue": "low"},
+    }}
+    [row] = cron.describe(broker=broker)
+    assert row["missed"] is not None and time.time() - 180 < row["missed"].timestamp() <= time.time() - 60
+    cell = client.get(BASE + "recurring/").content.decode().split('class="aj-last-run"')[1].split("</td>")[0]
+    assert "missed" in cell and "no worker process ran the clock" in cell
+    [entry] = cron.entries()
+    cron.enqueue_tick(entry, entry.latest_until(time.time()), broker)  # a worker's clock did its job
+    assert cron.describe(broker=broker)[0]["missed"] is None
+    assert "missed" not in client.get(BASE + "recurring/").content.decode().split('class="aj-last-run"')[1].split("</td>")[0]
