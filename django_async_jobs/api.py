@@ -153,6 +153,11 @@ class JobEntry:
         data = self.data or {}
         return f"{_string(data.get('error_class'))}: {_string(data.get('error_message'))}".strip(": ")
 
+    @property
+    def traceback(self) -> str:
+        """The last failure's traceback (a retry's payload keeps it), or ""."""
+        return _string((self.data or {}).get("traceback"))
+
     def as_json(self) -> dict[str, Any]:
         """The entry as JSON-ready data; arguments JSON cannot carry back are left out (the
         payload then goes along as text)."""

@@ -534,18 +534,17 @@ def blocked_jobs(request: HttpRequest, site: AdminSite, limit_id: str) -> HttpRe
 # -- one job ------------------------------------------------------------------------------------
 
 
-def _where_key(where: str) -> tuple[str, str | None, str]:
-    """(kind, sorted set key, list page URL name) of a detail link's ``where``; key None when
-    ``where`` names nothing the dashboard lists (then the job is looked for everywhere)."""
-    keys = api.get_broker().keys
+def _where_key(where: str) -> tuple[str, str | None]:
+    """(kind, sorted set key) of a detail link's ``where``; key None when ``where`` names
+    nothing the dashboard lists (then the job is looked for everywhere)."""
     kind, _sep, name = where.partition(":")
     if kind in api.SETS:
-        return kind, api.set_key(kind), f"async_jobs_{kind}"
+        return kind, api.set_key(kind)
     if kind == "queue" and valid_queue_name(name):
-        return kind, keys.queue(name), "async_jobs_queue"
+        return kind, api.get_broker().keys.queue(name)
     if kind == "blocked" and name:
-        return kind, api.blocked_key(name), "async_jobs_blocked_jobs"
-    return kind, None, ""
+        return kind, api.blocked_key(name)
+    return kind, None
 
 
 def _pretty(value: Any) -> str:
@@ -559,15 +558,14 @@ def _place_context(site: AdminSite, place: api.Place) -> dict[str, Any]:
     """A place's row on the job page: what it is, when, and the forms of its actions."""
     job, now = place.job, time.time()
     actions: list[tuple[str, str, str, str | None, str]] = []  # (post URL, field, value, confirm, label)
+    page, ops = "", ()  # a blocked job is deleted from its limit's page
     if place.kind in api.SETS:
-        page = _url(site, f"async_jobs_{place.kind}")
-        actions = [(page, f"one_{op}", job.ref, confirm and str(confirm), str(label))
-                   for op, (label, confirm) in ((op, BUTTONS[op]) for op in SET_OPS[place.kind])]
+        page, ops = _url(site, f"async_jobs_{place.kind}"), SET_OPS[place.kind]
     elif place.kind == "queue":
-        page = _url(site, "async_jobs_queue", place.queue)
-        actions = [(page, f"one_{op}", job.ref, confirm and str(confirm), str(label))
-                   for op, (label, confirm) in ((op, BUTTONS[op]) for op in QUEUE_OPS)]
-    elif place.kind == "running":
+        page, ops = _url(site, "async_jobs_queue", place.queue), QUEUE_OPS
+    for op, label, confirm in _buttons(ops):
+        actions.append((page, f"one_{op}", job.ref, confirm, label))
+    if place.kind == "running":
         actions = [(_url(site, "async_jobs_busy"), "cancel", job.job_id, str(BUTTONS["cancel"][1]), str(BUTTONS["cancel"][0]))]
     labels = {"queue": _("waiting in queue %(queue)s"), "scheduled": _("scheduled"), "retries": _("waiting for a retry"),
               "running": _("held by %(process)s"), "blocked": _("blocked by a concurrency limit")}
@@ -594,7 +592,7 @@ def job_detail(request: HttpRequest, site: AdminSite, job_id: str) -> HttpRespon
     if where == "running":  # from Busy: the processes' jobs, no scan of the sets
         places = api.locate(job_id, waiting=False)
     elif where and ref:
-        kind, key, _name = _where_key(where)
+        kind, key = _where_key(where)
         job = api.find_ref(key, ref) if key else None
         if job is not None and job.job_id == job_id:
             places = [api.Place(kind, key, job, queue=job.queue)]
@@ -638,15 +636,11 @@ def job_detail(request: HttpRequest, site: AdminSite, job_id: str) -> HttpRespon
         request, site, "job.html", "", _("Job %(job)s") % {"job": job_id},
         job_id=job_id, job=job, places=[_place_context(site, p) for p in places],
         facts=facts, sections=sections, error=job.error if job else "",
-        traceback=_string(data.get("traceback")) if readable else "",
+        traceback=job.traceback if job and readable else "",
         payload=job.raw if job and readable else "",
         dead=[(row, _admin_url(site, "deadjob_change", row.pk), absolute(row.died_at)) for row in dead],
         progress=progress, here=request.get_full_path(),
     )
-
-
-def _string(value: Any) -> str:
-    return value if isinstance(value, str) else ""
 
 
 # -- wiring -------------------------------------------------------------------------------------
