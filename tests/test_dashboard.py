@@ -855,3 +855,13 @@ def test_recurring_shows_a_tick_no_process_enqueued_as_missed(client, broker, ma
     cron.enqueue_tick(entry, entry.latest_until(time.time()), broker)  # a worker's clock did its job
     assert cron.describe(broker=broker)[0]["missed"] is None
     assert "missed" not in client.get(BASE + "recurring/").content.decode().split('class="aj-last-run"')[1].split("</td>")[0]
+
+
+def test_cancel_from_a_job_page_comes_back_to_it_and_never_leaves_the_site(client, broker, manager):
+    job = IncrJob.perform_later("run")
+    broker.heartbeat("host-a:1:ab", {"host": "host-a", "pid": 1, "queues": "default", "concurrency": 1}, ttl=60)
+    fetch(broker, "host-a:1:ab", ["default"], 1)
+    page = f"{BASE}jobs/{job.job_id}/?where=running"
+    assert client.post(BASE + "busy/", {"cancel": job.job_id, "next": page})["Location"] == page
+    assert client.post(BASE + "busy/", {"cancel": job.job_id, "next": "https://evil.example/"})["Location"] == BASE + "busy/"
+    assert client.post(BASE + "busy/", {"cancel": job.job_id, "next": "//evil.example/"})["Location"] == BASE + "busy/"

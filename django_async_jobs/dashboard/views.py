@@ -23,6 +23,7 @@ from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -451,9 +452,10 @@ def _cancel_running(request: HttpRequest, here: str) -> HttpResponse:
 
 
 def _safe_next(request: HttpRequest) -> bool:
-    """A form's ``next`` is one of this site's paths (the job page's actions come back to it)."""
-    target = request.POST.get("next", "")
-    return target.startswith("/") and not target.startswith("//") and "\\" not in target
+    """A form's ``next`` is a page of this site (the job page's actions come back to it)."""
+    return url_has_allowed_host_and_scheme(
+        request.POST.get("next", ""), allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
 
 
 def sorted_set(request: HttpRequest, site: AdminSite, kind: str) -> HttpResponse:
