@@ -389,7 +389,8 @@ class Command(BaseCommand):
             last = entry["last_run"]
             write(
                 f"recurring {entry['name']:<14} cron {entry['cron']!r:<13} next {entry['next_runs'][0]:%Y-%m-%d %H:%M %Z}"
-                + (f", last tick {last['tick']:%Y-%m-%d %H:%M}" if last else "")
+                + (f", last tick {last['tick']:%Y-%m-%d %H:%M}" if last and last["tick"] else "")
+                + (f", run now at {last['manual_at']:%H:%M:%S}" if last and last["manual_at"] else "")
             )
         verdict = "as expected" if ok else "NOT as expected"
         write(f"{len(scenarios)} scenarios, {verdict}, in {time.time() - started:.1f}s.")
