@@ -71,8 +71,21 @@ BUTTONS = {  # a row's button: label, confirmation question (None: no question)
 }
 
 
+BULK_QUESTIONS = {  # a bulk button's confirmation (the page adds "all matching" when ticked)
+    "enqueue": gettext_lazy("Run these jobs now?"),
+    "cancel": gettext_lazy("Cancel these jobs? They will not run."),
+    "delete": gettext_lazy("Delete these jobs?"),
+    "kill": gettext_lazy("Move these jobs to the dead jobs?"),
+}
+
+
 def _buttons(ops: tuple[str, ...]) -> list[tuple[str, str, str | None]]:
     return [(op, str(BUTTONS[op][0]), BUTTONS[op][1] and str(BUTTONS[op][1])) for op in ops]
+
+
+def _lists_buttons(ops: tuple[str, ...]) -> dict[str, Any]:
+    """A job list's buttons: each row's, and the bulk ones with their own questions."""
+    return {"buttons": _buttons(ops), "bulk_buttons": [(op, label, str(BULK_QUESTIONS[op])) for op, label, _q in _buttons(ops)]}
 
 
 @dataclass(frozen=True)
@@ -376,7 +389,7 @@ def queue(request: HttpRequest, site: AdminSite, name: str) -> HttpResponse:
         return _redirect_back(request, here)
     return _render(
         request, site, "queue.html", "queues", _("Queue %(name)s") % {"name": name},
-        queue_name=name, **_page(request, site, key, None, f"queue:{name}"), buttons=_buttons(QUEUE_OPS),
+        queue_name=name, **_page(request, site, key, None, f"queue:{name}"), **_lists_buttons(QUEUE_OPS),
         clear_url=_url(site, "async_jobs_queue_clear", name), queues_url=_url(site, "async_jobs_queues"),
     )
 
@@ -470,7 +483,7 @@ def sorted_set(request: HttpRequest, site: AdminSite, kind: str) -> HttpResponse
         return _redirect_back(request, here)
     title = _("Scheduled jobs") if kind == "scheduled" else _("Retries")
     return _render(
-        request, site, "sorted_set.html", kind, title, kind=kind, buttons=_buttons(ops), **_page(request, site, key, kind, kind)
+        request, site, "sorted_set.html", kind, title, kind=kind, **_lists_buttons(ops), **_page(request, site, key, kind, kind)
     )
 
 
@@ -528,7 +541,7 @@ def blocked_jobs(request: HttpRequest, site: AdminSite, limit_id: str) -> HttpRe
         return _redirect_back(request, here)
     return _render(
         request, site, "blocked_jobs.html", "blocked", _("Blocked by %(limit)s") % {"limit": limit_id},
-        limit_id=limit_id, **_page(request, site, key, None, f"blocked:{limit_id}"), buttons=_buttons(("delete",)),
+        limit_id=limit_id, **_page(request, site, key, None, f"blocked:{limit_id}"), **_lists_buttons(("delete",)),
         blocked_url=_url(site, "async_jobs_blocked"),
     )
 
