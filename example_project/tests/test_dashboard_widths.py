@@ -223,4 +223,13 @@ def test_every_page_fits_every_width_and_works(live_server, broker, page):
     expect(page.locator("#aj-chart svg text").first).to_be_visible()
     assert page.evaluate("window.notReloaded") is True
     assert page.locator("#aj-chart svg").get_attribute("preserveAspectRatio") is None
+
+    # Busy follows its processes too, without a reload.
+    page.goto(f"{live_server.url}{BASE}busy/")
+    page.evaluate("window.notReloaded = true")
+    row = page.locator(f'tr[data-process="{PROCESS}"]')
+    expect(row).to_contain_text("3/3")
+    broker.redis.hset(broker.keys.process(PROCESS), "busy", 1)
+    expect(row).to_contain_text("1/3")
+    assert page.evaluate("window.notReloaded") is True
     page.screenshot(path=str(SHOTS / "overview-live.png"))

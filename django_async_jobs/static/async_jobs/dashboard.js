@@ -166,8 +166,32 @@
     });
   }
 
+  // A page part marked data-live="<seconds>" (Busy, Queues) is fetched again and swapped in
+  // place, unless the user is choosing rows or typing there.
+  function liveRegions() {
+    document.querySelectorAll("[data-live]").forEach(function (region, index) {
+      var seconds = Number(region.dataset.live);
+      if (!(seconds > 0)) { return; }
+      setInterval(function () {
+        var busyHere = region.querySelector('input[type="checkbox"]:checked') ||
+          region.contains(document.activeElement) && document.activeElement !== document.body;
+        if (document.hidden || busyHere) { return; }
+        fetch(window.location.href, { credentials: "same-origin" })
+          .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.text(); })
+          .then(function (html) {
+            var fresh = new DOMParser().parseFromString(html, "text/html").querySelectorAll("[data-live]")[index];
+            if (!fresh) { return; }
+            region.innerHTML = fresh.innerHTML;
+            region.dataset.updates = String(Number(region.dataset.updates || 0) + 1);
+          })
+          .catch(function () { /* the next round tries again */ });
+      }, seconds * 1000);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     liveOverview();
+    liveRegions();
     forms();
   });
 })();
