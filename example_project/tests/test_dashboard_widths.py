@@ -224,6 +224,14 @@ def test_every_page_fits_every_width_and_works(live_server, broker, page):
     assert page.evaluate("window.notReloaded") is True
     assert page.locator("#aj-chart svg").get_attribute("preserveAspectRatio") is None
 
+    # Dark mode: the admin's colour variables, the same layout.
+    page.emulate_media(color_scheme="dark")
+    for name in ("overview", "retries", "job"):
+        page.goto(live_server.url + pages[name])
+        assert overflow(page) <= 0
+        page.screenshot(path=str(SHOTS / f"{name}-dark.png"))
+    page.emulate_media(color_scheme="light")
+
     # Busy follows its processes too, without a reload.
     page.goto(f"{live_server.url}{BASE}busy/")
     page.evaluate("window.notReloaded = true")
