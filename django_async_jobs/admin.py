@@ -80,7 +80,8 @@ class DeadJobAdmin(admin.ModelAdmin):
         "reason",
         ("died_at", admin.DateFieldListFilter),
     )
-    search_fields = ("job_class", "error_class", "error_message", "job_id")
+    # The payload holds the arguments as written: searching it finds a job by an argument's text.
+    search_fields = ("job_class", "error_class", "error_message", "job_id", "payload")
     # No date_hierarchy: the died_at filter covers it, and the hierarchy's per-row date
     # truncation over every dead job made the list slow at 10,000 rows.
     list_per_page = 50

@@ -865,3 +865,12 @@ def test_cancel_from_a_job_page_comes_back_to_it_and_never_leaves_the_site(clien
     assert client.post(BASE + "busy/", {"cancel": job.job_id, "next": page})["Location"] == page
     assert client.post(BASE + "busy/", {"cancel": job.job_id, "next": "https://evil.example/"})["Location"] == BASE + "busy/"
     assert client.post(BASE + "busy/", {"cancel": job.job_id, "next": "//evil.example/"})["Location"] == BASE + "busy/"
+
+
+def test_dead_jobs_are_found_by_an_arguments_text(client, broker):
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    for i, email in enumerate(["ana@example.com", "bo@example.com"]):
+        DeadJob.objects.create(dead_id=f"d{i}", job_id=f"j{i}", died_at="2026-12-05T22:55:07Z", reason="killed",
+                               payload=encode_payload({"jid": f"j{i}", "job": "J", "queue": "q", "args": [email]}))
+    response = client.get(reverse("admin:django_async_jobs_deadjob_changelist"), {"q": "ana@example"})
+    assert [row.job_id for row in response.context["cl"].result_list] == ["j0"]
