@@ -557,7 +557,7 @@ def test_cancel_needs_the_manage_permission(client, broker, viewer):
 # -- issue 22: what an operator reads ------------------------------------------------------------
 
 ALL_PAGES = ["", "queues/", "queues/default/", "queues/default/clear/", "busy/", "scheduled/", "retries/",
-             "recurring/", "blocked/"]
+             "recurring/", "blocked/", "batches/"]
 
 
 @pytest.mark.parametrize("page", ALL_PAGES)
@@ -874,3 +874,40 @@ def test_dead_jobs_are_found_by_an_arguments_text(client, broker):
                                payload=encode_payload({"jid": f"j{i}", "job": "J", "queue": "q", "args": [email]}))
     response = client.get(reverse("admin:django_async_jobs_deadjob_changelist"), {"q": "ana@example"})
     assert [row.job_id for row in response.context["cl"].result_list] == ["j0"]
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+
+def test_the_batches_page_shows_progress_callbacks_and_failures_and_cancels(client, broker, manager):
+    from django_async_jobs.batches import Batch
+
+    batch = Batch(description="Import #7")
+    batch.on("complete", IncrJob, "report")
+    with batch.jobs():
+        first = IncrJob.perform_later("a")
+        IncrJob.perform_later("b")
+    html = client.get(BASE + "batches/").content.decode()
+    row = html.split(f'data-batch="{batch.bid}"')[1].split("</tr>")[0]
+    assert "Import #7" in row and "0/2" in row and "running" in row
+    assert "complete: <span" in row and IncrJob.job_name in row and "not yet" in row
+    # A member's page links its batch; the link shows that batch alone.
+    job_html = job_page(client, first.job_id).content.decode()
+    link = job_html.split('class="aj-batch-link"')[0].rsplit('href="', 1)[1].split('"')[0]
+    assert link == f"{BASE}batches/?bid={batch.bid}" and "Import #7" in client.get(link).content.decode()
+    assert client.get(BASE + "batches/?bid=nosuchbatch").status_code == 404
+    response = client.post(BASE + "batches/", {"cancel": batch.bid}, follow=True)
+    assert "Cancelled batch" in [str(m) for m in response.context["messages"]][0]
+    assert api.batch(batch.bid)["cancelled"]
+    assert "cancelled" in client.get(BASE + "batches/").content.decode().split(f'data-batch="{batch.bid}"')[1]
+
+
+def test_batches_need_the_manage_permission_to_cancel(client, broker, viewer):
+    from django_async_jobs.batches import Batch
+
+    batch = Batch(description="x")
+    with batch.jobs():
+        IncrJob.perform_later("a")
+    assert 'name="cancel"' not in client.get(BASE + "batches/").content.decode()
+    assert client.post(BASE + "batches/", {"cancel": batch.bid}).status_code == 403
+    assert not api.batch(batch.bid)["cancelled"]

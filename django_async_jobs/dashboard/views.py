@@ -49,6 +49,7 @@ TABS = (
     ("retries", "async_jobs_retries", gettext_lazy("Retries")),
     ("recurring", "async_jobs_recurring", gettext_lazy("Recurring")),
     ("blocked", "async_jobs_blocked", gettext_lazy("Limits")),
+    ("batches", "async_jobs_batches", gettext_lazy("Batches")),
 )
 QUEUE_OPS = ("cancel", "delete")
 SET_OPS = {
@@ -631,7 +632,7 @@ def job_detail(request: HttpRequest, site: AdminSite, job_id: str) -> HttpRespon
             (_("Meta"), _pretty(data.get("meta", {}))),
         ]
     now = time.time()
-    facts = []
+    facts, batch_url = [], None
     if job:
         facts = [
             (_("Job"), job.job_class or _("(unreadable payload)")), (_("Queue"), job.queue),
@@ -645,8 +646,9 @@ def job_detail(request: HttpRequest, site: AdminSite, job_id: str) -> HttpRespon
             facts.append((_("Retries by rule"), ", ".join(f"{k}: {v}" for k, v in retries.items())))
         if isinstance(data.get("cron"), dict):
             facts.append((_("Recurring entry"), str(data["cron"].get("name", ""))))
-        if data.get("batch") is not None:
-            facts.append((_("Batch"), str(data["batch"])))
+        if job.batch_id:
+            facts.append((_("Batch"), job.batch_id))
+            batch_url = f"{_url(site, 'async_jobs_batches')}?{urlencode({'bid': job.batch_id})}"
     return _render(
         request, site, "job.html", "", _("Job %(job)s") % {"job": job_id},
         job_id=job_id, job=job, places=[_place_context(site, p) for p in places],
@@ -654,8 +656,60 @@ def job_detail(request: HttpRequest, site: AdminSite, job_id: str) -> HttpRespon
         traceback=job.traceback if job and readable else "",
         payload=job.raw if job and readable else "",
         dead=[(row, _admin_url(site, "deadjob_change", row.pk), absolute(row.died_at)) for row in dead],
-        progress=progress, here=request.get_full_path(),
+        progress=progress, here=request.get_full_path(), batch_url=batch_url,
     )
+
+
+# -- batches ----------------------------------------------------------------------------------------------
+
+
+def batches(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    """Batches newest first, a page at a time (``api.batches``: never a batch's members), with
+    their progress, failures and callbacks; a manager may cancel one."""
+    here = _url(site, "async_jobs_batches")
+    if request.method == "POST":
+        _require_manage(request)
+        bid = request.POST.get("cancel", "")
+        try:
+            found = api.cancel_batch(bid)
+        except redis.RedisError as exc:
+            _redis_down(request, exc)
+        else:
+            if found:
+                messages.success(request, _("Cancelled batch %(bid)s: its jobs are dropped when fetched; no callback fires.") % {"bid": bid})
+            else:
+                messages.warning(request, _("Batch %(bid)s is gone (finished and expired, or never created).") % {"bid": bid})
+        return _redirect_back(request, here)
+    now = time.time()
+    bid = request.GET.get("bid", "")
+    if bid:  # one batch (a job page's link)
+        found = api.batch(bid)
+        if found is None:
+            raise Http404(_("No batch %(bid)s (finished and expired, or never created).") % {"bid": bid})
+        return _render(request, site, "batches.html", "batches", _("Batch %(bid)s") % {"bid": bid},
+                       page=None, rows=[_batch_row(found, now)])
+    page = api.batches(_int(request.GET.get("page"), 1), _int(request.GET.get("per_page"), DEFAULT_PER_PAGE))
+    rows = [_batch_row(batch, now) for batch in page.batches]
+    # The paginator reads a Page's counts; a batch page has the same ones.
+    paginator = api.Page(page.batches, page.total, page.number, page.per_page)  # type: ignore[arg-type]
+    return _render(request, site, "batches.html", "batches", _("Batches"), page=paginator, rows=rows)
+
+
+def _batch_row(batch: dict[str, Any], now: float) -> dict[str, Any]:
+    total = batch["total"] or 0
+    done = total - batch["pending"]
+    state = (
+        _("cancelled") if batch["cancelled"] else _("succeeded") if batch["success"]
+        else _("complete, with failures") if batch["complete"] else _("running")
+    )
+    callbacks = [
+        (event, ", ".join(info["jobs"]), moment_parts(info["fired_at"], now) if info["fired_at"] else None)
+        for event, info in batch["callbacks"].items() if info["jobs"]
+    ]
+    return {
+        "batch": batch, "state": state, "percent": round(100 * done / total) if total else 0,
+        "created": moment_parts(batch["created_at"], now), "callbacks": callbacks,
+    }
 
 
 # -- wiring -------------------------------------------------------------------------------------
@@ -684,4 +738,5 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     ("blocked/", blocked, "async_jobs_blocked"),
     ("blocked/<str:limit_id>/", blocked_jobs, "async_jobs_blocked_jobs"),
     ("jobs/<str:job_id>/", job_detail, "async_jobs_job"),
+    ("batches/", batches, "async_jobs_batches"),
 ]

@@ -29,6 +29,7 @@ from deliveries.jobs import (
     SendNewsletterJob,
     TaskNotificationJob,
 )
+from django_async_jobs.batches import Batch
 from django_async_jobs.flow import RateLimit
 from django_async_jobs.models import DeadJob, JobProgress
 from django_async_jobs.serialization import encode_payload, new_job_id
@@ -126,6 +127,15 @@ def seed(broker):
     for _ in range(7):
         with RateLimit("window", "carrier-api", 100, 3600).within_limit():
             pass
+    # Two batches: one with a callback, one cancelled.
+    for n, description in enumerate(("Import of december-customers.csv, " + "chunk " * 30, "Nightly resync")):
+        batch = Batch(description=description)
+        batch.on("complete", SendNewsletterJob, [1, 2, 3], "report")
+        with batch.jobs():
+            for i in range(20):
+                TaskNotificationJob.perform_later(i, notification_type="imported")
+        if n:
+            Batch.cancel(batch.bid)
     return retry_id
 
 
@@ -167,7 +177,7 @@ def test_every_page_fits_every_width_and_works(live_server, broker, page):
         "scheduled": BASE + "scheduled/", "retries": BASE + "retries/", "recurring": BASE + "recurring/",
         "blocked": BASE + "blocked/", "blocked-jobs": BASE + f"blocked/{ExternalApiJob.job_name}:{'ab12' * 10}/", "job": BASE + f"jobs/{retry_id}/", "search": BASE + "retries/?error=503&class=",
         "dead-jobs": "/admin/django_async_jobs/deadjob/", "dead-job": f"/admin/django_async_jobs/deadjob/{dead.pk}/change/",
-        "progress": "/admin/django_async_jobs/jobprogress/",
+        "batches": BASE + "batches/", "progress": "/admin/django_async_jobs/jobprogress/",
         "progress-detail": f"/admin/django_async_jobs/jobprogress/{progress.pk}/change/",
     }
     too_wide = []
