@@ -557,7 +557,7 @@ def test_cancel_needs_the_manage_permission(client, broker, viewer):
 # -- issue 22: what an operator reads ------------------------------------------------------------
 
 ALL_PAGES = ["", "queues/", "queues/default/", "queues/default/clear/", "busy/", "scheduled/", "retries/",
-             "recurring/", "blocked/", "batches/"]
+             "recurring/", "blocked/", "batches/", "metrics/"]
 
 
 @pytest.mark.parametrize("page", ALL_PAGES)
@@ -911,3 +911,31 @@ def test_batches_need_the_manage_permission_to_cancel(client, broker, viewer):
     assert 'name="cancel"' not in client.get(BASE + "batches/").content.decode()
     assert client.post(BASE + "batches/", {"cancel": batch.bid}).status_code == 403
     assert not api.batch(batch.bid)["cancelled"]
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def test_the_metrics_page_shows_percentiles_charts_and_deploy_marks_over_72_hours(client, broker, manager, prefix):
+    from django_async_jobs import metrics as job_metrics
+    from django_async_jobs.worker import processor
+
+    for i in range(3):
+        payload = {"jid": f"m{i}", "job": IncrJob.job_name, "queue": "default", "args": [f"{prefix}:n"],
+                   "enqueued_at": time.time()}
+        processor.worker_chain(IncrJob).run(IncrJob.deserialize(payload))
+    job_metrics.flush(broker)
+    api.mark_deploy("v1.2")
+    response = client.get(BASE + "metrics/", {"minutes": 4320})
+    html = response.content.decode()
+    assert response.context["minutes"] == 4320 and f'data-class="{IncrJob.job_name}"' in html and "v1.2" in html
+    [row] = response.context["rows"]
+    assert row["metrics"].total_runs == 3 and row["p50"].endswith("ms") and row["p99"].endswith("ms")
+    one = client.get(BASE + "metrics/", {"class": IncrJob.job_name, "minutes": 4320})
+    chart = one.context["chart"]
+    assert len(chart["points"]) <= 120 and chart["minutes_a_point"] == 36
+    assert sum(p["processed"] for p in chart["points"]) == 3 and all("p99" in p for p in chart["points"])
+    assert chart["histogram"] and [m["label"] for m in chart["marks"]] == ["v1.2"]
+    assert chart["marks"][0]["index"] == len(chart["points"]) - 1  # now: the last point
+    assert 'id="aj-metrics-times"' in one.content.decode() and 'id="aj-metrics-histogram"' in one.content.decode()
+    assert client.get(BASE + "metrics/", {"minutes": "7"}).context["minutes"] == 60  # only the offered windows

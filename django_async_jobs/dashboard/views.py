@@ -28,9 +28,16 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from django_async_jobs import api
+from django_async_jobs import metrics as job_metrics
 from django_async_jobs.conf import valid_queue_name
 from django_async_jobs.models import DeadJob, JobProgress
-from django_async_jobs.templatetags.async_jobs import absolute, duration, moment_parts, relative
+from django_async_jobs.templatetags.async_jobs import (
+    absolute,
+    duration,
+    milliseconds,
+    moment_parts,
+    relative,
+)
 
 # Retrying, deleting and killing dead jobs already need this one in the DeadJob admin; the
 # dashboard's changes are the same kind of power, so one permission covers both.
@@ -50,6 +57,7 @@ TABS = (
     ("recurring", "async_jobs_recurring", gettext_lazy("Recurring")),
     ("blocked", "async_jobs_blocked", gettext_lazy("Limits")),
     ("batches", "async_jobs_batches", gettext_lazy("Batches")),
+    ("metrics", "async_jobs_metrics", gettext_lazy("Metrics")),
 )
 QUEUE_OPS = ("cancel", "delete")
 SET_OPS = {
@@ -712,6 +720,76 @@ def _batch_row(batch: dict[str, Any], now: float) -> dict[str, Any]:
     }
 
 
+# -- metrics -------------------------------------------------------------------------------------
+
+
+METRIC_WINDOWS = ((60, gettext_lazy("1 hour")), (360, gettext_lazy("6 hours")), (1440, gettext_lazy("24 hours")),
+                  (4320, gettext_lazy("72 hours")))
+CHART_POINTS = 120  # a chart's points at most: longer windows sum several minutes a point
+
+
+def metrics(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    """Per job class over a window of up to 72 hours (``api.metrics``): runs, failures,
+    execution time (average, p50, p95, p99) and queue latency; for one class, its charts (runs
+    and failures, percentiles over time, the execution-time histogram) with the deploy marks."""
+    minutes = _int(request.GET.get("minutes"), 60)
+    if minutes not in dict(METRIC_WINDOWS):
+        minutes = 60
+    chosen = request.GET.get("class", "")
+    report = api.metrics(chosen or None, minutes)
+    here = _url(site, "async_jobs_metrics")
+    rows = [
+        {"metrics": c, "url": f"{here}?{urlencode({'class': c.job_class, 'minutes': minutes})}",
+         "average": milliseconds(c.average_ms), "p50": milliseconds(c.percentile(0.5)),
+         "p95": milliseconds(c.percentile(0.95)), "p99": milliseconds(c.percentile(0.99)),
+         "latency": milliseconds(c.average_latency_ms)}
+        for c in sorted(report.classes.values(), key=lambda c: c.job_class)
+    ]
+    chart = _metric_charts(report, report.classes.get(chosen)) if chosen else _metric_charts(report, None)
+    return _render(
+        request, site, "metrics.html", "metrics", _("Metrics"), rows=rows, chosen=chosen, minutes=minutes,
+        windows=[(m, label, f"{here}?{urlencode({'minutes': m, **({'class': chosen} if chosen else {})})}")
+                 for m, label in METRIC_WINDOWS],
+        chart=chart, marks=[(absolute(m.at), m.label) for m in report.marks], all_url=f"{here}?minutes={minutes}",
+    )
+
+
+def _metric_charts(report: Any, one: Any) -> dict[str, Any]:
+    """The charts' data (JSON for dashboard.js): points of ``size`` minutes, the marks at theirs."""
+    classes = [one] if one is not None else list(report.classes.values())
+    count = len(report.minutes)
+    size = max(1, -(-count // CHART_POINTS))
+    starts = report.minutes[::size]
+    points = []
+    for index, start in enumerate(starts):
+        span = range(index * size, min((index + 1) * size, count))
+        runs = sum(c.runs[i] for c in classes for i in span)
+        failures = sum(c.failures[i] for c in classes for i in span)
+        point = {"label": absolute(start)[11:16], "processed": runs, "failed": failures}
+        if one is not None:
+            merged: dict[int, int] = {}
+            for i in span:
+                for bucket, n in one.histograms[i].items():
+                    merged[bucket] = merged.get(bucket, 0) + n
+            for q in (50, 95, 99):
+                point[f"p{q}"] = job_metrics.percentile(merged, q / 100) or 0
+        points.append(point)
+    marks = [
+        {"index": min(len(starts) - 1, max(0, int((m.at - starts[0]) // (size * 60)))), "label": m.label}
+        for m in report.marks
+    ]
+    data: dict[str, Any] = {"points": points, "marks": marks, "minutes_a_point": size}
+    if one is not None:
+        histogram = one.histogram()
+        if histogram:
+            low, high = min(histogram), max(histogram)
+            data["histogram"] = [
+                {"label": milliseconds(report.bounds_ms[min(b, len(report.bounds_ms) - 1)]), "processed": histogram.get(b, 0)}
+                for b in range(low, high + 1)
+            ]
+    return data
+
+
 # -- wiring -------------------------------------------------------------------------------------
 
 
@@ -739,4 +817,5 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     ("blocked/<str:limit_id>/", blocked_jobs, "async_jobs_blocked_jobs"),
     ("jobs/<str:job_id>/", job_detail, "async_jobs_job"),
     ("batches/", batches, "async_jobs_batches"),
+    ("metrics/", metrics, "async_jobs_metrics"),
 ]

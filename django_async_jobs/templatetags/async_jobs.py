@@ -41,6 +41,18 @@ def duration(seconds: float | None) -> str:
     return " ".join(part for part in parts if not part.startswith("0 ")) or "0 s"
 
 
+@register.filter
+def milliseconds(value: float | None) -> str:
+    """A time in milliseconds as the metrics show it ("0.4 ms", "38 ms", "2 min 5 s")."""
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.1f} ms"
+    if value < 1000:
+        return f"{value:.0f} ms"
+    return duration(value / 1000)
+
+
 def relative(seconds_from_now: float) -> str:
     """"in 7 min 3 s" or "7 min 3 s ago"."""
     text = duration(seconds_from_now)

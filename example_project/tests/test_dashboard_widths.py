@@ -29,6 +29,7 @@ from deliveries.jobs import (
     SendNewsletterJob,
     TaskNotificationJob,
 )
+from django_async_jobs import api
 from django_async_jobs.batches import Batch
 from django_async_jobs.flow import RateLimit
 from django_async_jobs.models import DeadJob, JobProgress
@@ -164,6 +165,7 @@ def overflow(page) -> int:
 def test_every_page_fits_every_width_and_works(live_server, broker, page):
     User.objects.create_superuser("admin", "admin@example.com", PASSWORD)
     retry_id = seed(broker)
+    api.mark_deploy("v2.4.1")
     page.goto(f"{live_server.url}/admin/")
     page.fill("#id_username", "admin")
     page.fill("#id_password", PASSWORD)
@@ -177,7 +179,8 @@ def test_every_page_fits_every_width_and_works(live_server, broker, page):
         "scheduled": BASE + "scheduled/", "retries": BASE + "retries/", "recurring": BASE + "recurring/",
         "blocked": BASE + "blocked/", "blocked-jobs": BASE + f"blocked/{ExternalApiJob.job_name}:{'ab12' * 10}/", "job": BASE + f"jobs/{retry_id}/", "search": BASE + "retries/?error=503&class=",
         "dead-jobs": "/admin/django_async_jobs/deadjob/", "dead-job": f"/admin/django_async_jobs/deadjob/{dead.pk}/change/",
-        "batches": BASE + "batches/", "progress": "/admin/django_async_jobs/jobprogress/",
+        "batches": BASE + "batches/", "metrics": BASE + "metrics/?minutes=4320",
+        "metrics-class": BASE + f"metrics/?minutes=4320&class={ExternalApiJob.job_name}", "progress": "/admin/django_async_jobs/jobprogress/",
         "progress-detail": f"/admin/django_async_jobs/jobprogress/{progress.pk}/change/",
     }
     too_wide = []

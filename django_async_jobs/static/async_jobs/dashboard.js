@@ -28,13 +28,17 @@
     return String(n);
   }
 
-  // points: [{label, processed, failed}], drawn in a viewBox of the box's pixel size: text and
-  // dots keep their shape at any width. Failed first (dashed), processed over it.
-  function drawChart(box, points) {
+  // points: [{label, processed, failed, ...}], drawn in a viewBox of the box's pixel size: text
+  // and dots keep their shape at any width. options.series: the keys drawn, first below (by
+  // default failed, dashed, under processed); options.marks: [{index, label}] (deploys).
+  function drawChart(box, points, options) {
+    options = options || {};
+    var series = options.series || ["failed", "processed"];
+    var marks = options.marks || [];
     var w = Math.max(240, box.clientWidth || 600), h = box.clientHeight || 220;
     var left = 44, right = 12, top = 12, bottom = 26;
     var max = 1;
-    points.forEach(function (d) { max = Math.max(max, d.processed, d.failed); });
+    points.forEach(function (d) { series.forEach(function (key) { max = Math.max(max, d[key] || 0); }); });
     max = niceMax(max);
     var svg = el("svg", { viewBox: "0 0 " + w + " " + h, width: w, height: h });
     var plotW = w - left - right, plotH = h - top - bottom;
@@ -56,13 +60,18 @@
       var anchor = i === 0 ? "start" : (i === points.length - 1 ? "end" : "middle");
       el("text", { x: x(i), y: h - 8, "text-anchor": anchor }, svg).textContent = d.label;
     });
-    ["failed", "processed"].forEach(function (series) {
-      var line = points.map(function (d, i) { return x(i).toFixed(1) + "," + y(d[series]).toFixed(1); });
-      el("polyline", { points: line.join(" "), "class": "aj-line-" + series }, svg);
+    marks.forEach(function (m) {
+      var mark = el("line", { x1: x(m.index), y1: top, x2: x(m.index), y2: top + plotH, "class": "aj-mark" }, svg);
+      el("title", {}, mark).textContent = m.label;
+      el("text", { x: x(m.index) + 3, y: top + 10, "class": "aj-mark-label" }, svg).textContent = m.label;
+    });
+    series.forEach(function (key) {
+      var line = points.map(function (d, i) { return x(i).toFixed(1) + "," + y(d[key] || 0).toFixed(1); });
+      el("polyline", { points: line.join(" "), "class": "aj-line-" + key }, svg);
       if (points.length <= 60) {
         points.forEach(function (d, i) {
-          var dot = el("circle", { cx: x(i), cy: y(d[series]), r: series === "processed" ? 3 : 2.5, "class": "aj-line-" + series }, svg);
-          el("title", {}, dot).textContent = d.label + ": " + d[series] + " " + series;
+          var dot = el("circle", { cx: x(i), cy: y(d[key] || 0), r: key === "processed" ? 3 : 2.5, "class": "aj-line-" + key }, svg);
+          el("title", {}, dot).textContent = d.label + ": " + (d[key] || 0) + " " + key;
         });
       }
     });
@@ -189,7 +198,50 @@
     });
   }
 
+  // Bars: [{label, processed}] (the metrics page's execution-time histogram).
+  function drawBars(box, bars) {
+    var w = Math.max(240, box.clientWidth || 600), h = box.clientHeight || 220;
+    var left = 44, right = 12, top = 12, bottom = 26;
+    var max = 1;
+    bars.forEach(function (b) { max = Math.max(max, b.processed); });
+    max = niceMax(max);
+    var svg = el("svg", { viewBox: "0 0 " + w + " " + h, width: w, height: h });
+    var plotW = w - left - right, plotH = h - top - bottom, step = plotW / Math.max(1, bars.length);
+    for (var t = 0; t <= 4; t++) {
+      var yy = top + plotH - plotH * t / 4;
+      el("line", { x1: left, y1: yy, x2: w - right, y2: yy, "class": t ? "aj-grid" : "aj-axis" }, svg);
+      el("text", { x: left - 6, y: yy + 4, "text-anchor": "end" }, svg).textContent = short(max * t / 4);
+    }
+    var every = Math.max(1, Math.ceil(bars.length / Math.max(2, Math.floor(plotW / 70))));
+    bars.forEach(function (b, i) {
+      var barH = plotH * b.processed / max;
+      var bar = el("rect", { x: left + i * step + 1, y: top + plotH - barH, width: Math.max(1, step - 2), height: barH, "class": "aj-bar" }, svg);
+      el("title", {}, bar).textContent = "≤ " + b.label + ": " + b.processed;
+      if (i % every === 0) {
+        el("text", { x: left + i * step + step / 2, y: h - 8, "text-anchor": "middle" }, svg).textContent = b.label;
+      }
+    });
+    box.replaceChildren(svg);
+  }
+
+  function metricsCharts() {
+    var source = document.getElementById("aj-metrics-data");
+    if (!source) { return; }
+    var data = JSON.parse(source.textContent);
+    function redraw() {
+      var runs = document.getElementById("aj-metrics-runs");
+      var times = document.getElementById("aj-metrics-times");
+      var histogram = document.getElementById("aj-metrics-histogram");
+      if (runs) { drawChart(runs, data.points, { marks: data.marks }); }
+      if (times) { drawChart(times, data.points, { series: ["p50", "p95", "p99"], marks: data.marks }); }
+      if (histogram && data.histogram) { drawBars(histogram, data.histogram); }
+    }
+    redraw();
+    window.addEventListener("resize", redraw);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    metricsCharts();
     liveOverview();
     liveRegions();
     forms();
