@@ -174,3 +174,15 @@ def test_a_job_its_concurrency_limit_discards_is_not_a_run(broker, worker, prefi
     broker.redis.rpush(gate, "go")
     wait_for(lambda: runs_of(name) == 1, 30, "the first job's run")
     assert api.metrics(name, minutes=5).classes[name].other == {"discarded": 1}
+
+
+def test_a_busy_process_keeps_sums_not_every_event_between_flushes(broker, prefix):
+    """Between two beats a busy process runs thousands of jobs: past ``COMPACT_AT`` events the
+    buffer sums them up, so its memory is per class and minute, not per job."""
+    chain = processor.worker_chain(IncrJob)
+    payload = {"jid": "x1", "job": IncrJob.job_name, "queue": "default", "args": [f"{prefix}:n"], "enqueued_at": time.time()}
+    for _ in range(metrics.COMPACT_AT * 2 + 10):
+        chain.run(IncrJob.deserialize(payload))
+    assert len(metrics.BUFFER.events) <= metrics.COMPACT_AT
+    assert metrics.flush(broker) >= 1  # one minute hash, two if a minute ended meanwhile
+    assert runs_of(IncrJob.job_name) == metrics.COMPACT_AT * 2 + 10
