@@ -20,9 +20,10 @@ def statuses(job_id: str) -> list[str]:
 
 
 def settled(job_id: str, count: int):
-    """True once the job has ``count`` runs and the last one is no longer running or retried."""
+    """True once the job has ``count`` runs and the rules decided the last one: no longer
+    running, retried, or failed (a failed run is saved first, the rules' outcome just after)."""
     found = statuses(job_id)
-    return len(found) == count and found[-1] not in ("running", "retried") and found
+    return len(found) == count and found[-1] not in ("running", "retried", "failed") and found
 
 
 # -- ExternalApiJob --------------------------------------------------------------------------------
