@@ -224,11 +224,9 @@ def parse_refs(refs: Iterable[str]) -> list[tuple[str, str]]:
     return picks
 
 
-@dataclass(frozen=True)
-class Page:
-    """A slice of a sorted set: ``entries`` plus what a paginator needs."""
+class Paging:
+    """What a paginator needs from a page of ``total`` items, ``per_page`` a page."""
 
-    entries: list[JobEntry]
     total: int
     number: int
     per_page: int
@@ -244,6 +242,16 @@ class Page:
     @property
     def has_next(self) -> bool:
         return self.number < self.pages
+
+
+@dataclass(frozen=True)
+class Page(Paging):
+    """A slice of a sorted set: ``entries`` plus what a paginator needs."""
+
+    entries: list[JobEntry]
+    total: int
+    number: int
+    per_page: int
 
     @property
     def start_index(self) -> int:
@@ -993,7 +1001,7 @@ def batch_of(data: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class BatchPage:
+class BatchPage(Paging):
     """A page of batches, newest first: each a ``Batch.status`` dict. ``total`` counts the
     index, which may still name batches that expired (left out of ``batches``)."""
 
@@ -1001,10 +1009,6 @@ class BatchPage:
     total: int
     number: int
     per_page: int
-
-    @property
-    def pages(self) -> int:
-        return max(1, math.ceil(self.total / self.per_page))
 
 
 def batches(number: int = 1, per_page: int = 25) -> BatchPage:
