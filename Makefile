@@ -7,6 +7,8 @@
 #   make lint                 ruff only
 #   make bench                bench/run.py $(BENCH_ARGS) (e.g. BENCH_ARGS=--quick), if present
 #   make chaos                the fault suite (chaos/, docs/reliability.md); CHAOS=short: CI's version
+#   make soak                 both test suites SOAK_RUNS (5) times in a row beside a CPU-bound
+#                             busy loop: the suite must not depend on the machine being idle
 #   make docs                 build the documentation with mkdocs --strict (installs mkdocs)
 #   make clean                remove the virtualenv and build leftovers
 #
@@ -33,6 +35,7 @@ EXTRAS ?= test,fakeredis,django-redis,browser,prometheus,opentelemetry
 REDIS_SPEC ?=
 BENCH_ARGS ?=
 FUZZ_EXAMPLES ?= 5000
+SOAK_RUNS ?= 5
 
 export REDIS_URL
 
@@ -56,7 +59,7 @@ endif
 STAMP := $(VENV)/.installed-$(shell printf '%s|%s|%s' '$(DJANGO_SPEC)' '$(REDIS_SPEC)' '$(EXTRAS)' | md5sum | cut -c1-10)
 
 
-.PHONY: help using install demo test lint pytest fuzz bench chaos docs clean
+.PHONY: help using install demo test lint pytest fuzz bench chaos soak docs clean
 
 help:
 	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
@@ -97,6 +100,14 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	"$(VPY)" -m chaos --size $(or $(CHAOS),full)
+
+soak: $(STAMP)
+	@"$(VPY)" -c 'while True: pass' & busy=$$!; trap "kill $$busy" EXIT; \
+	for run in $$(seq 1 $(SOAK_RUNS)); do \
+		echo "soak run $$run of $(SOAK_RUNS)"; \
+		"$(VPY)" -m pytest -q -p no:cacheprovider || exit 1; \
+		(cd example_project && "$(abspath $(VPY))" -m pytest -q -p no:cacheprovider) || exit 1; \
+	done; echo "soak: $(SOAK_RUNS) runs in a row passed beside a busy loop"
 
 docs: $(STAMP)
 	"$(VPY)" -m pip install -q --disable-pip-version-check mkdocs
