@@ -53,6 +53,26 @@ local function add(queue, pairs)
   redis.call('SADD', QUEUES, queue)
 end
 
+-- Add ready jobs to the back of their queues: list[first..] holds three entries a job (queue
+-- name, priority, payload). One ZADD per queue (and slice), however many jobs: a bulk of
+-- thousands costs a few calls. Returns how many queues were pushed to.
+local function push_ready(list, first)
+  local batches, order = {}, {}
+  for i = first, #list, 3 do
+    local queue = list[i]
+    local batch = batches[queue]
+    if not batch then
+      batch = {}
+      batches[queue] = batch
+      order[#order + 1] = queue
+    end
+    batch[#batch + 1] = band(list[i + 1]) + TAIL
+    batch[#batch + 1] = list[i + 2]
+  end
+  for _, queue in ipairs(order) do add(queue, batches[queue]) end
+  return #order
+end
+
 local function enqueue(payload, job, head_rank)
   local offset
   if head_rank then offset = head_rank - HEAD else offset = TAIL end

@@ -18,7 +18,7 @@ local last = first + tonumber(ARGV[6]) - 1
 for i = first, last, 1000 do
   redis.call('ZREM', RELAYED, unpack(ARGV, i, math.min(i + 999, last)))
 end
-local batches, order, conflicts = {}, {}, {}
+local ready, conflicts = {}, {}
 local pushed, skipped = 0, 0
 for i = last + 1, #ARGV, 7 do
   local jid, queue, run_at, lock, payload = ARGV[i], ARGV[i + 1], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 6]
@@ -46,18 +46,12 @@ for i = last + 1, #ARGV, 7 do
       elseif run_at ~= '' then
         redis.call('ZADD', SCHEDULE, tonumber(run_at), payload)
       else
-        local batch = batches[queue]
-        if not batch then
-          batch = {}
-          batches[queue] = batch
-          order[#order + 1] = queue
-        end
-        batch[#batch + 1] = band(ARGV[i + 2]) + TAIL
-        batch[#batch + 1] = payload
+        ready[#ready + 1] = queue
+        ready[#ready + 1] = ARGV[i + 2]
+        ready[#ready + 1] = payload
       end
     end
   end
 end
-for _, queue in ipairs(order) do add(queue, batches[queue]) end
-if #order > 0 then redis.call('PUBLISH', CHANNEL, 'ready') end
+if push_ready(ready, 1) > 0 then redis.call('PUBLISH', CHANNEL, 'ready') end
 return {pushed, skipped, unpack(conflicts)}
