@@ -70,6 +70,27 @@ def enqueue(world: World, count: int, seconds: float = JOB_SECONDS) -> list[str]
     return ids
 
 
+def produce_through_restarts(world: World, size: Size, produce: Callable[[threading.Event], None]) -> float:
+    """The fault of the Redis restart scenarios: ``produce`` runs in a thread (until the event it
+    is given is set) while Redis is killed with SIGKILL and started again ``size.restarts``
+    times over ``size.restart_seconds``. Returns when the last restart ended."""
+    stop = threading.Event()
+    producer = threading.Thread(target=produce, args=(stop,), daemon=True)
+    producer.start()
+    pause = size.restart_seconds / (size.restarts + 1)
+    fault_end = time.time()
+    for _ in range(size.restarts):
+        time.sleep(pause)
+        world.redis.stop()  # SIGKILL
+        time.sleep(1.5)
+        world.redis.start()  # same port, the append-only file loaded
+        fault_end = time.time()
+    time.sleep(pause)
+    stop.set()
+    producer.join(10)
+    return fault_end
+
+
 # -- 1. kill -9 --------------------------------------------------------------------------------
 
 
@@ -114,9 +135,8 @@ def restart_redis(env: Env) -> Outcome:
         began = world.start_workers(2)
         acknowledged: list[str] = []
         refused = 0
-        stop = threading.Event()
 
-        def produce() -> None:
+        def produce(stop: threading.Event) -> None:
             nonlocal refused
             while not stop.is_set():
                 job = ChaosJob(JOB_SECONDS)
@@ -130,18 +150,7 @@ def restart_redis(env: Env) -> Outcome:
                 acknowledged.append(job.job_id)
                 time.sleep(1 / 300)
 
-        producer = threading.Thread(target=produce, daemon=True)
-        producer.start()
-        fault_end = time.time()
-        for _ in range(size.restarts):
-            time.sleep(size.restart_seconds / (size.restarts + 1))
-            world.redis.stop()  # SIGKILL
-            time.sleep(1.5)
-            world.redis.start()  # same port, the append-only file loaded
-            fault_end = time.time()
-        time.sleep(size.restart_seconds / (size.restarts + 1))
-        stop.set()
-        producer.join(10)
+        fault_end = produce_through_restarts(world, size, produce)
         outcome.fault = (
             f"{size.restarts} x SIGKILL, 1.5 s down; {refused} enqueue(s) refused, "
             f"{world.log_count('fetch failed')} fetch(es) failed"
@@ -173,10 +182,9 @@ def outbox_restart(env: Env) -> Outcome:
         began = world.start_workers(2)
         committed: list[str] = []
         rolled_back: list[str] = []
-        stop = threading.Event()
         rng = random.Random(16)
 
-        def produce() -> None:
+        def produce(stop: threading.Event) -> None:
             try:
                 while not stop.is_set():
                     jobs = [ChaosJob(JOB_SECONDS) for _ in range(3)]
@@ -196,18 +204,7 @@ def outbox_restart(env: Env) -> Outcome:
             finally:
                 connection.close()
 
-        producer = threading.Thread(target=produce, daemon=True)
-        producer.start()
-        fault_end = time.time()
-        for _ in range(size.restarts):
-            time.sleep(size.restart_seconds / (size.restarts + 1))
-            world.redis.stop()  # SIGKILL
-            time.sleep(1.5)
-            world.redis.start()
-            fault_end = time.time()
-        time.sleep(size.restart_seconds / (size.restarts + 1))
-        stop.set()
-        producer.join(10)
+        fault_end = produce_through_restarts(world, size, produce)
         outcome.fault = (
             f"{size.restarts} x SIGKILL, 1.5 s down; {len(rolled_back) // 3} transaction(s) rolled back, "
             f"{world.log_count('outbox relay (default): Redis unavailable')} relay round(s) failed"
