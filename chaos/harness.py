@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from django.test.utils import override_settings
 
+from chaos.proxy import Cuttable, Proxy
 from tests.helpers import ROOT, RedisServer, WorkerProcess, free_port, registered, wait_for
 
 START_TIMEOUT = 60  # a cold Django start on a loaded 2-core machine
@@ -66,7 +67,7 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at)) + f",{int(at % 1 * 1000):03d}"
 
 
-class Database:
+class Database(Cuttable):
     """The database the workers write dead jobs to, which a scenario can make unreachable.
 
     PostgreSQL when ``DATABASE_URL`` names one (a database of its own, ``<name>_chaos``, created
@@ -75,14 +76,12 @@ class Database:
     """
 
     def __init__(self, workdir: Path, url: str | None) -> None:
-        self.proxy: Any = None
+        self.proxy = None
         if url and url.startswith(("postgres://", "postgresql://")):
             parts = urlsplit(url)
             self.name = f"{parts.path.lstrip('/') or 'postgres'}_chaos"
             self.admin_url = urlunsplit(parts._replace(path="/postgres"))
             self.url = urlunsplit(parts._replace(path=f"/{self.name}"))
-            from chaos.proxy import Proxy
-
             port = free_port()
             self.proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432), port)
             netloc = parts.netloc.rsplit("@", 1)
@@ -110,18 +109,6 @@ class Database:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-
-    def cut(self) -> None:
-        if self.proxy is not None:
-            self.proxy.cut()
-        else:
-            self.dir.rename(self.dir.with_name("db.away"))
-
-    def restore(self) -> None:
-        if self.proxy is not None:
-            self.proxy.restore()
-        else:
-            self.dir.with_name("db.away").rename(self.dir)
 
     def drop(self) -> None:
         if self.proxy is None:

@@ -1,9 +1,11 @@
-"""A TCP forwarder between the workers and PostgreSQL, that a scenario cuts and restores."""
+"""A TCP forwarder between the workers and PostgreSQL, that a scenario cuts and restores; and
+a database a worker reaches through a way that can be cut."""
 
 from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 
 class Proxy:
@@ -76,3 +78,24 @@ def _close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+class Cuttable:
+    """A database as a worker subprocess reaches it, through a way that can be cut: PostgreSQL
+    through a ``Proxy`` (``proxy``), SQLite through its directory (``dir``; ``proxy`` None),
+    renamed away and back. Used by the chaos suite and the outbox fault tests."""
+
+    proxy: Proxy | None
+    dir: Path
+
+    def cut(self) -> None:
+        if self.proxy is not None:
+            self.proxy.cut()
+        else:
+            self.dir.rename(self.dir.with_name("db.away"))
+
+    def restore(self) -> None:
+        if self.proxy is not None:
+            self.proxy.restore()
+        else:
+            self.dir.with_name("db.away").rename(self.dir)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from django.db import connection, transaction
 
+from chaos.proxy import Cuttable, Proxy
 from django_async_jobs.broker.client import get_broker
 from django_async_jobs.models import OutboxJob
-from tests.helpers import WorkerProcess, registered, wait_for, worker_env
+from tests.helpers import WorkerProcess, free_port, registered, wait_for, worker_env
 from tests.testapp.jobs import RecordJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -168,7 +169,7 @@ def test_relays_killed_mid_batch_lose_nothing_and_push_nothing_twice(broker, pre
 # -- the database out of reach ---------------------------------------------------------------------
 
 
-class CuttableDatabase:
+class CuttableDatabase(Cuttable):
     """The test database as a worker subprocess reaches it, through a way the test can cut:
     PostgreSQL through a TCP proxy that closes every connection, SQLite through a symlink whose
     directory is renamed away (SQLite resolves the link: journals go next to the real file)."""
@@ -182,25 +183,10 @@ class CuttableDatabase:
             (self.dir / "db.sqlite3").symlink_to(settings_dict["NAME"])
             self.url = f"sqlite:///{self.dir / 'db.sqlite3'}"
         else:
-            from chaos.proxy import Proxy
-            from tests.helpers import free_port
-
             port = free_port()
             self.proxy = Proxy((settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432)), port)
             self.proxy.start()
             self.url = database_url(settings_dict, "127.0.0.1", port)
-
-    def cut(self) -> None:
-        if self.proxy is not None:
-            self.proxy.cut()
-        else:
-            self.dir.rename(self.dir.with_name("db.away"))
-
-    def restore(self) -> None:
-        if self.proxy is not None:
-            self.proxy.restore()
-        else:
-            self.dir.with_name("db.away").rename(self.dir)
 
 
 def test_the_relay_backs_off_while_the_database_is_away_and_resumes(broker, prefix, outbox_on, workers, tmp_path):
