@@ -1,14 +1,22 @@
 import functools
+import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.db import connections
 
 from deliveries.fake_carrier import CarrierControl, FakeCarrier
 from deliveries.models import Payment, Recipient, Task
 from django_async_jobs import testing
 from django_async_jobs.broker.client import get_broker
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +78,34 @@ def task(recipient):
 @pytest.fixture
 def payment(task):
     return Payment.objects.create(task=task, amount="19.90")
+
+
+@pytest.fixture
+def viewport() -> dict[str, int]:
+    """The window of the ``page`` fixture; a test module overrides it for a size of its own."""
+    return {"width": 1280, "height": 900}
+
+
+@pytest.fixture
+def page(monkeypatch, viewport) -> Iterator[Any]:
+    """A page of Debian's Chromium driven by Playwright, which accepts the dashboard's
+    confirmations. The test is skipped where either is missing: ``apt-get install -y chromium``
+    and ``pip install playwright`` (never ``playwright install``)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install playwright")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
+    # between browser steps are plain synchronous code, so Django's guard is lifted for them.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport=viewport)
+        # Deadlines, not delays: a page load took over 15 s once on an overloaded 2-core machine.
+        page.set_default_timeout(60_000)
+        sync_api.expect.set_options(timeout=60_000)  # assertions too (5 s by default)
+        page.on("dialog", lambda dialog: dialog.accept())
+        yield page
+        browser.close()
+        # While Playwright runs, Django sees an event loop and keeps this thread's database
+        # connections in storage of their own, which the test database teardown never sees.
+        connections.close_all()

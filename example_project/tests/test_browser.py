@@ -9,7 +9,6 @@ own buttons. A screenshot of every page goes to example_project/test-artifacts/b
 Needs ``apt-get install -y chromium`` and ``pip install playwright`` (never ``playwright install``).
 """
 
-import os
 import re
 import shutil
 import time
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connections
 
 from deliveries.fake_carrier import CarrierControl, FakeCarrier
 from deliveries.jobs import (
@@ -29,29 +27,15 @@ from deliveries.jobs import (
 from deliveries.models import JobRun, Recipient, Task
 from django_async_jobs.models import DeadJob
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]
 PASSWORD = "browser-test-pw"
 # How long the Busy page has to show the running job, however slowly the browser reloads.
 SLOW_CARRIER_SECONDS = 10
 
 try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
-
-pytestmark = [
-    pytest.mark.skipif(
-        sync_playwright is None, reason="Playwright is not installed: pip install playwright (never `playwright install`)"
-    ),
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing: apt-get install -y chromium"
-    ),
-]
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - the page fixture skips the test
+    expect = None
 
 
 @pytest.fixture
@@ -71,27 +55,6 @@ def slow_carrier(settings):
     server.stop()
 
 
-@pytest.fixture
-def page(monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
-    # between browser steps are plain synchronous code, so Django's guard is lifted for them.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    shutil.rmtree(SHOTS, ignore_errors=True)
-    SHOTS.mkdir(parents=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        # Deadlines, not delays: a page load took over 15 s once on an overloaded 2-core machine.
-        page.set_default_timeout(60_000)
-        expect.set_options(timeout=60_000)  # assertions too (5 s by default)
-        page.on("dialog", lambda dialog: dialog.accept())  # the dashboard's confirmations
-        yield page
-        browser.close()
-        # While Playwright runs, Django sees an event loop and keeps this thread's database
-        # connections in storage of their own, which the test database teardown never sees.
-        connections.close_all()
-
-
 def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{len(list(SHOTS.iterdir())) + 1:02d}-{name}.png"), full_page=True)
 
@@ -105,6 +68,8 @@ def statuses(job_class) -> list[str]:
 def test_an_operator_retries_a_dead_job_and_works_the_dashboard(
     live_server, heartbeats, broker, worker, slow_carrier, page, wait_for
 ):
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
     User.objects.create_superuser("admin", "admin@example.com", PASSWORD)
     task = Task.objects.create(tracking_number="BROWSER-1", recipient=Recipient.objects.create(name="Ana"))
     booking = f"PUT /shipments/{task.tracking_number}"
