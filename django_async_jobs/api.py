@@ -424,11 +424,11 @@ def cancel(job_id: str, broker: Broker | None = None) -> Cancellation:
     """Cancel one job, wherever it is (Sidekiq's ``cancel!``, for any job).
 
     The job is marked cancelled first (``p:cancel:<job id>``, for ``resumable.CANCEL_TTL``),
-    then taken out of the schedule, the retry set and the queues: a job that waited there never
-    runs, and ``job_cancelled`` is sent for it. A job a worker holds stops at its next
-    checkpoint (an iterable or stepped job), is dropped if it had not started, and sees
-    ``self.cancelled`` become true, once that worker's next heartbeat reads the mark (see
-    resumable.py). Nothing is recorded as dead.
+    then taken out of the schedule, the retry set, the limits' blocked jobs and the queues: a
+    job that waited there never runs, and ``job_cancelled`` is sent for it. A job a worker holds
+    stops at its next checkpoint (an iterable or stepped job), is dropped if it had not started,
+    and sees ``self.cancelled`` become true, once that worker's next heartbeat reads the mark
+    (see resumable.py). Nothing is recorded as dead.
 
     Finding the job reads every set (``_waiting``), then every process's jobs.
     """
@@ -446,8 +446,8 @@ def cancel(job_id: str, broker: Broker | None = None) -> Cancellation:
 
 @dataclass(frozen=True)
 class Place:
-    """Where a job is: ``kind`` is "queue", "scheduled", "retries" or "running"; ``key`` the
-    sorted set holding it (None while a process holds it)."""
+    """Where a job is: ``kind`` is "queue", "scheduled", "retries", "blocked" (by a concurrency
+    limit) or "running"; ``key`` the sorted set holding it (None while a process holds it)."""
 
     kind: str
     key: str | None
@@ -462,17 +462,19 @@ class Place:
 
 
 def _waiting(job_id: str, broker: Broker) -> list[Place]:
-    """The job's copies in the schedule, the retry set and the queues, in the order jobs move
-    between them (so a job moving meanwhile is found, or is held by a worker by then). Finding a
-    job by id reads every set (``ZSCAN`` with a MATCH on the id, a page at a time): an
-    operator's action, not one for a hot path."""
+    """The job's copies in the schedule, the retry set, the limits' blocked jobs and the queues,
+    in the order jobs move between them (so a job moving meanwhile is found, or is held by a
+    worker by then). ``find.lua`` looks for the id a bounded part of a set a call: a queue's
+    priority band, whose members are ordered by job id, by bisection; the schedule and the retry
+    set member by member, in Redis, without sending them here."""
     keys = broker.keys
     sets = [("scheduled", keys.schedule, ""), ("retries", keys.retry, "")]
+    limits = [_text(limit) for limit in broker.redis.zrange(keys.blocked, 0, -1)]
+    sets += [("blocked", keys.concurrency_blocked(limit), "") for limit in limits]
     sets += [("queue", keys.queue(name), name) for name in queue_names(broker)]
-    pattern = "*" + escape_glob(f'"{job_id}"') + "*"  # Redis keeps only the members holding the id
     found = []
     for kind, key, queue in sets:
-        for member, score in broker.redis.zscan_iter(key, match=pattern, count=1000):
+        for member, score in broker.find(key, job_id):
             job = entry(member, score)
             if job.job_id == job_id:
                 found.append(Place(kind, key, job, queue=queue or job.queue))
@@ -492,11 +494,11 @@ def locate(job_id: str, waiting: bool = True, broker: Broker | None = None) -> l
     if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         return []
     broker = broker or get_broker()
-    held = [
+    found = _waiting(job_id, broker) if waiting else []
+    return found + [
         Place("running", None, running.job, queue=running.job.queue, process=process, running=running)
         for process, running in _holding(job_id, broker)
     ]
-    return (_waiting(job_id, broker) if waiting else []) + held
 
 
 def cancel_refs(key: str, refs: Iterable[str], broker: Broker | None = None) -> int:

@@ -9,9 +9,11 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 
 from django_async_jobs import api
+from django_async_jobs.broker import client as client_module
+from django_async_jobs.broker.client import score
 from django_async_jobs.deadjobs import flush_staged
 from django_async_jobs.models import DeadJob
-from django_async_jobs.serialization import encode_payload
+from django_async_jobs.serialization import encode_payload, new_job_id
 from tests.helpers import add_stats, fetch, wait_for
 from tests.testapp.jobs import FailJob, IncrJob, TraceJob
 
@@ -737,6 +739,61 @@ def test_the_job_page_hides_arguments_without_the_read_permission(client, broker
     html = job_page(client, job.job_id).content.decode()
     assert "waiting in queue default" in html and "IncrJob" in html
     assert "secret-arg" not in html and "aj-hidden-arguments" in html and "one_delete" not in html
+
+
+def test_a_job_in_each_state_is_found_by_its_id_alone(client, broker, manager):
+    """No ``where`` in the URL: the page finds the job wherever it waits, in a queue's long
+    priority band, among jobs handed back, scheduled, retrying, blocked, running or dead."""
+    band = [encode_payload({"jid": new_job_id(), "job": IncrJob.job_name, "queue": "default", "args": [i]}) for i in range(700)]
+    broker.push(band)
+    handed_back = encode_payload({"jid": "handed-back", "job": IncrJob.job_name, "queue": "default", "args": []})
+    broker.redis.zadd(broker.keys.queue("default"), {handed_back: score(0) - 2**45 + 7})  # its fetch number: 7
+    scheduled = in_set(broker, broker.keys.schedule, 300)
+    retrying = encode_payload({"jid": "retrying", "job": IncrJob.job_name, "queue": "low", "args": [], "error_class": "E"})
+    broker.redis.zadd(broker.keys.retry, {retrying: time.time() + 60})
+    limit = f"{IncrJob.job_name}:{'ab12' * 10}"
+    broker.redis.zadd(broker.keys.blocked, {limit: time.time() * 1000})
+    broker.redis.zadd(broker.keys.concurrency_blocked(limit), {
+        encode_payload({"jid": f"blocked{i}", "job": IncrJob.job_name, "queue": "default", "args": []}): i for i in range(3)
+    })
+    running = IncrJob.set(queue="busy").perform_later("run")
+    info = {"host": "host-a", "pid": 1, "queues": "busy", "concurrency": 1, "busy": 1, "quiet": 0}
+    broker.heartbeat("host-a:1:ab", info, ttl=60)
+    fetch(broker, "host-a:1:ab", ["busy"], 1)
+    DeadJob.objects.create(dead_id="d9", job_id="dead1", died_at="2026-01-01T00:00:00Z", reason="killed", payload="{}")
+    middle = json.loads(band[350])["jid"]
+    expected = {
+        middle: "waiting in queue default", json.loads(band[-1])["jid"]: "waiting in queue default",
+        "handed-back": "waiting in queue default", scheduled[150]: "scheduled", "retrying": "waiting for a retry",
+        "blocked1": "blocked by a concurrency limit", running.job_id: "held by host-a:1:ab", "dead1": "Not in Redis any more",
+    }
+    for job_id, state in expected.items():
+        response = job_page(client, job_id)
+        assert response.status_code == 200 and state in response.content.decode(), job_id
+        assert len(response.context["places"]) == (job_id != "dead1"), job_id
+    assert job_page(client, new_job_id()).status_code == 404
+
+
+def test_find_bisects_runs_of_one_score_and_reads_the_rest_in_bounded_calls(broker, monkeypatch):
+    """``find.lua`` over runs of one score longer and shorter than its slice, distinct scores,
+    and runs cut by a slice's end, with one slice a call: every job is found once, and only it."""
+    monkeypatch.setattr(client_module, "FIND_READS", 100)
+    key = broker.keys.schedule
+    scores = [1.0] * 250 + [2.0 + i for i in range(150)] + [500.0] * 99 + [600.0] * 101 + [700.5] * 3
+    members = {}
+    for i, at in enumerate(scores):
+        members[encode_payload({"jid": new_job_id(), "job": IncrJob.job_name, "queue": "default", "args": [i]})] = at
+    foreign = '{"job":"Hand","jid":"hand-made","queue":"default"}'  # an id not at the start: found in a short run
+    members[foreign] = 3.0
+    broker.redis.zadd(key, members)
+    for member, at in [*list(members.items())[::7], (foreign, 3.0)]:
+        job_id = api.entry(member, at).job_id
+        assert [(m.decode(), s) for m, s in broker.find(key, job_id) if api.entry(m, s).job_id == job_id] == [(member, at)]
+    calls = []
+    run = broker._run
+    monkeypatch.setattr(broker, "_run", lambda name, *args: calls.append(name) or run(name, *args))
+    assert list(broker.find(key, "nowhere")) == []
+    assert 1 < len(calls) < 10  # the runs of 250 and 101 bisected, the others read a slice a call
 
 
 # -- search and "all matching" ------------------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -37,6 +37,9 @@ FETCH_RECORD_TTL = 24 * 3600
 # Seconds the outbox relay remembers a job id it pushed, unless it forgets it sooner once the
 # row is deleted (relay.lua): what a relay that died between its push and its delete leaves.
 RELAYED_TTL = 24 * 3600
+# Members find.lua reads (about) at most a call: some 4 ms of Redis's time (2 µs a member of a
+# job's size), so that a search by id never holds Redis for long.
+FIND_READS = 2000
 # An outbox row as the relay step takes it: job id, queue, priority, run-at epoch (or None), a
 # unique job's enqueue lock key (or "") and its TTL in ms (or None), payload.
 RelayedRow = tuple[str, str, int, float | None, str, int | None, str]
@@ -145,7 +148,7 @@ class Broker:
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
                 "renew_locks", "cron_push",
-                "pick", "relay", "rate_limit", "concurrency", "checkpoint", "batch", "metrics",
+                "pick", "find", "relay", "rate_limit", "concurrency", "checkpoint", "batch", "metrics",
             )
         }
 
@@ -632,6 +635,19 @@ class Broker:
         for score, job_id in picks:
             args.extend((score, job_id))
         return self._run("pick", [source], args)
+
+    def find(self, key: str, job_id: str) -> Iterator[tuple[bytes, float]]:
+        """(member, score) of the members of sorted set ``key`` that may be job ``job_id`` (the
+        caller checks their ids). ``find.lua`` reads about ``FIND_READS`` members a call: a
+        queue's priority band by bisection, whatever its length, the rest a slice at a time."""
+        cursor: bytes | str = ""
+        while True:
+            reply = self._run("find", [key], [job_id, cursor, FIND_READS])
+            for i in range(1, len(reply), 2):
+                yield reply[i], float(reply[i + 1])
+            cursor = reply[0]
+            if not cursor:
+                return
 
     def clear_queue(self, name: str) -> int:
         """Empty a queue and forget its name at once; returns how many jobs went."""

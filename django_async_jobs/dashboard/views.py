@@ -610,7 +610,7 @@ def job_detail(request: HttpRequest, site: AdminSite, job_id: str) -> HttpRespon
     """One job wherever it is (queued, scheduled, retrying, running, dead): its arguments,
     payload, error and traceback, retry history, progress, and its actions. From a list the
     link carries the set and the ref (one ZRANGEBYSCORE), from Busy ``where=running`` (the
-    processes' jobs only); otherwise every set is scanned (``api.locate``)."""
+    processes' jobs only); otherwise every set is searched for the id (``api.locate``)."""
     places: list[api.Place] = []
     where, ref = request.GET.get("where", ""), request.GET.get("ref", "")
     if where == "running":  # from Busy: the processes' jobs, no scan of the sets
