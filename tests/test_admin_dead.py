@@ -126,6 +126,9 @@ def test_list_filters_and_search(rows, manager):
                  "By died at", "By error class", "By queue"):
         assert text in html, text
     assert "Add dead job" not in html
+    # The error is its class and message in one column; the reason has the executions under it.
+    assert '<span title="smtplib.SMTPException">SMTPException</span>: <span title="relay down">relay down</span>' in html
+    assert "26 executions" in html
 
     def shown(query):
         return {obj.dead_id for obj in client.get(LIST + query).context["cl"].result_list}

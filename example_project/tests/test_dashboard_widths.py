@@ -176,6 +176,14 @@ def test_every_page_fits_every_width_and_works(live_server, broker, page):
             page.screenshot(path=str(SHOTS / (f"{name}.png" if width == 1400 else f"{name}-{width}.png")))
     assert not too_wide, too_wide
 
+    # At 1,400 px, beside the admin's sidebar and filters, the dead list keeps its columns in its
+    # box and gives the error room: no sideways scrolling there, a message of whole words a line.
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(live_server.url + pages["dead-jobs"])
+    results = page.locator("#changelist .results")
+    assert results.evaluate("e => e.scrollWidth - e.clientWidth") <= 0
+    assert page.locator("#result_list td.field-error").first.evaluate("e => e.getBoundingClientRect().width") >= 250
+
     # A long value is cut to its column, and shown whole on a click.
     page.goto(f"{live_server.url}{BASE}retries/")
     cut = page.locator("td.aj-long .aj-cut").first
