@@ -89,35 +89,43 @@ class Buffer:
         self._other: dict[tuple[int, str, str, str], int] = {}
 
     def _sum_events(self) -> None:
-        """Move the events into the rows; the caller holds the lock. (Names bound locally: this
-        loop runs once per job.)"""
-        rows, other, pop, bounds, bucket = self._rows, self._other, self.events.popleft, BOUNDS_MS, bisect_left
-        while self.events:
+        """Move the events into the rows; the caller holds the lock. This loop runs once per
+        job: names are bound locally, ``ran`` is inlined, and a run of events of one class,
+        queue and minute (the common case on a busy worker) reuses its row without a lookup."""
+        rows, other, pop, events = self._rows, self._other, self.events.popleft, self.events
+        bounds, bucket, runs, hist, lat_hist = BOUNDS_MS, bisect_left, RUNS, HISTOGRAM_AT, LATENCY_HISTOGRAM_AT
+        last_name = last_queue = row = None
+        last_minute = -1
+        while events:
             name, queue, outcome, began, ended, due = pop()
             minute = int(ended // 60)
-            if not ran(outcome):
-                key4 = (minute, name, queue, outcome.name)
+            kind = outcome.name
+            if kind not in runs or (kind == "discarded" and outcome.error is None):  # see ran()
+                key4 = (minute, name, queue, kind)
                 other[key4] = other.get(key4, 0) + 1
                 continue
-            key = (minute, name, queue)
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = [0] * ROW
+            if name != last_name or queue != last_queue or minute != last_minute:
+                key = (minute, name, queue)
+                row = rows.get(key)
+                if row is None:
+                    row = rows[key] = [0] * ROW
+                last_name, last_queue, last_minute = name, queue, minute
             ms = (ended - began) * 1000
             row[0] += 1  # RUNS_AT
             if outcome.failed:
                 row[1] += 1  # FAILED_AT
             row[2] += ms  # MS_AT
-            row[HISTOGRAM_AT + bucket(bounds, ms)] += 1
+            row[hist + bucket(bounds, ms)] += 1
             try:
-                latency = (began - due) * 1000 if due > 0 else None
-            except TypeError:
-                latency = None
-            if latency is not None:
-                latency = max(0.0, latency)
-                row[3] += latency  # LATENCY_AT
-                row[4] += 1  # LATENCIES_AT
-                row[LATENCY_HISTOGRAM_AT + bucket(bounds, latency)] += 1
+                if due > 0:
+                    latency = (began - due) * 1000
+                    if latency < 0:
+                        latency = 0.0
+                    row[3] += latency  # LATENCY_AT
+                    row[4] += 1  # LATENCIES_AT
+                    row[lat_hist + bucket(bounds, latency)] += 1
+            except TypeError:  # no usable time in the payload: no latency
+                pass
 
     def compact(self) -> None:
         """Sum the events up now if no flush is doing it: a busy process would otherwise keep a

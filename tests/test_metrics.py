@@ -186,3 +186,35 @@ def test_a_busy_process_keeps_sums_not_every_event_between_flushes(broker, prefi
     assert len(metrics.BUFFER.events) <= metrics.COMPACT_AT
     assert metrics.flush(broker) >= 1  # one minute hash, two if a minute ended meanwhile
     assert runs_of(IncrJob.job_name) == metrics.COMPACT_AT * 2 + 10
+
+
+def test_interleaved_classes_queues_and_minutes_are_summed_apart():
+    """The summing loop reuses a row across a run of one class, queue and minute: each change of
+    any of the three, back and forth, must land in its own row, as must the jobs that did not run."""
+    from django_async_jobs.retries import Outcome
+
+    ok, failed, expired = Outcome("ok"), Outcome("retry", failed=True, error=ValueError()), Outcome("expired")
+    t0 = 600 * 60.0  # the start of a minute
+    events = [
+        ("A", "q", ok, t0, t0 + 0.001, t0 - 1),
+        ("A", "q", failed, t0, t0 + 0.002, None),
+        ("B", "q", ok, t0, t0 + 0.001, "not a time"),
+        ("A", "q", ok, t0, t0 + 0.001, t0 + 5),  # started before its run-at: latency 0, not negative
+        ("A", "r", ok, t0, t0 + 0.001, t0 - 1),
+        ("A", "q", expired, t0, t0 + 0.001, t0 - 1),
+        ("A", "q", ok, t0 + 60, t0 + 60.001, t0 + 59),  # the next minute
+        ("A", "q", ok, t0, t0 + 0.001, t0 - 1),  # back to the first minute
+    ]
+    buffer = metrics.Buffer()
+    buffer.events.extend(events)
+    rows, other = buffer.take()
+    first = rows[(600, "A", "q")]
+    assert first[metrics.RUNS_AT] == 4 and first[metrics.FAILED_AT] == 1
+    assert first[metrics.LATENCIES_AT] == 3 and first[metrics.LATENCY_AT] == pytest.approx(2000)
+    assert sum(first[metrics.HISTOGRAM_AT:metrics.LATENCY_HISTOGRAM_AT]) == 4
+    assert sum(first[metrics.LATENCY_HISTOGRAM_AT:]) == 3
+    assert rows[(600, "B", "q")][metrics.RUNS_AT] == 1 and rows[(600, "B", "q")][metrics.LATENCIES_AT] == 0
+    assert rows[(600, "A", "r")][metrics.RUNS_AT] == 1
+    assert rows[(601, "A", "q")][metrics.RUNS_AT] == 1
+    assert other == {(600, "A", "q", "expired"): 1}
+    assert len(rows) == 4
