@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 import redis
 from redis.connection import SSLConnection
 from redis.sentinel import Sentinel, SentinelManagedConnection
+
+from django_async_jobs.broker import urls
 
 SCHEME = "redis+sentinel"
 PREFIX = SCHEME + "://"
@@ -25,61 +27,25 @@ DEFAULT_PORT = 26379
 FORM = "redis+sentinel://[:password@]host:26379,host2:26379/service_name/0"
 
 
-# Each reader raises ValueError with what the value must be.
-def _bool(value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on", "t", "y"):
-        return True
-    if lowered in ("0", "false", "no", "off", "f", "n"):
-        return False
-    raise ValueError("true or false")
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError("a positive number of seconds") from None
-    if not 0 < seconds < float("inf"):
-        raise ValueError("a positive number of seconds")
-    return seconds
-
-
-def _count(value: str) -> int:
-    if not (value.isascii() and value.isdigit()):
-        raise ValueError("an integer of at least 0")
-    return int(value)
-
-
-def _cert_reqs(value: str) -> str:
-    if value not in ("none", "optional", "required"):
-        raise ValueError("none, optional or required")
-    return value
-
-
-def _text(value: str) -> str:
-    return value
-
-
 # Query options: name -> (how to read the value, who gets it). "both": the master's connections
 # and the sentinels' (redis-py's Sentinel copies socket_* options so too); "master": master_for();
 # "sentinel": Sentinel(sentinel_kwargs=...), without the "sentinel_"; "manager": Sentinel();
 # "switch": TLS on a side; "tls": whichever side uses TLS.
 OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "socket_timeout": (_seconds, "both"),
-    "socket_connect_timeout": (_seconds, "both"),
-    "socket_keepalive": (_bool, "both"),
-    "health_check_interval": (_count, "master"),
-    "sentinel_username": (_text, "sentinel"),
-    "sentinel_password": (_text, "sentinel"),
-    "min_other_sentinels": (_count, "manager"),
-    "ssl": (_bool, "switch"),
-    "sentinel_ssl": (_bool, "switch"),
-    "ssl_cert_reqs": (_cert_reqs, "tls"),
-    "ssl_ca_certs": (_text, "tls"),
-    "ssl_certfile": (_text, "tls"),
-    "ssl_keyfile": (_text, "tls"),
-    "ssl_check_hostname": (_bool, "tls"),
+    "socket_timeout": (urls.seconds, "both"),
+    "socket_connect_timeout": (urls.seconds, "both"),
+    "socket_keepalive": (urls.boolean, "both"),
+    "health_check_interval": (urls.count, "master"),
+    "sentinel_username": (urls.text, "sentinel"),
+    "sentinel_password": (urls.text, "sentinel"),
+    "min_other_sentinels": (urls.count, "manager"),
+    "ssl": (urls.boolean, "switch"),
+    "sentinel_ssl": (urls.boolean, "switch"),
+    "ssl_cert_reqs": (urls.cert_reqs, "tls"),
+    "ssl_ca_certs": (urls.text, "tls"),
+    "ssl_certfile": (urls.text, "tls"),
+    "ssl_keyfile": (urls.text, "tls"),
+    "ssl_check_hostname": (urls.boolean, "tls"),
 }
 
 
@@ -101,19 +67,8 @@ def parse(url: str, defaults: dict[str, Any] | None = None) -> SentinelURL:
     Plain string work, as ``conf.redact_url``: everything before the last ``@`` ahead of the
     query is credentials. ``ValueError`` says what is wrong and never quotes a password.
     """
-    if not url.startswith(PREFIX):
-        raise ValueError(f"it does not start with {PREFIX}")
-    rest, _, query = url[len(PREFIX):].partition("?")
-    userinfo, at, rest = rest.rpartition("@")
-    hostlist, _, path_text = rest.partition("/")
-    master: dict[str, Any] = {}
-    if at:
-        user, colon, password = userinfo.partition(":")
-        if user:
-            master["username"] = unquote(user)
-        if colon:
-            master["password"] = unquote(password)
-    sentinels = [_address(item) for item in hostlist.split(",")] if hostlist else []
+    master, hostlist, path_text, query = urls.split(url, PREFIX)
+    sentinels = [urls.address(item, DEFAULT_PORT, "sentinel", FORM) for item in hostlist.split(",")] if hostlist else []
     if not sentinels:
         raise ValueError(f"it names no sentinel: use {FORM}")
     path = [unquote(p) for p in path_text.removesuffix("/").split("/")]
@@ -121,7 +76,7 @@ def parse(url: str, defaults: dict[str, Any] | None = None) -> SentinelURL:
         raise ValueError(f"its path must be /service_name or /service_name/db, as in {FORM}")
     if len(path) == 2 and not (path[1].isascii() and path[1].isdigit()):
         raise ValueError(f"the database {path[1]!r} after the service name is not a number")
-    options = _options(query)
+    options = urls.options(query, OPTIONS)
     for name, value in (defaults or {}).items():
         options.setdefault(name, value)
     sentinel: dict[str, Any] = {}
@@ -148,34 +103,6 @@ def parse(url: str, defaults: dict[str, Any] | None = None) -> SentinelURL:
         sentinels, path[0], int(path[1]) if len(path) == 2 else 0, master, sentinel,
         options.get("min_other_sentinels", 0),
     )
-
-
-def _options(query: str) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for name, raw in parse_qsl(query, keep_blank_values=True):
-        if name not in OPTIONS:
-            raise ValueError(f"unknown option {name!r}; the options are {', '.join(sorted(OPTIONS))}")
-        if name in options:
-            raise ValueError(f"the option {name!r} is given twice")
-        try:
-            options[name] = OPTIONS[name][0](raw)
-        except ValueError as exc:  # never a password: text options take any value
-            raise ValueError(f"the option {name}={raw!r} must be {exc}") from None
-    return options
-
-
-def _address(item: str) -> tuple[str, int]:
-    host, port = item, ""
-    if item.startswith("["):  # [::1]:26379
-        host, _, rest = item[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif ":" in item:
-        host, _, port = item.rpartition(":")
-    if not host:
-        raise ValueError(f"the sentinel address {item!r} has no host: use {FORM}")
-    if port and not (port.isascii() and port.isdigit()):
-        raise ValueError(f"the port of the sentinel {item!r} is not a number")
-    return unquote(host), int(port) if port else DEFAULT_PORT
 
 
 class MasterConnection(SentinelManagedConnection):
