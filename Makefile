@@ -3,6 +3,7 @@
 #   make demo                 example project: worker + sample jobs + admin on 127.0.0.1:8000
 #   DEMO_ONESHOT=1 make demo  run the sample jobs, print a summary, exit (non-zero on failure)
 #   make test                 ruff + the library's tests + the example project's tests
+#   make test-cluster         the library's tests against a 3-master Redis Cluster they start
 #   make fuzz                 poison payloads through a real worker: FUZZ_EXAMPLES (5000) batches
 #   make lint                 ruff only
 #   make bench                bench/run.py $(BENCH_ARGS) (e.g. BENCH_ARGS=--quick), if present
@@ -59,10 +60,10 @@ endif
 STAMP := $(VENV)/.installed-$(shell printf '%s|%s|%s' '$(DJANGO_SPEC)' '$(REDIS_SPEC)' '$(EXTRAS)' | md5sum | cut -c1-10)
 
 
-.PHONY: help using install demo test lint pytest fuzz bench chaos soak docs clean
+.PHONY: help using install demo test test-cluster lint pytest fuzz bench chaos soak docs clean
 
 help:
-	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
 
 # Says which Python and Django every target below uses (and refuses a Python that is too old).
 using:
@@ -88,6 +89,10 @@ pytest: $(STAMP)
 
 test: lint pytest
 	@"$(VPY)" -c 'import sys, django, redis; print("tested on Python", sys.version.split()[0], "with Django", django.get_version(), "and redis-py", redis.__version__)'
+
+# ASYNC_JOBS_TEST_CLUSTER=1: tests/conftest.py starts the cluster (redis-server, redis-cli) once.
+test-cluster: $(STAMP)
+	ASYNC_JOBS_TEST_CLUSTER=1 "$(VPY)" -m pytest -q
 
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) "$(VPY)" -m pytest -q -s tests/test_fuzz_payloads.py

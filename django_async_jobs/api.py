@@ -662,19 +662,13 @@ class LimiterUse:
 
 def rate_limiters(count: int = MAX_PER_PAGE, broker: Broker | None = None) -> list[LimiterUse]:
     """The rate limiters in use (at most ``count``), found with SCAN in bounded pages (at most
-    ``SCAN_CALLS`` calls), their state read in one pipelined round trip."""
+    ``SCAN_CALLS`` calls per server), their state read in one pipelined round trip."""
     broker = broker or get_broker()
-    found: list[str] = []
-    cursor = 0
-    for _ in range(SCAN_CALLS):
-        cursor, names = broker.redis.scan(cursor, match=broker.keys.limiters, count=SCAN_COUNT * 2)
-        found += [_text(name) for name in names]
-        if cursor == 0 or len(found) >= count:
-            break
+    found = broker.scan(broker.keys.limiters, count, SCAN_CALLS, SCAN_COUNT * 2)
     head = broker.keys.limiter("", "")[:-1]  # "<prefix>:limit:", then "<kind>:<name>"
-    parsed = sorted({tuple(key[len(head):].split(":", 1)) for key in found[:count] if ":" in key[len(head):]})
+    parsed = sorted({tuple(key[len(head):].split(":", 1)) for key in found if ":" in key[len(head):]})
+    seconds, micros = broker.redis.time()  # apart: a cluster's pipeline refuses TIME
     with broker.redis.pipeline(transaction=False) as pipe:
-        pipe.time()
         for kind, name in parsed:
             key = broker.keys.limiter(kind, name)
             if kind in ("window", "bucket"):
@@ -683,8 +677,8 @@ def rate_limiters(count: int = MAX_PER_PAGE, broker: Broker | None = None) -> li
                 pipe.zcard(key)
             else:
                 pipe.get(key)
-        now_reply, *states = pipe.execute()
-    now_ms = now_reply[0] * 1000 + now_reply[1] // 1000
+        states = pipe.execute() if parsed else []
+    now_ms = seconds * 1000 + micros // 1000
     return [LimiterUse(kind, name, _usage(kind, state, now_ms)) for (kind, name), state in zip(parsed, states, strict=True)]
 
 
@@ -845,15 +839,16 @@ def stats(broker: Broker | None = None) -> Stats:
     k = broker.keys
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     names = queue_names(broker)
+    counters = [k.stat("processed"), k.stat("failed"), k.stat("processed", day), k.stat("failed", day), k.stat("expired")]
     with broker.redis.pipeline(transaction=False) as pipe:
-        pipe.mget([
-            k.stat("processed"), k.stat("failed"), k.stat("processed", day), k.stat("failed", day), k.stat("expired"),
-        ])
+        for key in counters:  # GETs, not MGET: a cluster's pipeline refuses MGET
+            pipe.get(key)
         pipe.zcard(k.schedule)
         pipe.zcard(k.retry)
         for name in names:
             pipe.zcard(k.queue(name))
-        counters, scheduled, retries, *sizes = pipe.execute()
+        replies = pipe.execute()
+    counters, (scheduled, retries), sizes = replies[:5], replies[5:7], replies[7:]
     live = processes(with_jobs=False, broker=broker)
     processed, failed, processed_today, failed_today, expired = (int(_number(c)) for c in counters)
     return Stats(
@@ -865,15 +860,18 @@ def stats(broker: Broker | None = None) -> Stats:
 
 
 def history(days: int = HISTORY_DAYS, broker: Broker | None = None) -> list[dict[str, Any]]:
-    """Processed and failed per day, oldest first, ending today (UTC): two MGETs."""
+    """Processed and failed per day, oldest first, ending today (UTC): one round trip of GETs
+    (not MGET, which a cluster's pipeline refuses)."""
     broker = broker or get_broker()
     k = broker.keys
     today = datetime.now(UTC).date()
     dates = [(today - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
     with broker.redis.pipeline(transaction=False) as pipe:
-        pipe.mget([k.stat("processed", d) for d in dates])
-        pipe.mget([k.stat("failed", d) for d in dates])
-        processed, failed = pipe.execute()
+        for name in ("processed", "failed"):
+            for d in dates:
+                pipe.get(k.stat(name, d))
+        counts = pipe.execute()
+    processed, failed = counts[:days], counts[days:]
     return [
         {"date": d, "processed": int(_number(p)), "failed": int(_number(f))}
         for d, p, f in zip(dates, processed, failed, strict=True)
@@ -898,21 +896,37 @@ def mark_deploy(label: str, broker: Broker | None = None) -> job_metrics.Mark:
 
 def redis_info(broker: Broker | None = None) -> dict[str, Any] | None:
     """What the overview shows of the Redis server: version, memory, clients, commands per
-    second, keys and uptime. None where INFO is refused (some managed services rename it)."""
+    second, keys and uptime; of a cluster, its masters' summed up (the shortest uptime), with
+    how many there are. None where INFO is refused (some managed services rename it)."""
     broker = broker or get_broker()
     try:
-        with broker.redis.pipeline(transaction=False) as pipe:
-            pipe.info()
-            pipe.dbsize()
-            info, keys = pipe.execute()
+        servers = broker.server_info()
     except redis.ResponseError:
         return None
+    if len(servers) == 1:
+        info = servers[0][0]
+        memory, peak = _text(info.get("used_memory_human", "?")), _text(info.get("used_memory_peak_human", "?"))
+    else:
+        memory, peak = (_bytes_text(sum(_number(info.get(name)) for info, _ in servers)) for name in ("used_memory", "used_memory_peak"))
     return {
-        "version": _text(info.get("redis_version", "?")), "memory": _text(info.get("used_memory_human", "?")),
-        "memory_peak": _text(info.get("used_memory_peak_human", "?")), "clients": int(_number(info.get("connected_clients"))),
-        "ops_per_sec": int(_number(info.get("instantaneous_ops_per_sec"))), "keys": keys,
-        "uptime": int(_number(info.get("uptime_in_seconds"))),
+        "version": ", ".join(sorted({_text(info.get("redis_version", "?")) for info, _ in servers})),
+        "memory": memory, "memory_peak": peak,
+        "clients": sum(int(_number(info.get("connected_clients"))) for info, _ in servers),
+        "ops_per_sec": sum(int(_number(info.get("instantaneous_ops_per_sec"))) for info, _ in servers),
+        "keys": sum(keys for _, keys in servers),
+        "uptime": min(int(_number(info.get("uptime_in_seconds"))) for info, _ in servers),
+        "servers": len(servers),
     }
+
+
+def _bytes_text(amount: float) -> str:
+    """Bytes as INFO's ``*_human`` fields write them (``1.50M``)."""
+    unit = "B"
+    for bigger in "KMGT":
+        if amount < 1024:
+            break
+        amount, unit = amount / 1024, bigger
+    return f"{amount:.0f}B" if unit == "B" else f"{amount:.2f}{unit}"
 
 
 @dataclass(frozen=True)

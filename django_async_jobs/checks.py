@@ -12,7 +12,7 @@ from django.db import DatabaseError, connections
 from django.db.migrations.recorder import MigrationRecorder
 
 from django_async_jobs import conf, cron, outbox, registry
-from django_async_jobs.broker import sentinel
+from django_async_jobs.broker import cluster, sentinel
 from django_async_jobs.deadjobs import retention
 from django_async_jobs.middleware import chain, context
 
@@ -148,23 +148,24 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 def _check_url(url: Any) -> list[Any]:
     shown = repr(conf.redact_url(url)) if isinstance(url, str) else repr(url)
-    if isinstance(url, str) and url.startswith(sentinel.PREFIX):
-        try:
-            sentinel.parse(url)
-        except ValueError as exc:
-            return [Error(
-                f"ASYNC_JOBS['REDIS_URL'] = {shown} is not a Sentinel URL: {exc}.",
-                hint=f"Use {sentinel.FORM}; the options are in the Deployment docs' Sentinel section.",
-                id="async_jobs.E003",
-            )]
-        return []
+    for module, kind, section in ((sentinel, "Sentinel", "Sentinel"), (cluster, "Redis Cluster", "Redis Cluster")):
+        if isinstance(url, str) and url.startswith(module.PREFIX):
+            try:
+                module.parse(url)
+            except ValueError as exc:
+                return [Error(
+                    f"ASYNC_JOBS['REDIS_URL'] = {shown} is not a {kind} URL: {exc}.",
+                    hint=f"Use {module.FORM}; the options are in the Deployment docs' {section} section.",
+                    id="async_jobs.E003",
+                )]
+            return []
     parsed = urlparse(url) if isinstance(url, str) else None
     if parsed is None or parsed.scheme not in URL_SCHEMES or (parsed.scheme in ("redis", "rediss") and not parsed.hostname):
         return [Error(
             f"ASYNC_JOBS['REDIS_URL'] = {shown} is not a Redis URL.",
             hint=(
                 "Use redis://host:6379/0, rediss://... for TLS, unix:///path/to/socket, "
-                f"or {sentinel.FORM} for Redis Sentinel."
+                f"{sentinel.FORM} for Redis Sentinel, or {cluster.FORM} for Redis Cluster."
             ),
             id="async_jobs.E003",
         )]

@@ -153,10 +153,7 @@ def _push(jobs: Sequence[ApplicationJob]) -> None:
         ready = _routed([job for job in chunk if job.scheduled_at is None])
         delayed = [(encode_job(job.serialize()), job.scheduled_at) for job in chunk if job.scheduled_at is not None]
         if ready and delayed:
-            with broker.redis.pipeline(transaction=False) as pipe:
-                broker.push_routed(ready, client=pipe)
-                broker.schedule(delayed, client=pipe)
-                pipe.execute()
+            broker.push_and_schedule(ready, delayed)
         elif ready:
             broker.push_routed(ready)
         elif delayed:

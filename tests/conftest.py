@@ -1,8 +1,57 @@
+import os
 import secrets
+import shutil
 
 import pytest
 
 from django_async_jobs.broker.client import get_broker
+from tests.helpers import ON_CLUSTER
+
+
+def pytest_report_header(config):
+    return "Redis: a 3-master cluster of the session's own (ASYNC_JOBS_TEST_CLUSTER=1)" if ON_CLUSTER else None
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A 3-master Redis Cluster of the session's own (``ClusterGroup``), stopped at its end."""
+    from tests.helpers import ClusterGroup
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: the cluster tests start their own servers")
+    group = ClusterGroup(tmp_path_factory.mktemp("cluster"))
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture(scope="session", autouse=ON_CLUSTER)
+def on_cluster(request):
+    """Under ASYNC_JOBS_TEST_CLUSTER=1, every broker of the session (and every worker
+    subprocess, which reads REDIS_URL) talks to ``redis_cluster``."""
+    from django.test import override_settings
+
+    if not ON_CLUSTER:
+        yield None
+        return
+    from django.conf import settings
+
+    group = request.getfixturevalue("redis_cluster")
+    url = group.url()
+    previous = os.environ.get("REDIS_URL")
+    os.environ["REDIS_URL"] = url
+    override = override_settings(ASYNC_JOBS={**settings.ASYNC_JOBS, "REDIS_URL": url})
+    override.enable()
+    try:
+        yield group
+    finally:
+        override.disable()
+        if previous is None:
+            del os.environ["REDIS_URL"]
+        else:
+            os.environ["REDIS_URL"] = previous
 
 
 @pytest.fixture
@@ -64,6 +113,8 @@ def redis_server(tmp_path):
     """A redis-server of this test's own; tests that kill Redis must never touch the shared one."""
     from tests.helpers import RedisServer
 
+    if ON_CLUSTER:
+        pytest.skip("not on a cluster: it runs on a redis-server of its own, as in the plain run")
     server = RedisServer(tmp_path)
     server.start()
     yield server
@@ -89,6 +140,8 @@ def sentinel_group(request, tmp_path):
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed: the Sentinel tests start their own servers")
+    if ON_CLUSTER:
+        pytest.skip("not on a cluster: it runs on Sentinel servers of its own, as in the plain run")
     options = {"password": "master-pw", "sentinel_password": "sentinel-pw", **getattr(request, "param", {})}
     group = SentinelGroup(tmp_path / "sentinel", **options)
     try:

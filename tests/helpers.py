@@ -1,5 +1,5 @@
 """Shared test helpers: deadlines instead of sleeps, worker subprocesses, private redis-servers
-(alone, or as a master, a replica and sentinels)."""
+(alone, as a master, a replica and sentinels, or as a Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,16 @@ import redis
 from django_async_jobs.testing import wait_for  # noqa: F401  (the suite imports it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
+# ASYNC_JOBS_TEST_CLUSTER=1 (make test-cluster): the whole suite against a Redis Cluster of its
+# own, started once for the session (conftest.py); tests that cannot apply to one skip, saying why.
+ON_CLUSTER = os.environ.get("ASYNC_JOBS_TEST_CLUSTER") == "1"
+
+
+def not_on_cluster(reason: str) -> Any:
+    """Skips a test under ASYNC_JOBS_TEST_CLUSTER=1, with why it cannot apply to a cluster."""
+    import pytest
+
+    return pytest.mark.skipif(ON_CLUSTER, reason=f"not on a cluster: {reason}")
 
 
 def free_port() -> int:
@@ -337,6 +347,62 @@ class SentinelGroup:
 
     def stop(self) -> None:
         for server in (*self.sentinels, *self.servers):
+            server.stop()
+
+
+class ClusterGroup:
+    """A Redis Cluster of the test's own: ``masters`` redis-servers on free ports, no replicas,
+    the 16384 slots split evenly between them in order.
+
+    Put together as ``redis-cli --cluster create`` does (slots, config epochs, then MEET), but
+    by the nodes' own commands, which take any number of masters: the CLI refuses fewer than 3.
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, workdir: Path, *, masters: int = 3) -> None:
+        # The bus port given: by default it is the port + 10000, which a free port may exceed.
+        self.bus_ports = [free_port() for _ in range(masters)]
+        self.servers = [
+            RedisServer(workdir / f"node-{i}", args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus),
+            ])
+            for i, bus in enumerate(self.bus_ports)
+        ]
+
+    def url(self, query: str = "") -> str:
+        """The ``redis+cluster://`` URL of this cluster."""
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+        return f"redis+cluster://{hosts}/" + (f"?{query}" if query else "")
+
+    def start(self, timeout: float = 30) -> None:
+        for server in self.servers:
+            server.start()
+        first = self.servers[0]
+        count = len(self.servers)
+        for i, server in enumerate(self.servers):
+            client = server.client()
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * self.SLOTS // count, (i + 1) * self.SLOTS // count - 1)
+            client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+            if server is not first:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", first.port, self.bus_ports[0])
+            client.close()
+
+        def ready(server: RedisServer) -> bool:
+            client = server.client(socket_timeout=1)
+            try:
+                info = client.execute_command("CLUSTER", "INFO").decode()
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+            fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
+            return fields.get("cluster_state") == "ok" and fields.get("cluster_known_nodes") == str(count)
+
+        wait_for(lambda: all(ready(s) for s in self.servers), timeout, "every node of the cluster ready")
+
+    def stop(self) -> None:
+        for server in self.servers:
             server.stop()
 
 

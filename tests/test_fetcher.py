@@ -35,7 +35,9 @@ class Taker(threading.Thread):
 
 
 def subscribers(broker):
-    return dict(broker.redis.pubsub_numsub(broker.keys.notify))[broker.keys.notify.encode()]
+    """Subscribers of the notify channel, on every server (a cluster's node counts its own)."""
+    channel = broker.keys.notify
+    return sum(dict(server.pubsub_numsub(channel))[channel.encode()] for server in broker.servers())
 
 
 def test_an_idle_job_goes_to_the_thread_that_waited_for_it_and_the_role_passes_on(broker):

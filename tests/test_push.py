@@ -11,7 +11,7 @@ from redis.exceptions import NoScriptError
 
 from django_async_jobs.broker.client import score
 from django_async_jobs.serialization import decode_payload, new_job_id
-from tests.helpers import fetch
+from tests.helpers import fetch, not_on_cluster
 from tests.testapp.jobs import IncrJob
 
 
@@ -100,6 +100,7 @@ def _with_priority(job, priority):
     return job
 
 
+@not_on_cluster("the direct connection path is a single server's")
 def test_an_error_reply_reaches_the_caller_and_the_connection_stays_usable(broker):
     broker.redis.set(broker.keys.queue("broken"), "not a sorted set")
     own = broker._command("CLIENT", "ID")
@@ -120,6 +121,7 @@ def test_a_payload_beyond_ascii_arrives_whole(broker):
     assert decode_payload(raw)["args"] == [text] and field.decode().startswith(job.job_id)
 
 
+@not_on_cluster("the direct connection path is a single server's")
 def test_a_lost_connection_is_retried_once_on_a_fresh_one(broker):
     IncrJob.perform_later("warm-up")
     own = broker._command("CLIENT", "ID")  # the push's connection
@@ -128,6 +130,7 @@ def test_a_lost_connection_is_retried_once_on_a_fresh_one(broker):
     assert queued_ids(broker)[-1] == job.job_id
 
 
+@not_on_cluster("the direct connection path is a single server's")
 def test_the_redis_py_internals_of_the_fast_path_are_there(broker):
     """``push_one`` and ``_command`` talk to redis-py's connection below its public API
     (``Broker._line_replies`` reads the socket itself). A redis-py release that renames what

@@ -18,9 +18,10 @@ from typing import Any
 
 import redis
 from django.core.signals import setting_changed
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from django_async_jobs.broker import sentinel
+from django_async_jobs.broker import cluster, sentinel
 from django_async_jobs.broker.keys import Keys
 from django_async_jobs.conf import Settings, get_settings
 
@@ -52,9 +53,10 @@ def _script_source(name: str) -> str:
     return lib + "\n" + (scripts / f"{name}.lua").read_text()
 
 
-def connect(settings: Settings) -> redis.Redis:
+def connect(settings: Settings) -> redis.Redis | RedisCluster:
     """The Redis client for these settings: from a django-redis cache alias, or from the URL
-    (a ``redis+sentinel://`` one: the master its sentinels name, see ``sentinel``)."""
+    (a ``redis+sentinel://`` one: the master its sentinels name, see ``sentinel``; a
+    ``redis+cluster://`` one: a ``RedisCluster``, see ``cluster``)."""
     if settings.cache_alias:
         from django_redis import get_redis_connection
 
@@ -68,6 +70,8 @@ def connect(settings: Settings) -> redis.Redis:
     defaults = {"health_check_interval": 30, "socket_connect_timeout": 5, "socket_timeout": READ_TIMEOUT}
     if settings.redis_url.startswith(sentinel.PREFIX):
         return sentinel.connect(settings.redis_url, **defaults)
+    if settings.redis_url.startswith(cluster.PREFIX):
+        return cluster.connect(settings.redis_url, **defaults)
     return redis.Redis.from_url(settings.redis_url, **defaults)
 
 
@@ -130,10 +134,14 @@ def today() -> str:
 class Broker:
     """Every Redis operation of the project, named after what it does to a job."""
 
-    def __init__(self, settings: Settings, connection: redis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings, connection: redis.Redis | RedisCluster | None = None) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
         self.redis = connection if connection is not None else connect(settings)
+        # A cluster runs a Lua step only on keys of one slot (hence the tagged keys), and its
+        # pipelines refuse PUBLISH and MGET (and MULTI, in redis-py 5.0): the few places that
+        # differ ask ``self.cluster``.
+        self.cluster = isinstance(self.redis, RedisCluster)
+        self.keys = Keys.cluster(settings.key_prefix) if self.cluster else Keys(settings.key_prefix)
         # Plain redis-py clients get per-thread direct connections (see _command); fakes, other
         # client classes and Sentinel's pools (whose connections find the master on every
         # connect, and drop an old one) go through their own execute_command.
@@ -147,7 +155,7 @@ class Broker:
             name: self.redis.register_script(_script_source(name))
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
-                "renew_locks", "cron_push",
+                "renew_locks", "cron_push", "clear",
                 "pick", "find", "relay", "rate_limit", "concurrency", "checkpoint", "batch", "metrics",
             )
         }
@@ -268,6 +276,9 @@ class Broker:
         the name alone is harmless and the wake-up only shortens a wait. The commands are packed
         ahead of time per queue and priority; only the payload is added per job.
         """
+        if self.cluster:  # no PUBLISH in a cluster's pipeline: the push script does all three
+            self.push_routed([queue, priority, payload])
+            return
         if not self._direct:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.sadd(self.keys.queues, queue)
@@ -366,6 +377,18 @@ class Broker:
         """Delay jobs until their epoch times (the poller moves them when due)."""
         mapping = dict(entries)
         return (client or self.redis).zadd(self.keys.schedule, mapping)
+
+    def push_and_schedule(self, entries: list[Any], delayed: list[tuple[str, float]]) -> None:
+        """``push_routed`` and ``schedule`` in one round trip. A cluster's pipeline leaves a
+        script its cache lost to the caller (redis-py): there, two calls that each handle it."""
+        if self.cluster:
+            self.push_routed(entries)
+            self.schedule(delayed)
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            self.push_routed(entries, client=pipe)
+            self.schedule(delayed, client=pipe)
+            pipe.execute()
 
     def lock_push(
         self, key: str, job_id: str, ttl_ms: int, payload: str, run_at: float | None = None
@@ -603,7 +626,8 @@ class Broker:
     def add_metrics_mark(self, member: str, at: float, retention: float) -> None:
         """Add a deploy mark, forgetting those older than ``retention``."""
         key = self.keys.metrics_marks
-        with self.redis.pipeline(transaction=True) as pipe:
+        # No MULTI (which a cluster's pipeline refuses): each command is right on its own.
+        with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {member: at})
             pipe.zremrangebyscore(key, "-inf", f"({time.time() - retention}")
             pipe.expire(key, max(1, int(retention)))
@@ -651,12 +675,7 @@ class Broker:
 
     def clear_queue(self, name: str) -> int:
         """Empty a queue and forget its name at once; returns how many jobs went."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zcard(self.keys.queue(name))
-            pipe.unlink(self.keys.queue(name))
-            pipe.srem(self.keys.queues, name)
-            size, _, _ = pipe.execute()
-        return size
+        return self._run("clear", [self.keys.queue(name)], [name])
 
     def pause_queue(self, name: str) -> bool:
         """Stop every worker fetching from ``name``; its jobs stay. False if it was paused."""
@@ -664,10 +683,8 @@ class Broker:
 
     def resume_queue(self, name: str) -> bool:
         """Let workers fetch from ``name`` again, and wake idle ones. False if it was not paused."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.srem(self.keys.paused, name)
-            pipe.publish(self.keys.notify, "ready")
-            removed, _ = pipe.execute()
+        removed = self.redis.srem(self.keys.paused, name)
+        self.redis.publish(self.keys.notify, "ready")  # on its own: a cluster's pipeline refuses PUBLISH
         return bool(removed)
 
     def paused_queues(self) -> set[str]:
@@ -689,11 +706,43 @@ class Broker:
         return value.decode() if isinstance(value, bytes) else value
 
     def flush(self) -> int:
-        """Delete every key of this prefix (tests and ``jobs clear --all``)."""
+        """Delete every key of this prefix (tests and ``jobs clear --all``), on every server."""
         deleted = 0
-        for batch in _chunks(self.redis.scan_iter(match=self.keys.pattern, count=1000), 1000):
-            deleted += self.redis.delete(*batch)
+        for server in self.servers():
+            for batch in _chunks(server.scan_iter(match=self.keys.pattern, count=1000), 1000):
+                deleted += self.redis.delete(*batch)  # a cluster's client splits it by slot
         return deleted
+
+    def servers(self) -> list[redis.Redis]:
+        """A plain client of the server, or of each master of a cluster: for what is asked of
+        every server (INFO, SCAN), which a cluster client would merge or spread over them."""
+        if not self.cluster:
+            return [self.redis]
+        return [self.redis.get_redis_connection(node) for node in self.redis.get_primaries()]
+
+    def scan(self, match: str, limit: int, calls: int, count: int) -> list[str]:
+        """Up to ``limit`` keys that match ``match``, found with at most ``calls`` SCAN calls of
+        ``count`` per server: a bounded look, for listings."""
+        found: list[str] = []
+        for server in self.servers():
+            cursor = None
+            for _ in range(calls):
+                if cursor == 0 or len(found) >= limit:
+                    break
+                cursor, names = server.scan(cursor or 0, match=match, count=count)
+                found += [name.decode() if isinstance(name, bytes) else name for name in names]
+        return found[:limit]
+
+    def server_info(self) -> list[tuple[dict[str, Any], int]]:
+        """``INFO`` and the key count of each server (one, or each master of a cluster)."""
+        replies = []
+        for server in self.servers():
+            with server.pipeline(transaction=False) as pipe:
+                pipe.info()
+                pipe.dbsize()
+                info, keys = pipe.execute()
+            replies.append((info, keys))
+        return replies
 
 
 def _ignore(index: int) -> None:

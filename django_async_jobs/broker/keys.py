@@ -1,6 +1,6 @@
 """Every Redis key the project uses, built from ``KEY_PREFIX`` in this one place.
 
-Layout (``p`` is the prefix):
+Layout (``p`` is the prefix; in a Redis Cluster ``{KEY_PREFIX}``, see ``Keys.cluster``):
 
 =====================================  =========  ===============================================
 key                                    type       holds
@@ -64,7 +64,19 @@ def escape_glob(text: str) -> str:
 
 @dataclass(frozen=True)
 class Keys:
+    """The keys of one key space; every key starts with ``prefix`` and a colon."""
+
     prefix: str
+
+    @classmethod
+    def cluster(cls, key_prefix: str) -> Keys:
+        """The keys in a Redis Cluster: the prefix as a hash tag, ``{KEY_PREFIX}``.
+
+        A Lua step may only touch keys of one slot, and it builds some keys itself (a queue's
+        from a payload's queue name, a dead process's in-flight hash from its id); with the tag,
+        every key of the key space hashes to the tag's slot, so each step's keys, declared or
+        built, live together on one master. That master carries all the deployment's work."""
+        return cls(f"{{{key_prefix}}}")
 
     def queue(self, name: str) -> str:
         return f"{self.prefix}:queue:{name}"

@@ -1,0 +1,305 @@
+"""Redis Cluster: ``redis+cluster://`` URLs read and checked, keys tagged into one slot, and the
+library's work (workers, the poller, retries, dead jobs, unique jobs, batches, recovery, the
+outbox relay, the dashboard) on a real 3-master cluster of the session's own (``ClusterGroup``).
+"""
+
+import json
+import signal
+import time
+from io import StringIO
+
+import pytest
+import redis
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.db import transaction
+from django.test import override_settings
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from django_async_jobs import Batch
+from django_async_jobs.broker import cluster
+from django_async_jobs.broker.client import Broker, connect, get_broker
+from django_async_jobs.broker.keys import Keys
+from django_async_jobs.checks import check_settings
+from django_async_jobs.conf import build, redact_url
+from django_async_jobs.models import DeadJob, OutboxJob
+from django_async_jobs.worker import dead_writer
+from django_async_jobs.worker.launcher import Worker
+from tests.helpers import registered, wait_for
+from tests.testapp.batch_jobs import CallbackRecordJob, MemberJob
+from tests.testapp.jobs import IncrJob, TraceJob
+from tests.testapp.retry_jobs import FailingJob, NoRetryJob
+from tests.testapp.unique_jobs import UntilExecutedJob
+
+DEFAULTS = {"socket_timeout": 30.0, "socket_connect_timeout": 5, "health_check_interval": 30}
+SECRET = "S3cretPW"
+START_TIMEOUT = 20  # a cold Django start on a busy 2-core machine
+
+# -- reading URLs ------------------------------------------------------------------------------
+
+
+def test_a_url_gives_the_nodes_the_credentials_and_the_options():
+    config = cluster.parse(f"redis+cluster://app:{SECRET}@h1:7000,h2:7001,[::1]/?socket_timeout=2", DEFAULTS)
+    assert config.nodes == [("h1", 7000), ("h2", 7001), ("::1", 6379)]
+    # The URL's timeout wins over the library's.
+    assert config.options == {
+        "username": "app", "password": SECRET, "socket_timeout": 2.0, "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+    }
+    assert SECRET not in repr(config)
+    assert cluster.parse("redis+cluster://h1:7000").nodes == [("h1", 7000)]  # no path at all
+    tls = cluster.parse("redis+cluster://h1/?ssl=true&ssl_ca_certs=/ca.pem&ssl_cert_reqs=required").options
+    assert tls == {"ssl": True, "ssl_ca_certs": "/ca.pem", "ssl_cert_reqs": "required"}
+
+
+BAD_URLS = [
+    (f"redis+cluster://:{SECRET}@/", "it names no node: use redis+cluster://"),
+    ("redis+cluster://h1:7000/3", "a cluster has no databases: its path must be / or nothing"),
+    ("redis+cluster://h1:seven/", "the port of the node 'h1:seven' is not a number"),
+    ("redis+cluster://h1,,h2/", "the node address '' has no host"),
+    (f"redis+cluster://h1/?password={SECRET}", "unknown option 'password'; the options are health_check_interval, "),
+    ("redis+cluster://h1/?socket_timeout=0", "the option socket_timeout='0' must be a positive number of seconds"),
+    ("redis+cluster://h1/?ssl=maybe", "the option ssl='maybe' must be true or false"),
+    ("redis+cluster://h1/?ssl_ca_certs=/ca.pem", "ssl_ca_certs needs ssl=true"),
+]
+
+
+@pytest.mark.parametrize("url, message", BAD_URLS)
+def test_a_bad_url_is_refused_with_what_is_wrong(url, message):
+    with pytest.raises(ValueError) as info:
+        cluster.parse(url)
+    assert message in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://h1:7000,h2:7001,h3:7002/", f"redis+cluster://:{SECRET}@h1/?ssl=1"])
+def test_the_check_accepts_cluster_urls(url):
+    with override_settings(ASYNC_JOBS={"REDIS_URL": url}):
+        assert [e for e in check_settings() if e.id == "async_jobs.E003"] == []
+
+
+@pytest.mark.parametrize("url, message", BAD_URLS)
+def test_the_check_names_what_is_wrong_and_hides_the_password(url, message):
+    with override_settings(ASYNC_JOBS={"REDIS_URL": url}):
+        [error] = [e for e in check_settings() if e.id == "async_jobs.E003"]
+    assert error.msg.startswith("ASYNC_JOBS['REDIS_URL'] = 'redis+cluster://")
+    assert "is not a Redis Cluster URL: " in error.msg and message in error.msg
+    assert SECRET not in error.msg
+    assert cluster.FORM in error.hint
+
+
+def test_a_printed_url_hides_the_password():
+    assert redact_url(f"redis+cluster://app:{SECRET}@h1:7000,h2:7001/") == "redis+cluster://app:***@h1:7000,h2:7001/"
+
+
+def test_an_unreachable_cluster_is_a_connection_error():
+    with pytest.raises(redis.ConnectionError):
+        connect(build({"REDIS_URL": "redis+cluster://127.0.0.1:1/?socket_connect_timeout=0.5"}))
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+def test_a_single_redis_keeps_its_keys_and_a_cluster_tags_every_key():
+    plain, tagged = Keys("app"), Keys.cluster("app")
+    assert (plain.queue("default"), plain.stat("processed", "2026-01-01")) == ("app:queue:default", "app:stat:processed:2026-01-01")
+    assert (tagged.queue("default"), tagged.inflight("h:1:x")) == ("{app}:queue:default", "{app}:inflight:h:1:x")
+    built = [
+        tagged.queue("q"), tagged.queues, tagged.seq, tagged.dead, tagged.schedule, tagged.retry, tagged.processes,
+        tagged.process("p"), tagged.inflight("p"), tagged.fetched("p"), tagged.recoveries, tagged.stat("failed"),
+        tagged.lock("J", "d"), tagged.run_lock("J", "d"), tagged.cron("c"), tagged.concurrency("J:d"),
+        tagged.concurrency_blocked("J:d"), tagged.blocked, tagged.limiter("window", "api"), tagged.cancel("j"),
+        tagged.batch("b"), tagged.batches, tagged.metrics(1), tagged.metrics_marks, tagged.result("r"),
+        tagged.outbox_lease("default"), tagged.outbox_relayed, tagged.notify,
+        tagged.queue_base + "x", tagged.inflight_base + "p", tagged.process_base + "p", tagged.fetched_base + "p",
+        tagged.lock_base + "x", tagged.batch_base + "x",
+    ]
+    assert {key_slot(key.encode()) for key in built} == {key_slot(b"app")}
+
+
+# -- a real cluster ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def on_the_cluster(redis_cluster, settings, prefix):
+    """The broker on the cluster, with the test's prefix."""
+    original = settings.ASYNC_JOBS
+    settings.ASYNC_JOBS = {**original, "REDIS_URL": redis_cluster.url()}
+    yield get_broker()
+    settings.ASYNC_JOBS = original
+
+
+@pytest.fixture
+def start(spawn, redis_cluster):
+    """``runworker`` subprocesses on the cluster."""
+    return lambda *args: spawn(*args, redis_url=redis_cluster.url())
+
+
+@pytest.fixture
+def worker(on_the_cluster):
+    w = Worker()
+    w.start()
+    yield w
+    w.stop(timeout=2)
+
+
+def slots(broker):
+    """The slots of every key of the test's prefix, on whichever master holds them."""
+    return {key_slot(key) for key in broker.redis.scan_iter(match=broker.keys.pattern)}
+
+
+def test_the_client_is_a_cluster_client_without_the_direct_path(on_the_cluster, redis_cluster):
+    assert isinstance(on_the_cluster.redis, RedisCluster) and on_the_cluster.cluster
+    assert on_the_cluster.own_connection() is None
+    assert {node.port for node in on_the_cluster.redis.get_primaries()} == {s.port for s in redis_cluster.servers}
+    assert on_the_cluster.keys.prefix.startswith("{")
+
+
+def test_runworker_drains_jobs_of_every_queue_and_each_step_stays_in_one_slot(on_the_cluster, start, prefix):
+    key = f"{prefix}:n"
+    a, b = start("-c", "3"), start("-c", "3")
+    wait_for(lambda: len(registered(on_the_cluster)) == 2, START_TIMEOUT, "both workers registered")
+    for queue in ("critical", "default", "low"):
+        IncrJob.perform_bulk([(key,)] * 30, queue=queue)
+    for _ in range(10):
+        IncrJob.perform_later(key)  # the single push
+    wait_for(lambda: on_the_cluster.stat("processed") == 100, 60, "100 jobs run")
+    assert int(on_the_cluster.redis.get(key)) == 100
+    assert sum(on_the_cluster.queue_size(q) for q in ("critical", "default", "low")) == 0
+    assert slots(on_the_cluster) == {key_slot(on_the_cluster.keys.prefix.encode())}
+    for proc in (a, b):
+        proc.send(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    assert registered(on_the_cluster) == {}
+
+
+def test_scheduled_jobs_and_retries_come_due(on_the_cluster, worker, prefix):
+    IncrJob.set(wait=0.3).perform_later(f"{prefix}:later")
+    FailingJob.perform_later(f"{prefix}:failing", "connection", stop_after=3)  # two retries at once
+    wait_for(lambda: on_the_cluster.redis.get(f"{prefix}:later") == b"1", 20, "the delayed job ran")
+    wait_for(lambda: on_the_cluster.redis.get(f"{prefix}:failing") == b"3", 20, "retried twice, then done")
+    wait_for(lambda: on_the_cluster.stat("processed") == 4 and on_the_cluster.stat("failed") == 2, 10, "counted")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_job_reaches_the_database(on_the_cluster, monkeypatch, prefix):
+    monkeypatch.setattr(dead_writer, "INTERVAL", 0.1)
+    w = Worker()
+    w.start()
+    try:
+        job = NoRetryJob.perform_later(f"{prefix}:effects")
+        row = wait_for(lambda: DeadJob.objects.filter(job_id=job.job_id).first(), 20, "the dead job's row")
+    finally:
+        w.stop(timeout=2)
+    assert row.reason == "retries_exhausted"
+    assert on_the_cluster.redis.hlen(on_the_cluster.keys.dead) == 0
+
+
+def test_a_unique_job_is_enqueued_once_until_it_ran(on_the_cluster, prefix):
+    key = f"{prefix}:effects"
+    first = UntilExecutedJob.perform_later(key, "a")
+    assert first and not UntilExecutedJob.perform_later(key, "b")
+    assert on_the_cluster.queue_size("default") == 1
+    w = Worker()
+    w.start()
+    try:
+        wait_for(lambda: on_the_cluster.redis.lindex(key, -1) == b"done:a", 20, "the job ran")
+        wait_for(lambda: UntilExecutedJob.perform_later(key, "c"), 20, "its lock released")
+    finally:
+        w.stop(timeout=2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_fires_its_callbacks(on_the_cluster, worker, prefix):
+    key = f"{prefix}:runs"
+    batch = Batch(description="on a cluster")
+    for event in ("complete", "success", "death"):
+        batch.on(event, CallbackRecordJob, key, event)
+    with batch.jobs():
+        MemberJob.perform_bulk([(key, f"j{i}") for i in range(5)])
+        MemberJob.perform_later(key, "flaky", fail=1)
+    wait_for(lambda: on_the_cluster.redis.llen(f"{key}:callbacks") == 2, 20, "complete and success")
+    assert Batch.status(batch.bid)["pending"] == 0
+
+
+def test_a_killed_workers_jobs_are_recovered(on_the_cluster, start, prefix):
+    key = f"{prefix}:trace"
+    gate = f"{key}:gate"
+    a = start("-c", "2")
+    wait_for(lambda: registered(on_the_cluster), START_TIMEOUT, "worker A registered")
+    for name in ("x", "y"):
+        TraceJob.perform_later(key, name, gate=gate)
+    wait_for(lambda: on_the_cluster.redis.llen(key) == 2, START_TIMEOUT, "A started both jobs")
+    a.send(signal.SIGKILL)
+    a.wait(30)
+    on_the_cluster.redis.rpush(gate, *[1] * 4)
+    b = start("-c", "2")
+    wait_for(
+        lambda: sorted(e for e in on_the_cluster.redis.lrange(key, 0, -1) if e.startswith(b"done:")) == [
+            f"done:x:{b.pid}".encode(), f"done:y:{b.pid}".encode(),
+        ],
+        START_TIMEOUT + 10, "B recovered and ran both",
+    )
+    assert on_the_cluster.queue_size("default") == 0
+    b.send(signal.SIGTERM)
+    assert b.wait(15) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_outbox_relay_pushes_a_transactions_jobs(on_the_cluster, settings, prefix):
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "OUTBOX": True}
+    with transaction.atomic():
+        IncrJob.perform_later(f"{prefix}:relayed")
+        IncrJob.set(wait=0.2).perform_later(f"{prefix}:relayed")
+    assert OutboxJob.objects.count() == 2
+    w = Worker()  # with the outbox in use: it relays
+    w.start()
+    try:
+        wait_for(lambda: on_the_cluster.redis.get(f"{prefix}:relayed") == b"2", 30, "both relayed and run")
+        wait_for(lambda: not OutboxJob.objects.exists(), 10, "the rows deleted")
+    finally:
+        w.stop(timeout=2)
+
+
+def test_a_script_the_cluster_forgot_is_loaded_again(on_the_cluster, prefix):
+    IncrJob.perform_bulk([(f"{prefix}:n",)] * 3)  # loads the push script
+    on_the_cluster.redis.script_flush()  # every master's, as after failovers
+    IncrJob.perform_bulk([(f"{prefix}:n",)] * 3)
+    IncrJob.set(wait=60).perform_later(f"{prefix}:n")
+    later = IncrJob(f"{prefix}:n")
+    later.scheduled_at = time.time() + 60
+    IncrJob.perform_all_later([IncrJob(f"{prefix}:n"), later])  # pushed and scheduled together
+    assert on_the_cluster.queue_size("default") == 7 and on_the_cluster.redis.zcard(on_the_cluster.keys.schedule) == 2
+
+
+@pytest.mark.django_db
+def test_the_dashboard_and_the_jobs_command_read_the_cluster(on_the_cluster, client, redis_cluster, prefix):
+    for i in range(3):
+        IncrJob.set(queue="low").perform_later(f"{prefix}:k{i}")
+    IncrJob.set(wait=60).perform_later(f"{prefix}:later")
+    client.force_login(User.objects.create_superuser("admin"))
+    base = "/admin/django_async_jobs/dashboard/"
+    for page in ("", "stats.json", "queues/", "queues/low/", "busy/", "scheduled/", "retries/", "recurring/",
+                 "blocked/", "batches/", "metrics/"):
+        assert client.get(base + page).status_code == 200, page
+    stats = client.get(base + "stats.json").json()
+    assert stats["redis"]["servers"] == len(redis_cluster.servers) and stats["redis"]["keys"] >= 2
+    out = StringIO()
+    call_command("jobs", "queues", "--json", stdout=out, stderr=StringIO())
+    assert {q["name"]: q["size"] for q in json.loads(out.getvalue())}["low"] == 3
+    assert on_the_cluster.clear_queue("low") == 3
+    assert not on_the_cluster.redis.sismember(on_the_cluster.keys.queues, "low")
+
+
+def test_flush_finds_the_keys_on_whichever_master_holds_them(on_the_cluster, prefix):
+    IncrJob.perform_bulk([(f"{prefix}:n",)] * 3)
+    on_the_cluster.pause_queue("low")
+    assert on_the_cluster.flush() >= 3
+    assert slots(on_the_cluster) == set()
+
+
+def test_a_broker_built_on_a_plain_client_keeps_the_plain_keys():
+    """The tag comes with the cluster client only: a single Redis keeps today's keys."""
+    broker = Broker(build({"REDIS_URL": "redis://127.0.0.1:1/0", "KEY_PREFIX": "app"}))
+    assert not broker.cluster and broker.keys == Keys("app")
