@@ -160,11 +160,13 @@ class DeadJobAdmin(admin.ModelAdmin):
         text = obj.error_message.splitlines()[0] if obj.error_message else ""
         if not obj.error_class and not text:
             return "-"
+        # A message that starts with its class's name already shows it once.
+        named = bool(obj.error_class) and not text.startswith(obj.error_class.rpartition(".")[2] + ":")
+        name = _last_part(obj.error_class) if named else ""
         return format_html(
             # A long URL or token breaks where it must, instead of widening the list.
             '<div style="min-width: 16em; overflow-wrap: anywhere">{}{}<span title="{}">{}</span></div>',
-            _last_part(obj.error_class) if obj.error_class else "", ": " if obj.error_class and text else "",
-            Truncator(text).chars(500), Truncator(text).chars(120),
+            name, ": " if name and text else "", Truncator(text).chars(500), Truncator(text).chars(120),
         )
 
     @admin.display(description=_("arguments"))

@@ -304,3 +304,16 @@ def test_delete_needs_delete_permission(rows, broker):
     assert "Successfully deleted 2 dead jobs." in messages_of(response)
     assert DeadJob.objects.count() == 2
     assert broker.queue_size("default") == 0
+
+
+def test_the_error_column_names_the_class_once(manager, db):
+    """The list shows "Class: message"; a message that already starts with its class's name is
+    shown as it is, not as "Class: Class: message"."""
+    row("e1", error_class="carrier.CarrierServerError", message="503 from the carrier")
+    row("e2", error_class="carrier.CarrierServerError", message="CarrierServerError: 503 again")
+    from django.utils.html import strip_tags
+
+    page = strip_tags(client_for(manager).get(reverse("admin:django_async_jobs_deadjob_changelist")).content.decode())
+    assert "CarrierServerError: 503 from the carrier" in page
+    assert "CarrierServerError: 503 again" in page
+    assert "CarrierServerError: CarrierServerError" not in page
