@@ -108,9 +108,11 @@ class GatedAccountJob(ApplicationJob):
 
     def perform(self, account, key, gate=None):
         _redis().rpush(f"{key}:start", self.job_id)
+        _redis().rpush(f"{key}:log", f"start {self.job_id}")
         if gate:
             _redis().blpop(gate, timeout=20)
         _redis().rpush(f"{key}:end", self.job_id)
+        _redis().rpush(f"{key}:log", f"end {self.job_id}")
 
 
 class DiscardingAccountJob(GatedAccountJob):
