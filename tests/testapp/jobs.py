@@ -19,6 +19,13 @@ class IncrJob(ApplicationJob):
         return amount
 
 
+class NoopJob(ApplicationJob):
+    """Does nothing: what a run of it costs is the library's (bench/cluster.py)."""
+
+    def perform(self):
+        pass
+
+
 class RecordJob(ApplicationJob):
     queue_as = "default"
 
