@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from django_async_jobs.testing import wait_for  # noqa: F401  (the suite imports it from here)
 
@@ -351,24 +352,29 @@ class SentinelGroup:
 
 
 class ClusterGroup:
-    """A Redis Cluster of the test's own: ``masters`` redis-servers on free ports, no replicas,
-    the 16384 slots split evenly between them in order.
+    """A Redis Cluster of the test's own: ``masters`` redis-servers on free ports, the 16384
+    slots split evenly between them in order, and ``replicas`` replicas of each master.
 
-    Put together as ``redis-cli --cluster create`` does (slots, config epochs, then MEET), but
-    by the nodes' own commands, which take any number of masters: the CLI refuses fewer than 3.
+    Put together as ``redis-cli --cluster create`` does (slots, config epochs, MEET, then
+    REPLICATE), but by the nodes' own commands, which take any number of masters: the CLI
+    refuses fewer than 3. A replica takes over a master that does not answer for
+    ``node_timeout_ms`` (Redis's default is 15 s).
     """
 
     SLOTS = 16384
 
-    def __init__(self, workdir: Path, *, masters: int = 3) -> None:
+    def __init__(self, workdir: Path, *, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 15000) -> None:
+        count = masters * (1 + replicas)
         # The bus port given: by default it is the port + 10000, which a free port may exceed.
-        self.bus_ports = [free_port() for _ in range(masters)]
+        self.bus_ports = [free_port() for _ in range(count)]
         self.servers = [
             RedisServer(workdir / f"node-{i}", args=[
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus),
+                "--cluster-node-timeout", str(node_timeout_ms), "--repl-diskless-sync-delay", "0",
             ])
             for i, bus in enumerate(self.bus_ports)
         ]
+        self.masters = masters
 
     def url(self, query: str = "") -> str:
         """The ``redis+cluster://`` URL of this cluster."""
@@ -379,27 +385,59 @@ class ClusterGroup:
         for server in self.servers:
             server.start()
         first = self.servers[0]
-        count = len(self.servers)
         for i, server in enumerate(self.servers):
             client = server.client()
-            client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * self.SLOTS // count, (i + 1) * self.SLOTS // count - 1)
-            client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+            if i < self.masters:
+                lo, hi = i * self.SLOTS // self.masters, (i + 1) * self.SLOTS // self.masters - 1
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
             if server is not first:
                 client.execute_command("CLUSTER", "MEET", "127.0.0.1", first.port, self.bus_ports[0])
             client.close()
+        wait_for(lambda: all(self._state(s, "cluster_known_nodes") == str(len(self.servers)) for s in self.servers),
+                 timeout, "every node of the cluster known to every other")
+        for i, server in enumerate(self.servers[self.masters:]):
+            master = self.servers[i % self.masters].client()
+            client = server.client()
+            client.execute_command("CLUSTER", "REPLICATE", master.execute_command("CLUSTER", "MYID"))
+            client.close()
+            master.close()
+        wait_for(lambda: all(self._state(s, "cluster_state") == "ok" for s in self.servers) and all(
+            self._state(s, "master_link_status", "replication") == "up" for s in self.servers[self.masters:]
+        ), timeout, "every node of the cluster ready")
 
-        def ready(server: RedisServer) -> bool:
+    @staticmethod
+    def _state(server: RedisServer, field: str, section: str | None = None) -> str | None:
+        """A field of a node's ``CLUSTER INFO`` (or of an ``INFO`` section), None while it does
+        not answer."""
+        client = server.client(socket_timeout=1)
+        try:
+            if section is not None:
+                return str(client.info(section).get(field))
+            text = client.execute_command("CLUSTER", "INFO").decode()
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+        return dict(line.split(":", 1) for line in text.split() if ":" in line).get(field)
+
+    def serving(self, key: str) -> RedisServer:
+        """The master that serves ``key``'s slot now, as the live nodes tell it."""
+        for server in self.servers:
+            if server.proc is None:
+                continue
             client = server.client(socket_timeout=1)
             try:
-                info = client.execute_command("CLUSTER", "INFO").decode()
+                slots = client.execute_command("CLUSTER", "SLOTS")
             except redis.RedisError:
-                return False
+                continue
             finally:
                 client.close()
-            fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
-            return fields.get("cluster_state") == "ok" and fields.get("cluster_known_nodes") == str(count)
-
-        wait_for(lambda: all(ready(s) for s in self.servers), timeout, "every node of the cluster ready")
+            slot = key_slot(key.encode())
+            for lo, hi, master, *_ in slots:
+                if lo <= slot <= hi:
+                    return next(s for s in self.servers if s.port == int(master[1]))
+        raise AssertionError("no node answers")
 
     def stop(self) -> None:
         for server in self.servers:

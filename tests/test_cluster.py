@@ -26,7 +26,7 @@ from django_async_jobs.conf import build, redact_url
 from django_async_jobs.models import DeadJob, OutboxJob
 from django_async_jobs.worker import dead_writer
 from django_async_jobs.worker.launcher import Worker
-from tests.helpers import registered, wait_for
+from tests.helpers import ClusterGroup, registered, wait_for
 from tests.testapp.batch_jobs import CallbackRecordJob, MemberJob
 from tests.testapp.jobs import IncrJob, TraceJob
 from tests.testapp.retry_jobs import FailingJob, NoRetryJob
@@ -303,3 +303,44 @@ def test_a_broker_built_on_a_plain_client_keeps_the_plain_keys():
     """The tag comes with the cluster client only: a single Redis keeps today's keys."""
     broker = Broker(build({"REDIS_URL": "redis://127.0.0.1:1/0", "KEY_PREFIX": "app"}))
     assert not broker.cluster and broker.keys == Keys("app")
+
+
+def test_a_master_that_dies_is_replaced_and_the_work_goes_on(tmp_path, settings, prefix):
+    """kill -9 of the master holding the deployment's slot, with a worker running: its replica
+    takes over (cluster-node-timeout 1 s); an enqueue meanwhile waits in RedisCluster's retries
+    or raises a redis.RedisError, and the worker goes on on the new master by itself."""
+    group = ClusterGroup(tmp_path / "failover", masters=3, replicas=1, node_timeout_ms=1000)
+    group.start()
+    errors: list[Exception] = []
+
+    def enqueued() -> bool:
+        try:
+            return bool(IncrJob.perform_later(key))
+        except Exception as exc:
+            errors.append(exc)
+            time.sleep(0.05)
+            return False
+
+    original = settings.ASYNC_JOBS
+    try:
+        settings.ASYNC_JOBS = {**original, "REDIS_URL": group.url()}
+        broker = get_broker()
+        key = f"{broker.keys.prefix}:n"  # on the same master as the jobs
+        w = Worker()
+        w.start()
+        try:
+            IncrJob.perform_bulk([(key,)] * 20)
+            wait_for(lambda: broker.redis.get(key) == b"20", 30, "20 jobs run")
+            old = group.serving(broker.keys.queues)
+            assert old.client().execute_command("WAIT", 1, 5000) == 1  # the replica has it all
+            old.stop()
+            wait_for(enqueued, 60, "an enqueue after the failover")
+            assert group.serving(broker.keys.queues) is not old
+            IncrJob.perform_bulk([(key,)] * 9)
+            wait_for(lambda: broker.redis.get(key) == b"30", 60, "the jobs enqueued after the failover run")
+        finally:
+            w.stop(timeout=5)
+    finally:
+        settings.ASYNC_JOBS = original  # the prefix's clean-up: on the usual Redis, not this cluster
+        group.stop()
+    assert all(isinstance(exc, redis.RedisError) for exc in errors), errors
