@@ -3,9 +3,12 @@
 Sidekiq 7's metrics, kept ``METRICS_RETENTION`` (72 hours). The worker's ``Metrics`` layer appends
 each finished job to a buffer in the process (a tuple on a deque: no lock, no Redis); the
 worker's heart sums the buffer up and sends it at every beat in one script (``metrics.lua``):
-one hash per minute (``p:metrics:<minute>``), fields ``<job class>|<stat>``, expiring with the
-retention. Execution time and latency go into log-scale histogram buckets (``BOUNDS_MS``, each
-half as wide again as the one before), from which ``percentile`` reads p50/p95/p99.
+one hash per minute (``p:metrics:<minute>``), fields ``<job class>|<stat>``, and the same
+amounts into its hour's hash (``p:metrics:h:<hour>``), each expiring with the retention. A
+window longer than ``MINUTES_UP_TO`` reads hours: 72 hours is 72 hashes, not 4,320. Execution
+time and latency go into log-scale histogram buckets (``BOUNDS_MS``, each half as wide again as
+the one before), from which ``percentile`` reads p50/p95/p99; buckets add up, so an hour's
+percentiles are as good as a minute's.
 
 Only executions count as runs (``RUNS``: the job's ``perform`` ran, whatever it raised). A job
 the worker drops before it runs (expired, blocked by its concurrency limit, cancelled) or puts
@@ -52,6 +55,9 @@ LATENCY_HISTOGRAM = "l"
 OTHER = "x:"
 
 Key = tuple[int, str, str]  # minute (epoch // 60), job class, queue
+
+# The longest window read a point a minute; a longer one reads a point an hour.
+MINUTES_UP_TO = 180
 
 
 def ran(outcome: Any) -> bool:
@@ -246,16 +252,17 @@ def percentile(histogram: Sequence[int] | dict[int, int], q: float) -> float | N
 
 @dataclass
 class ClassMetrics:
-    """One job class over the minutes asked for; lists run oldest minute first."""
+    """One job class over the window asked for, a point a minute or an hour (``Report.step``);
+    lists run oldest point first."""
 
     job_class: str
-    minutes: list[int]  # each minute's start, epoch seconds
+    starts: list[int]  # each point's start, epoch seconds
     runs: list[int]
     failures: list[int]
-    ms: list[float]  # execution time, summed over the minute's runs
-    latency_ms: list[float]  # queue latency, summed over the minute's runs that had one
+    ms: list[float]  # execution time, summed over the point's runs
+    latency_ms: list[float]  # queue latency, summed over the point's runs that had one
     latencies: list[int]
-    histograms: list[dict[int, int]]  # per minute: bucket -> runs (execution time)
+    histograms: list[dict[int, int]]  # per point: bucket -> runs (execution time)
     latency_histograms: list[dict[int, int]]
     other: dict[str, int] = field(default_factory=dict)  # not runs: outcome -> jobs (whole span)
 
@@ -288,8 +295,8 @@ class ClassMetrics:
         return percentile(self.histogram(), q)
 
     def percentile_series(self, q: float) -> list[float | None]:
-        """The ``q`` quantile of each minute (None for a minute without runs), for a chart."""
-        return [percentile(minute, q) for minute in self.histograms]
+        """The ``q`` quantile of each point (None for a point without runs), for a chart."""
+        return [percentile(point, q) for point in self.histograms]
 
     def as_json(self) -> dict[str, Any]:
         hist = self.histogram()
@@ -305,10 +312,10 @@ class ClassMetrics:
             "p95_latency_ms": percentile(self.latency_histogram(), 0.95),
             "other": self.other,
             "series": [
-                {"minute": m, "runs": r, "failures": f, "ms": round(ms, 3), "latency_ms": round(lat, 3),
+                {"start": m, "runs": r, "failures": f, "ms": round(ms, 3), "latency_ms": round(lat, 3),
                  "latencies": n, "histogram": h, "latency_histogram": lh}
                 for m, r, f, ms, lat, n, h, lh in zip(
-                    self.minutes, self.runs, self.failures, self.ms, self.latency_ms, self.latencies,
+                    self.starts, self.runs, self.failures, self.ms, self.latency_ms, self.latencies,
                     self.histograms, self.latency_histograms, strict=True,
                 )
             ],
@@ -328,16 +335,21 @@ class Mark:
 
 @dataclass
 class Report:
-    """``api.metrics``: every class seen in the span (or the one asked for), and the marks in it."""
+    """``api.metrics``: every class seen in the span (or the one asked for), and the marks in it.
+    ``starts`` are the points' starts (epoch seconds), ``step`` their width: 60 or 3,600 s. In a
+    window of hours the oldest point starts at the window's start, inside its hour, and sums only
+    the minutes from there: totals are the same at both steps."""
 
-    minutes: list[int]
+    starts: list[int]
+    step: int
     classes: dict[str, ClassMetrics]
     marks: list[Mark]
     bounds_ms: tuple[float, ...] = BOUNDS_MS
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "minutes": self.minutes,
+            "starts": self.starts,
+            "step": self.step,
             "bounds_ms": list(self.bounds_ms),
             "classes": [c.as_json() for c in sorted(self.classes.values(), key=lambda c: c.job_class)],
             "marks": [m.as_json() for m in self.marks],
@@ -360,53 +372,93 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def read(broker: Broker, job_class: str | None = None, minutes: int = 60, now: float | None = None) -> Report:
-    """The last ``minutes`` minutes (the current one included), from the minute hashes."""
+def read(
+    broker: Broker, job_class: str | None = None, minutes: int = 60, now: float | None = None,
+    hourly: bool | None = None,
+) -> Report:
+    """The last ``minutes`` minutes (the current one included): a point a minute from the minute
+    hashes, or, past ``MINUTES_UP_TO`` minutes (or ``hourly``), a point an hour from the hour
+    hashes, the oldest hour's part in the window from its minutes (summed in Redis)."""
     minutes = max(1, int(minutes))
     last = int((time.time() if now is None else now) // 60)
-    numbers = list(range(last - minutes + 1, last + 1))
-    hashes, raw_marks = broker.read_metrics(numbers, numbers[0] * 60)
+    first = last - minutes + 1
+    if hourly is None:
+        hourly = minutes > MINUTES_UP_TO
+    if not hourly:
+        minute_numbers, hours = list(range(first, last + 1)), []
+        starts, step = [n * 60 for n in minute_numbers], 60
+        at_point = list(range(len(minute_numbers)))
+    else:
+        whole = -(-first // 60)  # the first hour the window covers whole
+        minute_numbers = list(range(first, min(whole * 60, last + 1)))
+        hours = list(range(whole, last // 60 + 1))
+        starts = ([first * 60] if minute_numbers else []) + [h * 3600 for h in hours]
+        step = 3600
+    minute_hashes, hour_hashes, raw_marks = broker.read_metrics(minute_numbers, first * 60, hours, summed=hourly)
+    if hourly:
+        at_point = [0] * len(minute_hashes) + list(range(len(starts) - len(hours), len(starts)))
     classes: dict[str, ClassMetrics] = {}
-    for index, values in enumerate(hashes):
+    slots: dict[Any, tuple[str, str, Any] | None] = {}  # a field's meaning, parsed once per field
+    for index, values in zip(at_point, [*minute_hashes, *hour_hashes], strict=True):
         for raw_field, raw_value in values.items():
-            name, _, stat = _text(raw_field).rpartition("|")
-            if not name or (job_class is not None and name != job_class):
+            try:
+                slot = slots[raw_field]
+            except KeyError:
+                slot = slots[raw_field] = _slot(_text(raw_field), job_class)
+            if slot is None:
                 continue
             try:
-                amount = float(_text(raw_value))
+                amount = float(raw_value)
             except ValueError:
                 continue
+            name, series, key = slot
             found = classes.get(name)
             if found is None:
-                found = classes[name] = _empty(name, [n * 60 for n in numbers])
-            _add(found, index, stat, amount)
+                found = classes[name] = _empty(name, starts)
+            _add(found, index, series, key, amount)
     marks = []
     for member, score in raw_marks:
         _, _, label = _text(member).partition(" ")
         marks.append(Mark(float(score), label))
-    return Report([n * 60 for n in numbers], classes, marks)
+    return Report(starts, step, classes, marks)
 
 
-def _empty(name: str, minutes: list[int]) -> ClassMetrics:
-    n = len(minutes)
+def _empty(name: str, starts: list[int]) -> ClassMetrics:
+    n = len(starts)
     return ClassMetrics(
-        name, minutes, [0] * n, [0] * n, [0.0] * n, [0.0] * n, [0] * n, [{} for _ in range(n)], [{} for _ in range(n)],
+        name, starts, [0] * n, [0] * n, [0.0] * n, [0.0] * n, [0] * n, [{} for _ in range(n)], [{} for _ in range(n)],
     )
 
 
 _SERIES = {"r": "runs", "f": "failures", "ms": "ms", "lat": "latency_ms", "latn": "latencies"}
+_COUNTS = frozenset({"runs", "failures", "latencies"})
 
 
-def _add(metrics: ClassMetrics, index: int, stat: str, amount: float) -> None:
+def _slot(hash_field: str, job_class: str | None) -> tuple[str, str, Any] | None:
+    """What a hash field ``<class>|<stat>`` adds to: (class, series or "other", histogram bucket
+    or outcome or None); None for a field of another class or one this version does not know."""
+    name, _, stat = hash_field.rpartition("|")
+    if not name or (job_class is not None and name != job_class):
+        return None
     if stat in _SERIES:
-        series = getattr(metrics, _SERIES[stat])
-        series[index] = type(series[index])(amount)
-    elif stat.startswith(OTHER):
-        outcome = stat[len(OTHER):]
-        metrics.other[outcome] = metrics.other.get(outcome, 0) + int(amount)
-    elif stat[:1] in (HISTOGRAM, LATENCY_HISTOGRAM) and stat[1:].isdigit() and int(stat[1:]) < BUCKETS:
-        into = metrics.histograms if stat[0] == HISTOGRAM else metrics.latency_histograms
-        into[index][int(stat[1:])] = int(amount)
+        return name, _SERIES[stat], None
+    if stat.startswith(OTHER):
+        return name, "other", stat[len(OTHER):]
+    if stat[:1] in (HISTOGRAM, LATENCY_HISTOGRAM) and stat[1:].isdigit() and int(stat[1:]) < BUCKETS:
+        return name, "histograms" if stat[0] == HISTOGRAM else "latency_histograms", int(stat[1:])
+    return None
+
+
+def _add(metrics: ClassMetrics, index: int, series: str, key: Any, amount: float) -> None:
+    """Add one field's amount to its point (a point an hour may sum several minute hashes)."""
+    if series == "other":
+        metrics.other[key] = metrics.other.get(key, 0) + int(amount)
+    elif key is None:
+        values = getattr(metrics, series)
+        values[index] += int(amount) if series in _COUNTS else amount
+    else:
+        buckets = getattr(metrics, series)[index]
+        buckets[key] = buckets.get(key, 0) + int(amount)
 
 
 def mark(broker: Broker, label: str, at: float | None = None) -> Mark:

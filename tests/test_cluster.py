@@ -110,7 +110,7 @@ def test_a_single_redis_keeps_its_keys_and_a_cluster_tags_every_key():
         tagged.process("p"), tagged.inflight("p"), tagged.fetched("p"), tagged.recoveries, tagged.stat("failed"),
         tagged.lock("J", "d"), tagged.run_lock("J", "d"), tagged.cron("c"), tagged.concurrency("J:d"),
         tagged.concurrency_blocked("J:d"), tagged.blocked, tagged.limiter("window", "api"), tagged.cancel("j"),
-        tagged.batch("b"), tagged.batches, tagged.metrics(1), tagged.metrics_marks, tagged.result("r"),
+        tagged.batch("b"), tagged.batches, tagged.metrics(1), tagged.metrics_hour(1), tagged.metrics_marks, tagged.result("r"),
         tagged.outbox_lease("default"), tagged.outbox_relayed, tagged.notify,
         tagged.queue_base + "x", tagged.inflight_base + "p", tagged.process_base + "p", tagged.fetched_base + "p",
         tagged.lock_base + "x", tagged.batch_base + "x",
@@ -281,7 +281,7 @@ def test_the_dashboard_and_the_jobs_command_read_the_cluster(on_the_cluster, cli
     client.force_login(User.objects.create_superuser("admin"))
     base = "/admin/django_async_jobs/dashboard/"
     for page in ("", "stats.json", "queues/", "queues/low/", "busy/", "scheduled/", "retries/", "recurring/",
-                 "blocked/", "batches/", "metrics/"):
+                 "blocked/", "batches/", "metrics/", "metrics/?minutes=4320"):
         assert client.get(base + page).status_code == 200, page
     stats = client.get(base + "stats.json").json()
     assert stats["redis"]["servers"] == len(redis_cluster.servers) and stats["redis"]["keys"] >= 2

@@ -15,6 +15,7 @@ from django_async_jobs.broker.client import Broker
 from django_async_jobs.checks import check_settings
 from django_async_jobs.conf import get_settings
 from django_async_jobs.worker import processor
+from tests.dashboard_load import _seed_metrics
 from tests.helpers import wait_for
 from tests.testapp.flow_jobs import DiscardingAccountJob, ExpiringJob
 from tests.testapp.jobs import FailJob, IncrJob, TraceJob
@@ -58,7 +59,7 @@ def test_runs_failures_and_jobs_that_did_not_run_are_counted_per_class(broker, w
     series = incr.percentile_series(0.95)
     assert len(series) == 5 and series.count(None) >= 3 and any(series)  # the minutes that ran
     assert sum(incr.latencies) == 3 and incr.average_latency_ms >= 0
-    assert len(report.minutes) == 5 and report.minutes[-1] == int(time.time() // 60) * 60
+    assert len(report.starts) == 5 and report.starts[-1] == int(time.time() // 60) * 60 and report.step == 60
 
 
 def test_execution_time_lands_in_its_bucket_and_latency_counts_from_the_run_at(broker, worker, prefix):
@@ -95,7 +96,93 @@ def test_minute_hashes_expire_with_the_retention_and_old_minutes_are_not_written
     assert 540 < ttl <= 660
     assert not broker.redis.exists(broker.keys.metrics(minute - 30))  # older than the retention
     assert api.metrics("a.Job", minutes=5).classes["a.Job"].total_runs == 2
-    assert len(api.metrics(minutes=10_000).minutes) == 10  # never further back than the retention
+    assert len(api.metrics(minutes=10_000).starts) == 10  # never further back than the retention
+
+
+def _seed_hours(broker, now, hours=5):
+    """Minutes of the last ``hours`` hours as workers' flushes write them (two classes, varying
+    counts, times and buckets; some minutes empty), a flush of a few minutes at a time."""
+    last = int(now // 60)
+    minutes = range(last - hours * 60 + 1, last + 1)
+    for start in range(0, len(minutes), 7):
+        increments = {}
+        for minute in minutes[start:start + 7]:
+            if minute % 11 == 0:
+                continue  # a quiet minute
+            i = minute % 17
+            increments[minute] = {
+                "a.Job|r": str(3 + i), "a.Job|f": str(i % 3), "a.Job|ms": f"{12.5 * (i + 1):.3f}",
+                "a.Job|lat": f"{0.75 * i:.3f}", "a.Job|latn": str(2 + i), f"a.Job|h{i}": "2",
+                f"a.Job|h{i + 20}": str(1 + i), f"a.Job|l{i % 5}": str(2 + i), "b.Job|r": "1",
+                "b.Job|h30": "1", "b.Job|x:expired": str(i % 2),
+            }
+        broker.record_metrics(increments, 72 * 3600, now)
+
+
+def _totals(report):
+    return {
+        name: (c.total_runs, c.total_failures, round(sum(c.ms), 3), round(sum(c.latency_ms), 3), sum(c.latencies),
+               c.histogram(), c.latency_histogram(), c.other, [c.percentile(q) for q in (0.5, 0.95, 0.99)],
+               c.average_ms, c.average_latency_ms)
+        for name, c in report.classes.items()
+    }
+
+
+@pytest.mark.parametrize("minutes", [60, 150, 181, 240, 300])
+def test_a_window_of_hours_reads_the_hour_hashes_and_agrees_with_its_minutes(broker, minutes):
+    """Each flush adds to the hour's hash what it adds to the minutes': over any window, the
+    hourly read (the oldest hour's part from its minutes) sums to what the minutes sum to."""
+    now = time.time()
+    _seed_hours(broker, now)
+    by_minute = metrics.read(broker, minutes=minutes, now=now, hourly=False)
+    by_hour = metrics.read(broker, minutes=minutes, now=now, hourly=True)
+    assert by_minute.step == 60 and by_hour.step == 3600 and len(by_minute.starts) == minutes
+    assert _totals(by_hour) == _totals(by_minute) and by_minute.classes["a.Job"].total_runs > minutes
+    first = int(now // 60) - minutes + 1
+    assert by_hour.starts[0] == first * 60 and all(s % 3600 == 0 for s in by_hour.starts[1:])
+    assert len(by_hour.starts) == len({m // 60 for m in range(first, first + minutes)})
+    hourly = by_hour.classes["a.Job"]
+    for at, start in enumerate(by_hour.starts):  # each point is its minutes' sum
+        end = by_hour.starts[at + 1] if at + 1 < len(by_hour.starts) else float("inf")
+        inside = [i for i, s in enumerate(by_minute.starts) if start <= s < end]
+        assert hourly.runs[at] == sum(by_minute.classes["a.Job"].runs[i] for i in inside)
+    assert api.metrics(minutes=minutes).step == (3600 if minutes > metrics.MINUTES_UP_TO else 60)
+
+
+def test_the_hour_hash_is_written_beside_the_minute_and_expires_with_the_retention_after_its_hour(broker):
+    now = time.time()
+    minute = int(now // 60)
+    hour = minute // 60
+    broker.record_metrics({minute: {"a.Job|r": "2", "a.Job|ms": "1.500"}, minute - 1: {"a.Job|r": "3"}}, 600, now)
+    minute_ttl, hour_ttl = broker.redis.ttl(broker.keys.metrics(minute)), broker.redis.ttl(broker.keys.metrics_hour(hour))
+    assert 540 < minute_ttl <= 660
+    assert abs(hour_ttl - ((hour + 1) * 3600 + 600 - now)) <= 2  # the retention after its hour ends
+    in_hour = {minute, minute - 1} if (minute - 1) // 60 == hour else {minute}
+    hour_hash = broker.redis.hgetall(broker.keys.metrics_hour(hour))
+    assert hour_hash[b"a.Job|r"] == str(2 + 3 * (len(in_hour) - 1)).encode() and float(hour_hash[b"a.Job|ms"]) == 1.5
+    # Past the retention a minute writes neither hash; an hour's last minute keeps it longest.
+    old = minute - 11 * 60
+    broker.record_metrics({old: {"a.Job|r": "1"}}, 600, now)
+    assert not broker.redis.exists(broker.keys.metrics(old), broker.keys.metrics_hour(old // 60))
+    last_of_hour = (hour - 1) * 60 + 59
+    broker.record_metrics({last_of_hour: {"a.Job|r": "1"}}, 3600, now)
+    ttl = broker.redis.ttl(broker.keys.metrics_hour(hour - 1))
+    assert broker.redis.ttl(broker.keys.metrics(last_of_hour)) <= ttl <= hour * 3600 + 3600 - now + 1
+
+
+def test_72_hours_of_busy_classes_read_as_hours(broker):
+    """The dashboard's 72-hour window: 73 hashes (72 hours and the oldest hour's minutes in the
+    window, at most 59), not 4,320; every run of every minute counted once."""
+    now = time.time()
+    _seed_metrics(broker, 2, now)  # 100 runs and 2 failures a minute per class
+    report = api.metrics(minutes=72 * 60)
+    assert report.step == 3600 and len(report.starts) in (72, 73)
+    one = report.classes["reports.jobs.Report1Job"]
+    assert (one.total_runs, one.total_failures) == (100 * 72 * 60, 2 * 72 * 60)
+    assert one.average_ms == pytest.approx(42.105) and one.average_latency_ms == pytest.approx(8.1225)
+    assert sum(one.histogram().values()) == sum(10 + b for b in range(8, 13)) * 72 * 60
+    assert one.percentile(0.5) == metrics.BOUNDS_MS[10] and one.percentile(0.99) == metrics.BOUNDS_MS[12]
+    assert one.percentile_series(0.5)[1:] == [metrics.BOUNDS_MS[10]] * (len(report.starts) - 1)
 
 
 def test_a_flush_redis_did_not_take_is_sent_with_the_next(broker, prefix):

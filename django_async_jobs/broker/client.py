@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -156,7 +156,7 @@ class Broker:
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
                 "renew_locks", "cron_push", "clear",
-                "pick", "find", "relay", "rate_limit", "concurrency", "checkpoint", "batch", "metrics",
+                "pick", "find", "relay", "rate_limit", "concurrency", "checkpoint", "batch", "metrics", "metrics_sum",
             )
         }
 
@@ -599,29 +599,43 @@ class Broker:
         self.redis.set(self.keys.cancel(job_id), int(time.time()), ex=max(1, int(ttl)))
 
     def record_metrics(self, increments: dict[int, dict[str, str]], retention: float, now: float) -> None:
-        """Add a worker's buffered metrics to the minute hashes (minute -> field -> amount), each
-        hash expiring ``retention`` seconds after its minute ends; minutes already past it are left out."""
+        """Add a worker's buffered metrics to the minute hashes (minute -> field -> amount) and
+        to their hours' hashes, in one script call; each hash expires ``retention`` seconds after
+        its minute (its hour) ends; minutes already past it are left out."""
         keys: list[str] = []
         args: list[Any] = []
         for minute, amounts in increments.items():
             ttl = int((minute + 1) * 60 + retention - now)
             if ttl <= 0 or not amounts:
                 continue
-            keys.append(self.keys.metrics(minute))
-            args += (ttl, len(amounts))
+            hour = minute // 60
+            keys += (self.keys.metrics(minute), self.keys.metrics_hour(hour))
+            args += (ttl, int((hour + 1) * 3600 + retention - now), len(amounts))
             for name, amount in amounts.items():
                 args += (name, amount)
         if keys:
             self._run("metrics", keys, args)
 
-    def read_metrics(self, minutes: list[int], since: float) -> tuple[list[dict[bytes, bytes]], list[tuple[bytes, float]]]:
-        """The minute hashes asked for, and the deploy marks from ``since`` (epoch) on: one round trip."""
+    def read_metrics(
+        self, minutes: list[int], since: float, hours: Sequence[int] = (), summed: bool = False
+    ) -> tuple[list[dict[bytes, bytes]], list[dict[bytes, bytes]], list[tuple[bytes, float]]]:
+        """The minute hashes and the hour hashes asked for, and the deploy marks from ``since``
+        (epoch) on. ``summed``: the minutes come back as one hash, their sum (``metrics_sum.lua``,
+        a call of its own: a cluster's pipeline would leave a script its cache lost to us), none
+        for no minutes."""
+        minute_hashes: list[dict[bytes, bytes]] = []
+        if summed and minutes:
+            flat = self._run("metrics_sum", [self.keys.metrics(minute) for minute in minutes], [])
+            minute_hashes.append(dict(zip(flat[::2], flat[1::2], strict=True)))
         with self.redis.pipeline(transaction=False) as pipe:
-            for minute in minutes:
+            for minute in [] if summed else minutes:
                 pipe.hgetall(self.keys.metrics(minute))
+            for hour in hours:
+                pipe.hgetall(self.keys.metrics_hour(hour))
             pipe.zrangebyscore(self.keys.metrics_marks, since, "+inf", withscores=True)
             *hashes, marks = pipe.execute()
-        return hashes, marks
+        minute_hashes += hashes[:len(hashes) - len(hours)]
+        return minute_hashes, hashes[len(hashes) - len(hours):], marks
 
     def add_metrics_mark(self, member: str, at: float, retention: float) -> None:
         """Add a deploy mark, forgetting those older than ``retention``."""

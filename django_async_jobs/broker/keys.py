@@ -45,6 +45,9 @@ key                                    type       holds
 ``p:metrics:<minute>``                  hash       per-class metrics of one minute (epoch // 60):
                                                   ``<class>|<stat>`` -> amount; expires after
                                                   METRICS_RETENTION (metrics.py)
+``p:metrics:h:<hour>``                  hash       the same summed over an hour (epoch // 3600), for
+                                                  long windows; expires METRICS_RETENTION after
+                                                  its hour (metrics.lua writes both at once)
 ``p:metrics:marks``                     zset       deploy marks: "<epoch> <label>" -> epoch
 =====================================  =========  ===============================================
 """
@@ -227,6 +230,11 @@ class Keys:
     def metrics(self, minute: int) -> str:
         """One minute's per-class metrics (``metrics.py``); ``minute`` is epoch seconds // 60."""
         return f"{self.prefix}:metrics:{minute}"
+
+    def metrics_hour(self, hour: int) -> str:
+        """One hour's per-class metrics, the sum of its minutes' (``hour`` is epoch seconds //
+        3600): a 72-hour window reads 72 of these instead of 4,320 minutes."""
+        return f"{self.prefix}:metrics:h:{hour}"
 
     @property
     def metrics_marks(self) -> str:

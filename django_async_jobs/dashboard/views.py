@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -725,13 +726,14 @@ def _batch_row(batch: dict[str, Any], now: float) -> dict[str, Any]:
 
 METRIC_WINDOWS = ((60, gettext_lazy("1 hour")), (360, gettext_lazy("6 hours")), (1440, gettext_lazy("24 hours")),
                   (4320, gettext_lazy("72 hours")))
-CHART_POINTS = 120  # a chart's points at most: longer windows sum several minutes a point
+CHART_POINTS = 120  # a chart's points at most: more points are summed a few to one
 
 
 def metrics(request: HttpRequest, site: AdminSite) -> HttpResponse:
-    """Per job class over a window of up to 72 hours (``api.metrics``): runs, failures,
-    execution time (average, p50, p95, p99) and queue latency; for one class, its charts (runs
-    and failures, percentiles over time, the execution-time histogram) with the deploy marks."""
+    """Per job class over a window of up to 72 hours (``api.metrics``: a point a minute up to 3
+    hours, an hour beyond): runs, failures, execution time (average, p50, p95, p99) and queue
+    latency; for one class, its charts (runs and failures, percentiles over time, the
+    execution-time histogram) with the deploy marks."""
     minutes = _int(request.GET.get("minutes"), 60)
     if minutes not in dict(METRIC_WINDOWS):
         minutes = 60
@@ -746,26 +748,32 @@ def metrics(request: HttpRequest, site: AdminSite) -> HttpResponse:
         for c in sorted(report.classes.values(), key=lambda c: c.job_class)
     ]
     chart = _metric_charts(report, report.classes.get(chosen)) if chosen else _metric_charts(report, None)
+    a_point = chart["minutes_a_point"]
+    per = _("per hour") if a_point == 60 else ngettext("per minute", "per %(n)d minutes", a_point) % {"n": a_point}
     return _render(
         request, site, "metrics.html", "metrics", _("Metrics"), rows=rows, chosen=chosen, minutes=minutes,
         windows=[(m, label, f"{here}?{urlencode({'minutes': m, **({'class': chosen} if chosen else {})})}")
                  for m, label in METRIC_WINDOWS],
-        chart=chart, marks=[(absolute(m.at), m.label) for m in report.marks], all_url=f"{here}?minutes={minutes}",
+        chart=chart, per=per, marks=[(absolute(m.at), m.label) for m in report.marks],
+        all_url=f"{here}?minutes={minutes}",
     )
 
 
 def _metric_charts(report: Any, one: Any) -> dict[str, Any]:
-    """The charts' data (JSON for dashboard.js): points of ``size`` minutes, the marks at theirs."""
+    """The charts' data (JSON for dashboard.js): the report's points (a minute or an hour each),
+    ``size`` of them summed a point when there are more than ``CHART_POINTS``; the marks at theirs."""
     classes = [one] if one is not None else list(report.classes.values())
-    count = len(report.minutes)
+    count = len(report.starts)
     size = max(1, -(-count // CHART_POINTS))
-    starts = report.minutes[::size]
+    starts = report.starts[::size]
+    # An hourly chart spans days: its labels carry the date.
+    label_of = (lambda at: absolute(at)[5:16]) if report.step >= 3600 else (lambda at: absolute(at)[11:16])
     points = []
     for index, start in enumerate(starts):
         span = range(index * size, min((index + 1) * size, count))
         runs = sum(c.runs[i] for c in classes for i in span)
         failures = sum(c.failures[i] for c in classes for i in span)
-        point = {"label": absolute(start)[11:16], "processed": runs, "failed": failures}
+        point = {"label": label_of(start), "processed": runs, "failed": failures}
         if one is not None:
             merged: dict[int, int] = {}
             for i in span:
@@ -775,10 +783,10 @@ def _metric_charts(report: Any, one: Any) -> dict[str, Any]:
                 point[f"p{q}"] = job_metrics.percentile(merged, q / 100) or 0
         points.append(point)
     marks = [
-        {"index": min(len(starts) - 1, max(0, int((m.at - starts[0]) // (size * 60)))), "label": m.label}
+        {"index": max(0, bisect_right(starts, int(m.at)) - 1), "label": m.label}
         for m in report.marks
     ]
-    data: dict[str, Any] = {"points": points, "marks": marks, "minutes_a_point": size}
+    data: dict[str, Any] = {"points": points, "marks": marks, "minutes_a_point": size * report.step // 60}
     if one is not None:
         histogram = one.histogram()
         if histogram:
