@@ -882,8 +882,7 @@ def metrics(job_class: str | None = None, minutes: int = 60, broker: Broker | No
     """Per-class runs, failures, execution time and queue latency over the last ``minutes`` (the
     current one included), a point a minute up to ``metrics.MINUTES_UP_TO`` (3 hours), a point
     an hour beyond (``report.step``), with the deploy marks in that span; p50/p95/p99 from
-    ``ClassMetrics.percentile`` (see ``metrics.py``). One round trip, two for a window of hours
-    that starts inside an hour."""
+    ``ClassMetrics.percentile`` (see ``metrics.py``). Two round trips."""
     if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes < 1:
         raise ValueError(f"metrics(minutes=) must be a positive integer, got {minutes!r}.")
     broker = broker or get_broker()

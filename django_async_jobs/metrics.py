@@ -385,37 +385,40 @@ def read(
     if hourly is None:
         hourly = minutes > MINUTES_UP_TO
     if not hourly:
-        minute_numbers, hours = list(range(first, last + 1)), []
-        starts, step = [n * 60 for n in minute_numbers], 60
-        at_point = list(range(len(minute_numbers)))
+        minute_groups, hours = [[n] for n in range(first, last + 1)], []
+        starts, step = [n * 60 for n in range(first, last + 1)], 60
     else:
         whole = -(-first // 60)  # the first hour the window covers whole
-        minute_numbers = list(range(first, min(whole * 60, last + 1)))
-        hours = list(range(whole, last // 60 + 1))
-        starts = ([first * 60] if minute_numbers else []) + [h * 3600 for h in hours]
+        edge = list(range(first, min(whole * 60, last + 1)))
+        minute_groups, hours = [edge] if edge else [], list(range(whole, last // 60 + 1))
+        starts = ([first * 60] if edge else []) + [h * 3600 for h in hours]
         step = 3600
-    minute_hashes, hour_hashes, raw_marks = broker.read_metrics(minute_numbers, first * 60, hours, summed=hourly)
-    if hourly:
-        at_point = [0] * len(minute_hashes) + list(range(len(starts) - len(hours), len(starts)))
+    points, raw_marks = broker.read_metrics(minute_groups, hours, first * 60)
     classes: dict[str, ClassMetrics] = {}
-    slots: dict[Any, tuple[str, str, Any] | None] = {}  # a field's meaning, parsed once per field
-    for index, values in zip(at_point, [*minute_hashes, *hour_hashes], strict=True):
+    # Each field's target, found once per field name: every point repeats the same names.
+    targets: dict[Any, tuple[int, Any, Any] | None] = {}
+    for index, values in enumerate(points):
         for raw_field, raw_value in values.items():
             try:
-                slot = slots[raw_field]
+                target = targets[raw_field]
             except KeyError:
-                slot = slots[raw_field] = _slot(_text(raw_field), job_class)
-            if slot is None:
+                target = targets[raw_field] = _target(_text(raw_field), job_class, classes, starts)
+            if target is None:
                 continue
             try:
                 amount = float(raw_value)
             except ValueError:
                 continue
-            name, series, key = slot
-            found = classes.get(name)
-            if found is None:
-                found = classes[name] = _empty(name, starts)
-            _add(found, index, series, key, amount)
+            kind, into, key = target
+            if kind == _SUM:
+                into[index] += amount
+            elif kind == _COUNT:
+                into[index] += int(amount)
+            elif kind == _BUCKET:
+                buckets = into[index]
+                buckets[key] = buckets.get(key, 0) + int(amount)
+            else:  # _OUTCOME: over the whole span
+                into[key] = into.get(key, 0) + int(amount)
     marks = []
     for member, score in raw_marks:
         _, _, label = _text(member).partition(" ")
@@ -430,35 +433,34 @@ def _empty(name: str, starts: list[int]) -> ClassMetrics:
     )
 
 
-_SERIES = {"r": "runs", "f": "failures", "ms": "ms", "lat": "latency_ms", "latn": "latencies"}
-_COUNTS = frozenset({"runs", "failures", "latencies"})
+# How a field adds to its target (a point an hour may sum several minute hashes).
+_SUM, _COUNT, _BUCKET, _OUTCOME = range(4)
+_SERIES = {"r": ("runs", _COUNT), "f": ("failures", _COUNT), "ms": ("ms", _SUM), "lat": ("latency_ms", _SUM),
+           "latn": ("latencies", _COUNT)}
 
 
-def _slot(hash_field: str, job_class: str | None) -> tuple[str, str, Any] | None:
-    """What a hash field ``<class>|<stat>`` adds to: (class, series or "other", histogram bucket
-    or outcome or None); None for a field of another class or one this version does not know."""
+def _target(
+    hash_field: str, job_class: str | None, classes: dict[str, ClassMetrics], starts: list[int]
+) -> tuple[int, Any, Any] | None:
+    """Where a hash field ``<class>|<stat>`` adds to: (how, its class's series or ``other``,
+    the histogram bucket or outcome); None for a field of another class or one this version
+    does not know. Adds the class to ``classes`` the first time."""
     name, _, stat = hash_field.rpartition("|")
     if not name or (job_class is not None and name != job_class):
         return None
+    key: Any = None
     if stat in _SERIES:
-        return name, _SERIES[stat], None
-    if stat.startswith(OTHER):
-        return name, "other", stat[len(OTHER):]
-    if stat[:1] in (HISTOGRAM, LATENCY_HISTOGRAM) and stat[1:].isdigit() and int(stat[1:]) < BUCKETS:
-        return name, "histograms" if stat[0] == HISTOGRAM else "latency_histograms", int(stat[1:])
-    return None
-
-
-def _add(metrics: ClassMetrics, index: int, series: str, key: Any, amount: float) -> None:
-    """Add one field's amount to its point (a point an hour may sum several minute hashes)."""
-    if series == "other":
-        metrics.other[key] = metrics.other.get(key, 0) + int(amount)
-    elif key is None:
-        values = getattr(metrics, series)
-        values[index] += int(amount) if series in _COUNTS else amount
+        attr, kind = _SERIES[stat]
+    elif stat.startswith(OTHER):
+        attr, kind, key = "other", _OUTCOME, stat[len(OTHER):]
+    elif stat[:1] in (HISTOGRAM, LATENCY_HISTOGRAM) and stat[1:].isdigit() and int(stat[1:]) < BUCKETS:
+        attr, kind, key = "histograms" if stat[0] == HISTOGRAM else "latency_histograms", _BUCKET, int(stat[1:])
     else:
-        buckets = getattr(metrics, series)[index]
-        buckets[key] = buckets.get(key, 0) + int(amount)
+        return None
+    found = classes.get(name)
+    if found is None:
+        found = classes[name] = _empty(name, starts)
+    return kind, getattr(found, attr), key
 
 
 def mark(broker: Broker, label: str, at: float | None = None) -> Mark:

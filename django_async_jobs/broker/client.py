@@ -156,7 +156,7 @@ class Broker:
             for name in (
                 "push", "fetch", "settle", "heartbeat", "recover", "release", "poll", "lock_push", "unlock",
                 "renew_locks", "cron_push", "clear",
-                "pick", "find", "relay", "rate_limit", "concurrency", "checkpoint", "batch", "metrics", "metrics_sum",
+                "pick", "find", "relay", "rate_limit", "concurrency", "checkpoint", "batch", "metrics", "metrics_read",
             )
         }
 
@@ -617,25 +617,21 @@ class Broker:
             self._run("metrics", keys, args)
 
     def read_metrics(
-        self, minutes: list[int], since: float, hours: Sequence[int] = (), summed: bool = False
-    ) -> tuple[list[dict[bytes, bytes]], list[dict[bytes, bytes]], list[tuple[bytes, float]]]:
-        """The minute hashes and the hour hashes asked for, and the deploy marks from ``since``
-        (epoch) on. ``summed``: the minutes come back as one hash, their sum (``metrics_sum.lua``,
-        a call of its own: a cluster's pipeline would leave a script its cache lost to us), none
-        for no minutes."""
-        minute_hashes: list[dict[bytes, bytes]] = []
-        if summed and minutes:
-            flat = self._run("metrics_sum", [self.keys.metrics(minute) for minute in minutes], [])
-            minute_hashes.append(dict(zip(flat[::2], flat[1::2], strict=True)))
-        with self.redis.pipeline(transaction=False) as pipe:
-            for minute in [] if summed else minutes:
-                pipe.hgetall(self.keys.metrics(minute))
-            for hour in hours:
-                pipe.hgetall(self.keys.metrics_hour(hour))
-            pipe.zrangebyscore(self.keys.metrics_marks, since, "+inf", withscores=True)
-            *hashes, marks = pipe.execute()
-        minute_hashes += hashes[:len(hashes) - len(hours)]
-        return minute_hashes, hashes[len(hashes) - len(hours):], marks
+        self, minutes: Sequence[Sequence[int]], hours: Sequence[int], since: float
+    ) -> tuple[list[dict[bytes, bytes]], list[tuple[bytes, float]]]:
+        """The points asked for, each a hash's fields: a group of minutes summed (one minute
+        alone: its hash), then an hour each (``metrics_read.lua``); and the deploy marks from
+        ``since`` (epoch) on. Two round trips."""
+        keys = [self.keys.metrics(m) for group in minutes for m in group]
+        keys += [self.keys.metrics_hour(h) for h in hours]
+        sizes = [len(group) for group in minutes] + [1] * len(hours)
+        packed = self._run("metrics_read", keys, sizes) if keys else []
+        points = []
+        for text in packed:
+            parts = text.split(b"\0") if text else []
+            points.append(dict(zip(parts[::2], parts[1::2], strict=True)))
+        marks = self.redis.zrangebyscore(self.keys.metrics_marks, since, "+inf", withscores=True)
+        return points, marks
 
     def add_metrics_mark(self, member: str, at: float, retention: float) -> None:
         """Add a deploy mark, forgetting those older than ``retention``."""
