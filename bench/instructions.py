@@ -6,13 +6,15 @@ Wall-clock rates on a shared machine swing by 15 % between identical cells, more
 budget a hot-path change is held to. An instruction count for the same code and input repeats
 to a fraction of a percent whatever else the machine runs. For the current tree and each REF:
 
-* the worker: ``runworker -c 10`` runs under callgrind over a queue of N1 ready jobs, until all
-  ran, then is stopped; again over N2. ``(I2 - I1) / (N2 - N1)`` is what one job costs the
+* the worker: ``runworker -c 1`` runs under callgrind over a queue of N1 ready jobs, until all
+  ran, then is stopped; again over N2 (its beats and poller stretched as callgrind slows it). ``(I2 - I1) / (N2 - N1)`` is what one job costs the
   worker process (fetch, decode, run, settle, log, metrics), start-up and shutdown cancelling out;
 * the client: ``perform_later`` N1 times in one process, then N2 times, the same way.
 
 The current tree's client fills the worker's queue for every tree, so only worker code differs.
-Counts include everything the process executes: the interpreter, redis-py, the job body.
+Counts include everything the process executes: the interpreter, redis-py, the job body. One
+processor thread: with ten, how often they hand the interpreter lock to each other, which
+depends on the machine's load, moves a count by several per cent.
 Needs ``valgrind`` on PATH; takes a few minutes per tree (callgrind runs Python ~50x slower).
 """
 
@@ -63,14 +65,30 @@ def _count(log: Path, what: str) -> int:
     return int(found[-1])
 
 
-def worker_instructions(tree: Path, jobs: int, conn: redis.Redis) -> int:
+# Callgrind runs the worker some 50 times slower, so work done every few seconds (a beat, the
+# scheduled-job poller) would fall on 50 times fewer jobs than at full speed. These settings
+# stretch those periods by as much; ``SETTINGS`` of each tree supplies the rest.
+_SLOW_SETTINGS = f"""from {SETTINGS} import *  # noqa: F403
+ASYNC_JOBS = {{**ASYNC_JOBS, "HEARTBEAT_TIMEOUT": 3000, "HEARTBEAT_INTERVAL": 250, "POLL_INTERVAL": 25}}  # noqa: F405
+"""
+
+
+def _slow_settings() -> Path:
+    folder = RESULTS_DIR / "callgrind"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "callgrind_settings.py").write_text(_SLOW_SETTINGS)
+    return folder
+
+
+def worker_instructions(tree: Path, jobs: int, conn: redis.Redis, threads: int = 1) -> int:
     """Instructions the worker process of ``tree`` executed to start, run ``jobs`` jobs, stop."""
     conn.flushdb()
     bulk_enqueue(_job(), jobs, 0.0)
-    env = bench_env({"DJANGO_SETTINGS_MODULE": SETTINGS, "PYTHONPATH": str(tree)})
+    path = f"{tree}:{_slow_settings()}"
+    env = bench_env({"DJANGO_SETTINGS_MODULE": "callgrind_settings", "PYTHONPATH": path})
     log = RESULTS_DIR / "callgrind-worker.log"
     proc = subprocess.Popen(
-        _callgrind(worker_command(1, 10), log), cwd=tree, env=env,
+        _callgrind(worker_command(1, threads), log), cwd=tree, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 1800
@@ -116,7 +134,7 @@ def per_job(measure, tree: Path, small: int, large: int, conn: redis.Redis) -> f
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against", default="", help="commits to compare, separated by commas")
-    parser.add_argument("--jobs", default="1000,3000", help="N1,N2: the two queue lengths (default 1000,3000)")
+    parser.add_argument("--jobs", default="500,2500", help="N1,N2: the two queue lengths (default 500,2500)")
     args = parser.parse_args(argv)
     small, large = (int(n) for n in args.jobs.split(","))
     trees = {"ours": _REPO}
