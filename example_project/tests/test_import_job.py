@@ -69,8 +69,13 @@ def test_a_long_import_goes_on_in_several_runs_each_line_once(broker, worker, wa
     assert (row.processed, row.total, row.error_count) == (IMPORT_ROWS, IMPORT_ROWS, len(IMPORT_BAD_LINES))
     assert [d["row"] for d in row.error_details] == sorted(IMPORT_BAD_LINES)  # each bad line once
     assert Task.objects.filter(tracking_number__startswith="IMP-").count() == IMPORT_ROWS - len(IMPORT_BAD_LINES)
-    runs = list(JobRun.objects.filter(job_id=job.job_id).order_by("started_at"))
-    assert len(runs) >= 2 and all(r.status == "succeeded" for r in runs)
+
+    def settled_runs():  # the last run's record is saved just after the progress row completes
+        runs = list(JobRun.objects.filter(job_id=job.job_id).order_by("started_at"))
+        return runs if runs and all(r.status == "succeeded" for r in runs) else None
+
+    runs = wait_for(settled_runs, what="every run recorded as succeeded")
+    assert len(runs) >= 2
     assert all(r.result.startswith("interrupted (max_iteration_runtime reached) at cursor") for r in runs[:-1])
 
 
