@@ -497,8 +497,10 @@ class ApplicationJob:
         job.enqueued_at = data.get("enqueued_at")
         job.successfully_enqueued = True
         job.payload = data
-        job.meta = _mapping(data, "meta", tagged)
-        job.context = _mapping(data, "context", tagged)
+        # Most payloads carry neither: no call for them (this runs once per job in the worker).
+        meta, context = data.get("meta"), data.get("context")
+        job.meta = {} if meta is None else _mapping(data, "meta", tagged)
+        job.context = {} if context is None else _mapping(data, "context", tagged)
         return job
 
     # -- performing --------------------------------------------------------------------------

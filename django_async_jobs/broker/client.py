@@ -150,6 +150,7 @@ class Broker:
         k = self.keys
         self._prelude = ((k.queues, k.seq, k.dead), (k.queue_base, k.notify))  # see _frame
         self._push_heads: dict[tuple[str, Any], bytes] = {}  # see push_one
+        self._settle_cache: tuple[tuple[str, str], list[str]] = (("", ""), [])  # see _settle_keys
         self._push_tail = b"*3\r\n" + _resp("PUBLISH", k.notify, "ready")
         self._scripts = {
             name: self.redis.register_script(_script_source(name))
@@ -519,18 +520,26 @@ class Broker:
         of the concurrency limits of the batch's limited jobs, whose places the step frees.
         """
         k = self.keys
-        day = today()
         args: list[Any] = [DAILY_STATS_TTL]
         for op in ops:
             args.extend(op)
-        keys = [
-            k.inflight(process_id), k.recoveries, k.retry,
-            k.stat("processed"), k.stat("processed", day),
-            k.stat("failed"), k.stat("failed", day), k.schedule, k.stat("expired"),
-        ]
+        keys = self._settle_keys(process_id, today())
         if limit_keys:
-            keys += [k.processes, k.blocked, *dict.fromkeys(limit_keys)]
+            keys = [*keys, k.processes, k.blocked, *dict.fromkeys(limit_keys)]
         self._run("settle", keys, args)
+
+    def _settle_keys(self, process_id: str, day: str) -> list[str]:
+        """The settle step's fixed keys, built once per process and day (it runs once per job
+        or batch of jobs)."""
+        cached = self._settle_cache
+        if cached[0] != (process_id, day):
+            k = self.keys
+            cached = self._settle_cache = ((process_id, day), [
+                k.inflight(process_id), k.recoveries, k.retry,
+                k.stat("processed"), k.stat("processed", day),
+                k.stat("failed"), k.stat("failed", day), k.schedule, k.stat("expired"),
+            ])
+        return cached[1]
 
     def heartbeat(
         self, process_id: str, info: dict[str, Any], ttl: float, stranded: Iterable[str] = (), max_recoveries: int = 0
