@@ -24,6 +24,7 @@ from django_async_jobs.broker.keys import Keys
 from django_async_jobs.checks import check_settings
 from django_async_jobs.conf import build, redact_url
 from django_async_jobs.models import DeadJob, OutboxJob
+from django_async_jobs.serialization import decode_payload
 from django_async_jobs.worker import dead_writer
 from django_async_jobs.worker.launcher import Worker
 from tests.helpers import ClusterGroup, registered, wait_for
@@ -149,11 +150,27 @@ def slots(broker):
     return {key_slot(key) for key in broker.redis.scan_iter(match=broker.keys.pattern)}
 
 
-def test_the_client_is_a_cluster_client_without_the_direct_path(on_the_cluster, redis_cluster):
+def test_the_hot_path_goes_straight_to_the_master_of_the_keys_slot(on_the_cluster, redis_cluster):
     assert isinstance(on_the_cluster.redis, RedisCluster) and on_the_cluster.cluster
-    assert on_the_cluster.own_connection() is None
     assert {node.port for node in on_the_cluster.redis.get_primaries()} == {s.port for s in redis_cluster.servers}
     assert on_the_cluster.keys.prefix.startswith("{")
+    home = redis_cluster.serving(on_the_cluster.keys.queues)
+    assert on_the_cluster.own_connection().port == home.port
+    IncrJob.perform_later("k")
+    assert on_the_cluster._connection().port == home.port  # the push went that way
+
+
+def test_a_connection_to_a_master_that_no_longer_serves_the_slot_is_pointed_to_the_one_that_does(
+    on_the_cluster, redis_cluster
+):
+    home = redis_cluster.serving(on_the_cluster.keys.queues)
+    other = next(s for s in redis_cluster.servers if s is not home)
+    stray = on_the_cluster._connection()
+    stray.disconnect()
+    stray.port = other.port  # as after a failover or a resharding: MOVED from there
+    job = IncrJob.perform_later("k")
+    assert [decode_payload(p)["jid"] for p in on_the_cluster.redis.zrange(on_the_cluster.keys.queue("default"), 0, -1)] == [job.job_id]
+    assert stray.port == home.port  # the next command goes straight to the right master
 
 
 def test_runworker_drains_jobs_of_every_queue_and_each_step_stays_in_one_slot(on_the_cluster, start, prefix):

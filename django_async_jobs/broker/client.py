@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from django.core.signals import setting_changed
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, TryAgainError
 
 from django_async_jobs.broker import cluster, sentinel
 from django_async_jobs.broker.keys import Keys
@@ -142,9 +142,10 @@ class Broker:
         # differ ask ``self.cluster``.
         self.cluster = isinstance(self.redis, RedisCluster)
         self.keys = Keys.cluster(settings.key_prefix) if self.cluster else Keys(settings.key_prefix)
-        # Plain redis-py clients get per-thread direct connections (see _command); fakes, other
-        # client classes and Sentinel's pools (whose connections find the master on every
-        # connect, and drop an old one) go through their own execute_command.
+        # Plain redis-py clients get per-thread direct connections (see _command), and so do
+        # clusters (to the master of the keys' slot, see _cluster_command); fakes, other client
+        # classes and Sentinel's pools (whose connections find the master on every connect, and
+        # drop an old one) go through their own execute_command.
         self._direct = type(self.redis) is redis.Redis and type(self.redis.connection_pool) is redis.ConnectionPool
         self._local = threading.local()
         k = self.keys
@@ -187,9 +188,28 @@ class Broker:
         bookkeeping cost as much Python as the round trip itself.
         """
         if not self._direct:
+            if self.cluster:
+                return self._cluster_command(args, connection or self._connection())
             return self.redis.execute_command(*args)
         conn = connection or self._connection()
         return self._exchange(conn, conn.pack_command(*args), 1)
+
+    def _cluster_command(self, args: tuple[Any, ...], conn: Any) -> Any:
+        """``_command`` in a cluster: straight to the master that serves the keys' one slot, on
+        a connection of the caller's or this thread's own, as on a single server (RedisCluster's
+        routing costs as much Python as the round trip). When that master is gone or no longer
+        serves the slot (a failover, a resharding), the command goes through RedisCluster,
+        which follows the cluster to the new master, and the connection is pointed there."""
+        try:
+            return self._exchange(conn, conn.pack_command(*args), 1)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            if isinstance(exc, redis.ResponseError) and not _moved(exc):
+                raise
+        reply = self.redis.execute_command(*args)
+        home = self._home().connection_kwargs
+        conn.disconnect()
+        conn.host, conn.port = home["host"], home["port"]
+        return reply
 
     def _exchange(self, conn: Any, packed: list[bytes], replies: int, attempt: Any = None) -> Any:
         """Send packed commands, read their replies; the last reply is returned, the first error
@@ -253,11 +273,20 @@ class Broker:
 
     def own_connection(self) -> Any:
         """A connection outside the pool, for a role that moves between threads (a worker's
-        fetch) and so cannot use the calling thread's; None where calls go through the client."""
-        if not self._direct:
+        fetch) and so cannot use the calling thread's; None where calls go through the client.
+        In a cluster, to the master serving the keys' slot (``_cluster_command``)."""
+        if self.cluster:
+            pool = self._home()
+        elif not self._direct:
             return None
-        pool = self.redis.connection_pool
+        else:
+            pool = self.redis.connection_pool
         return pool.connection_class(**pool.connection_kwargs)
+
+    def _home(self) -> Any:
+        """The connection pool of the cluster's master for the keys' slot, as RedisCluster
+        knows it now."""
+        return self.redis.get_redis_connection(self.redis.get_node_from_key(self.keys.queues)).connection_pool
 
     # -- client side -------------------------------------------------------------------------
 
@@ -766,6 +795,14 @@ class Broker:
 
 def _ignore(index: int) -> None:
     pass
+
+
+def _moved(exc: redis.ResponseError) -> bool:
+    """A cluster's reply that the slot is served elsewhere or not at all right now (redis-py
+    5.0's plain connections raise these as bare ``ResponseError``)."""
+    return isinstance(exc, (AskError, TryAgainError, ClusterDownError)) or str(exc).startswith(
+        ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
+    )
 
 
 def _chunks(iterable: Any, size: int) -> Any:
