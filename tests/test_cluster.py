@@ -361,3 +361,28 @@ def test_a_master_that_dies_is_replaced_and_the_work_goes_on(tmp_path, settings,
         settings.ASYNC_JOBS = original  # the prefix's clean-up: on the usual Redis, not this cluster
         group.stop()
     assert all(isinstance(exc, redis.RedisError) for exc in errors), errors
+
+
+def test_with_the_jobs_master_gone_for_good_an_enqueue_raises_a_redis_error(tmp_path, settings, prefix):
+    """No replica to take over: the slot stays uncovered. Whatever RedisCluster meets (a
+    refused connection, CLUSTERDOWN, a slot it knows no master for), the caller gets a
+    redis.RedisError, which code written for a single Redis catches."""
+    group = ClusterGroup(tmp_path / "lost", masters=3, node_timeout_ms=1000)
+    group.start()
+    original = settings.ASYNC_JOBS
+    raised: list[Exception] = []
+    try:
+        settings.ASYNC_JOBS = {**original, "REDIS_URL": group.url("socket_connect_timeout=0.5")}
+        broker = get_broker()
+        IncrJob.perform_later("k")
+        group.serving(broker.keys.queues).stop()
+        deadline = time.monotonic() + 6  # past the node timeout: the cluster marks the slot down
+        while time.monotonic() < deadline:
+            try:
+                IncrJob.perform_later("k")
+            except Exception as exc:
+                raised.append(exc)
+    finally:
+        settings.ASYNC_JOBS = original
+        group.stop()
+    assert raised and all(isinstance(exc, redis.RedisError) for exc in raised), {type(e) for e in raised}

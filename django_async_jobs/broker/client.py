@@ -19,7 +19,13 @@ from typing import Any
 import redis
 from django.core.signals import setting_changed
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, ClusterDownError, NoScriptError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    TryAgainError,
+)
 
 from django_async_jobs.broker import cluster, sentinel
 from django_async_jobs.broker.keys import Keys
@@ -206,8 +212,11 @@ class Broker:
             if isinstance(exc, redis.ResponseError) and not _moved(exc):
                 raise
         reply = self.redis.execute_command(*args)
-        home = self._home().connection_kwargs
         conn.disconnect()
+        try:
+            home = self._home().connection_kwargs
+        except redis.ConnectionError:
+            return reply  # the slot map is being redone: pointed again at the next miss
         conn.host, conn.port = home["host"], home["port"]
         return reply
 
@@ -285,8 +294,12 @@ class Broker:
 
     def _home(self) -> Any:
         """The connection pool of the cluster's master for the keys' slot, as RedisCluster
-        knows it now."""
-        return self.redis.get_redis_connection(self.redis.get_node_from_key(self.keys.queues)).connection_pool
+        knows it now; ``redis.ConnectionError`` while it knows none (in a failover)."""
+        try:
+            node = self.redis.get_node_from_key(self.keys.queues)
+        except RedisClusterException as exc:
+            raise redis.ConnectionError(f"no master serves the jobs' slot now: {exc}") from exc
+        return self.redis.get_redis_connection(node).connection_pool
 
     # -- client side -------------------------------------------------------------------------
 
