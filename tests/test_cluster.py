@@ -354,7 +354,9 @@ def test_a_master_that_dies_is_replaced_and_the_work_goes_on(tmp_path, settings,
             wait_for(enqueued, 60, "an enqueue after the failover")
             assert group.serving(broker.keys.queues) is not old
             IncrJob.perform_bulk([(key,)] * 9)
-            wait_for(lambda: broker.redis.get(key) == b"30", 60, "the jobs enqueued after the failover run")
+            # Seconds when the machine is idle; once over a minute with the machine loaded (load
+            # average 5 on 2 cores), so the bound is wide: what is tested is that it goes on at all.
+            wait_for(lambda: broker.redis.get(key) == b"30", 180, "the jobs enqueued after the failover run")
         finally:
             w.stop(timeout=5)
     finally:
