@@ -173,9 +173,13 @@ def test_the_hour_hash_is_written_beside_the_minute_and_expires_with_the_retenti
 def test_72_hours_of_busy_classes_read_as_hours(broker):
     """The dashboard's 72-hour window: 73 hashes (72 hours and the oldest hour's minutes in the
     window, at most 59), not 4,320; every run of every minute counted once."""
-    now = time.time()
-    _seed_metrics(broker, 2, now)  # 100 runs and 2 failures a minute per class
-    report = api.metrics(minutes=72 * 60)
+    for _ in range(3):  # a read in a later minute than the seeding drops the oldest minute: again
+        broker.flush()  # the seeding adds to what is there
+        now = time.time()
+        _seed_metrics(broker, 2, now)  # 100 runs and 2 failures a minute per class
+        report = api.metrics(minutes=72 * 60)
+        if int(time.time() // 60) == int(now // 60):
+            break
     assert report.step == 3600 and len(report.starts) in (72, 73)
     one = report.classes["reports.jobs.Report1Job"]
     assert (one.total_runs, one.total_failures) == (100 * 72 * 60, 2 * 72 * 60)
