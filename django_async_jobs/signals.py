@@ -4,12 +4,38 @@ A receiver that raises is logged by the worker and never stops it.
 """
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from django.dispatch import Signal
 
+_watchers: list[Callable[[], None]] = []
+
+
+def watch_receivers(callback: Callable[[], None]) -> None:
+    """Call ``callback`` whenever a receiver of a ``WatchedSignal`` connects or disconnects."""
+    _watchers.append(callback)
+
+
+class WatchedSignal(Signal):
+    """A signal sent for every job: the worker leaves the layer that sends it out of its chains
+    while nobody listens, and builds them again when a receiver connects or disconnects."""
+
+    def connect(self, *args: Any, **kwargs: Any) -> None:
+        super().connect(*args, **kwargs)
+        for callback in _watchers:
+            callback()
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> bool:
+        removed = super().disconnect(*args, **kwargs)
+        for callback in _watchers:
+            callback()
+        return removed
+
+
 job_enqueued = Signal()
-job_started = Signal()
-job_succeeded = Signal()
+job_started = WatchedSignal()
+job_succeeded = WatchedSignal()
 job_failed = Signal()  # also exception=
 job_retried = Signal()  # also exception=, wait=
 job_discarded = Signal()  # also exception=

@@ -365,3 +365,28 @@ def test_without_context_settings_nothing_is_carried(broker, key):
     finally:
         m.request_id.reset(token)
     assert "context" not in queued(broker)[0]
+
+
+def test_the_signals_layer_is_left_out_until_a_receiver_connects(broker, key):
+    """``job_started``/``job_succeeded`` go to every job: while nobody listens the worker's
+    chains leave their layer out, and a receiver connected after a chain was built (or gone)
+    is seen by the next job."""
+    from django_async_jobs.worker import processor
+    from tests.testapp.jobs import IncrJob
+
+    def run(jid: str) -> None:
+        job = IncrJob.deserialize({"jid": jid, "job": IncrJob.job_name, "queue": "default", "args": [key], "enqueued_at": 1.0})
+        processor.worker_chain(IncrJob).run(job)
+
+    assert not processor.JobSignals().applies_to(IncrJob)
+    run("s0")  # the chain is built without the layer
+    seen: list[str] = []
+    receiver = lambda sender, job, **kw: seen.append(job.job_id)  # noqa: E731
+    signals.job_started.connect(receiver, weak=False)
+    try:
+        assert processor.JobSignals().applies_to(IncrJob)
+        run("s1")
+    finally:
+        signals.job_started.disconnect(receiver)
+    run("s2")
+    assert seen == ["s1"]

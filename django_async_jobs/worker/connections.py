@@ -49,29 +49,25 @@ def close_old() -> None:
         logger.exception("closing old database connections failed")
 
 
-def close_after_job() -> None:
-    """``close_old_connections()`` after a job, when there can be something to close.
+class DatabaseConnections:
+    """The worker's perform layer that checks connections before a job and closes them after.
 
     Finding which connections a thread initialized takes a lock shared by every thread (Django's
     connection registry), about a tenth of a busy worker's CPU. With no database keeping
-    connections, only a connection opened since the last call can be open: the
+    connections, only a connection opened since the last job can be open: the
     ``connection_created`` signal says whether this thread opened one.
     """
-    if keeps_connections() or getattr(_opened, "connection", False):
-        _opened.connection = False
-        close_old()
-
-
-class DatabaseConnections:
-    """The worker's perform layer that checks connections before a job and closes them after."""
 
     def perform(self, job: Any, call_next: Callable[[Any], Any]) -> Any:
-        if keeps_connections():
+        keeps = keeps_connections()
+        if keeps:
             close_old()  # a kept connection may have aged or broken while the thread idled
         try:
             return call_next(job)
         finally:
-            close_after_job()
+            if keeps or getattr(_opened, "connection", False):
+                _opened.connection = False
+                close_old()
 
     async def aperform(self, job: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
         # As Django does after an async request: close what the job opened in asgiref's thread.

@@ -29,59 +29,68 @@ FINISH = "finish %s %s queue=%s elapsed_ms=%.1f outcome=%s%s"
 
 
 class JobLog:
-    """The worker's outermost perform layer: it times the whole execution, settling included."""
+    """The worker's outermost perform layer: it times the whole execution, settling included.
+
+    It runs for every job, so the format is read when a chain is built (chains are built again
+    when ``ASYNC_JOBS`` changes), and the record's fields only made when a record is."""
+
+    json = False
 
     def applies_to(self, job_class: type) -> bool:
-        return get_settings().log_jobs
+        settings = get_settings()
+        self.json = settings.log_format == "json"
+        return settings.log_jobs
 
     def perform(self, job: Any, call_next: Callable[[Any], Any]) -> Any:
         if not logger.isEnabledFor(logging.INFO):
             return call_next(job)
-        extra = _start(job)
+        if logger.isEnabledFor(logging.DEBUG):
+            _start(job)
         began = time.perf_counter()
         result = call_next(job)
-        finish(job, extra, began)
+        self.finish(job, began)
         return result
 
     async def aperform(self, job: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
         if not logger.isEnabledFor(logging.INFO):
             return await call_next(job)
-        extra = _start(job)
+        if logger.isEnabledFor(logging.DEBUG):
+            _start(job)
         began = time.perf_counter()
         result = await call_next(job)
-        finish(job, extra, began)
+        self.finish(job, began)
         return result
 
-
-def _start(job: Any) -> dict[str, Any]:
-    extra = {"job_class": job.job_name, "job_id": job.job_id, "queue": job.queue_name}
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("start %s %s queue=%s", job.job_name, job.job_id, job.queue_name, extra=extra)
-    return extra
-
-
-def finish(job: Any, extra: dict[str, Any], began: float) -> None:
-    outcome = job.outcome
-    error = type(outcome.error).__name__ if outcome.error is not None else None
-    elapsed = (time.perf_counter() - began) * 1000
-    if get_settings().log_format == "json":
-        _json_line(job, extra, elapsed, error)
-        return
-    args = (job.job_name, job.job_id, job.queue_name, elapsed, outcome.name, f" error={error}" if error else "")
-    try:
-        output = plain_output(logger, logging.INFO)
-        if output is None:
-            _info(FINISH, args, {**extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome.name, "error": error})
-        else:  # runworker's own handler and nothing else: the same line without a LogRecord
-            output.append(output.formatter.line(time.time(), logging.INFO, logger.name, FINISH % args))
-    except Exception:  # the job is settled; only its log line failed (a raising filter or handler)
-        traceback.print_exc()
+    def finish(self, job: Any, began: float) -> None:
+        outcome = job.outcome
+        error = type(outcome.error).__name__ if outcome.error is not None else None
+        elapsed = (time.perf_counter() - began) * 1000
+        if self.json:
+            _json_line(job, elapsed, error)
+            return
+        args = (job.job_name, job.job_id, job.queue_name, elapsed, outcome.name, f" error={error}" if error else "")
+        try:
+            output = plain_output(logger, logging.INFO)
+            if output is None:
+                _info(FINISH, args, {**_fields(job), "elapsed_ms": round(elapsed, 3), "outcome": outcome.name, "error": error})
+            else:  # runworker's own handler and nothing else: the same line without a LogRecord
+                output.append(output.formatter.line(time.time(), logging.INFO, logger.name, FINISH % args))
+        except Exception:  # the job is settled; only its log line failed (a raising filter or handler)
+            traceback.print_exc()
 
 
-def _json_line(job: Any, extra: dict[str, Any], elapsed: float, error: str | None) -> None:
+def _fields(job: Any) -> dict[str, Any]:
+    return {"job_class": job.job_name, "job_id": job.job_id, "queue": job.queue_name}
+
+
+def _start(job: Any) -> None:
+    logger.debug("start %s %s queue=%s", job.job_name, job.job_id, job.queue_name, extra=_fields(job))
+
+
+def _json_line(job: Any, elapsed: float, error: str | None) -> None:
     outcome = job.outcome
     event = {
-        "event": "job_finished", **extra, "elapsed_ms": round(elapsed, 3), "outcome": outcome.name,
+        "event": "job_finished", **_fields(job), "elapsed_ms": round(elapsed, 3), "outcome": outcome.name,
         "error": error, "error_message": _message(outcome.error), "executions": job.executions,
         "trace_id": tracing.current_trace_id(),
     }

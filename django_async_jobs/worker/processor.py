@@ -142,7 +142,11 @@ def bury(field: str, raw: bytes, reason: str, exc: BaseException, data: dict[str
 
 class JobSignals:
     """``job_started`` before the job, ``job_succeeded`` after one that succeeded (the retry
-    rules send the failure signals; a job put back or dropped, e.g. at a checkpoint, has neither)."""
+    rules send the failure signals; a job put back or dropped, e.g. at a checkpoint, has neither).
+    Left out of a class's chain while neither signal has a receiver for it."""
+
+    def applies_to(self, job_class: type) -> bool:
+        return signals.job_started.has_listeners(job_class) or signals.job_succeeded.has_listeners(job_class)
 
     def perform(self, job: Any, call_next: Callable[[Any], Any]) -> Any:
         signals.send(signals.job_started, type(job), job=job)
@@ -200,13 +204,18 @@ def _applies(layer: Any, job_class: type) -> bool:
     return applies is None or applies(job_class)
 
 
-def _forget_chains(*, setting: str, **kwargs: Any) -> None:
+def _forget_chains() -> None:
+    with _chains_lock:
+        _chains.clear()
+
+
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "ASYNC_JOBS":
-        with _chains_lock:
-            _chains.clear()
+        _forget_chains()
 
 
-setting_changed.connect(_forget_chains, dispatch_uid="django_async_jobs.worker.processor")
+setting_changed.connect(_settings_changed, dispatch_uid="django_async_jobs.worker.processor")
+signals.watch_receivers(_forget_chains)
 
 
 # -- one job ---------------------------------------------------------------------------------------
