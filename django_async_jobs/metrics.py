@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -95,43 +95,55 @@ class Buffer:
         self._other: dict[tuple[int, str, str, str], int] = {}
 
     def _sum_events(self) -> None:
-        """Move the events into the rows; the caller holds the lock. This loop runs once per
-        job: names are bound locally, ``ran`` is inlined, and a run of events of one class,
-        queue and minute (the common case on a busy worker) reuses its row without a lookup."""
+        """Move the events into the rows; the caller holds the lock.
+
+        This loop runs once per job, so it does the least it can per event: a run of events of
+        one class, queue and minute (the common case on a busy worker) appends each job's times
+        to that run's lists without a lookup; sums and histogram buckets are counted per list
+        afterwards (``_count_buckets``), in C for the most part."""
         rows, other, pop, events = self._rows, self._other, self.events.popleft, self.events
-        bounds, bucket, runs, hist, lat_hist = BOUNDS_MS, bisect_left, RUNS, HISTOGRAM_AT, LATENCY_HISTOGRAM_AT
-        last_name = last_queue = row = None
-        last_minute = -1
+        groups: dict[Key, tuple[list[float], list[float], list[int]]] = {}
+        last_name = last_queue = None
+        since = until = 0.0
+        times: list[float] = []
+        latencies: list[float] = []
+        failures = [0]
         while events:
             name, queue, outcome, began, ended, due = pop()
-            minute = int(ended // 60)
             kind = outcome.name
-            if kind not in runs or (kind == "discarded" and outcome.error is None):  # see ran()
-                key4 = (minute, name, queue, kind)
+            if kind != "ok" and not ran(outcome):
+                key4 = (int(ended // 60), name, queue, kind)
                 other[key4] = other.get(key4, 0) + 1
                 continue
-            if name != last_name or queue != last_queue or minute != last_minute:
+            if name != last_name or queue != last_queue or not since <= ended < until:
+                minute = int(ended // 60)
+                since, until = minute * 60, minute * 60 + 60
                 key = (minute, name, queue)
-                row = rows.get(key)
-                if row is None:
-                    row = rows[key] = [0] * ROW
-                last_name, last_queue, last_minute = name, queue, minute
-            ms = (ended - began) * 1000
-            row[0] += 1  # RUNS_AT
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = ([], [], [0])
+                times, latencies, failures = group
+                last_name, last_queue = name, queue
+            times.append((ended - began) * 1000)
             if outcome.failed:
-                row[1] += 1  # FAILED_AT
-            row[2] += ms  # MS_AT
-            row[hist + bucket(bounds, ms)] += 1
+                failures[0] += 1
             try:
                 if due > 0:
                     latency = (began - due) * 1000
-                    if latency < 0:
-                        latency = 0.0
-                    row[3] += latency  # LATENCY_AT
-                    row[4] += 1  # LATENCIES_AT
-                    row[lat_hist + bucket(bounds, latency)] += 1
+                    latencies.append(latency if latency > 0 else 0.0)
             except TypeError:  # no usable time in the payload: no latency
                 pass
+        for key, (times, latencies, failures) in groups.items():
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = [0] * ROW
+            row[RUNS_AT] += len(times)
+            row[FAILED_AT] += failures[0]
+            row[MS_AT] += sum(times)
+            row[LATENCY_AT] += sum(latencies)
+            row[LATENCIES_AT] += len(latencies)
+            _count_buckets(row, HISTOGRAM_AT, times)
+            _count_buckets(row, LATENCY_HISTOGRAM_AT, latencies)
 
     def compact(self) -> None:
         """Sum the events up now if no flush is doing it: a busy process would otherwise keep a
@@ -159,6 +171,20 @@ class Buffer:
                     mine[i] += value
             for key, count in other.items():
                 self._other[key] = self._other.get(key, 0) + count
+
+
+def _count_buckets(row: list[float], at: int, values: list[float]) -> None:
+    """Add ``values`` to the histogram that starts at ``row[at]``: bucket i counts what is above
+    ``BOUNDS_MS[i-1]`` and at most ``BOUNDS_MS[i]`` (``bisect_left``), the last one the rest."""
+    values.sort()
+    counted, total = 0, len(values)
+    for i, bound in enumerate(BOUNDS_MS):
+        if counted == total:
+            return
+        upto = bisect_right(values, bound, counted)
+        row[at + i] += upto - counted
+        counted = upto
+    row[at + len(BOUNDS_MS)] += total - counted
 
 
 BUFFER = Buffer()

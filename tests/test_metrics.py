@@ -309,3 +309,18 @@ def test_interleaved_classes_queues_and_minutes_are_summed_apart():
     assert rows[(601, "A", "q")][metrics.RUNS_AT] == 1
     assert other == {(600, "A", "q", "expired"): 1}
     assert len(rows) == 4
+
+
+def test_bucket_counts_of_a_list_agree_with_each_values_bucket():
+    """Buckets are counted per list from its sorted values: each value must land where
+    ``bisect_left`` over the bounds puts it, a value on a bound and one past the last included."""
+    import random
+    from bisect import bisect_left
+
+    values = [*metrics.BOUNDS_MS, 0.0, 0.05, metrics.BOUNDS_MS[-1] * 3, *(random.uniform(0, 2e6) for _ in range(500))]
+    expected = [0] * metrics.BUCKETS
+    for value in values:
+        expected[bisect_left(metrics.BOUNDS_MS, value)] += 1
+    row = [0] * metrics.ROW
+    metrics._count_buckets(row, metrics.HISTOGRAM_AT, list(values))
+    assert row[metrics.HISTOGRAM_AT:metrics.LATENCY_HISTOGRAM_AT] == expected
