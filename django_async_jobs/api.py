@@ -544,27 +544,32 @@ def queue_names(broker: Broker | None = None) -> list[str]:
 
 def _names_and_paused(broker: Broker) -> tuple[list[str], set[str]]:
     with broker.redis.pipeline(transaction=False) as pipe:
-        pipe.smembers(broker.keys.queues)
         pipe.smembers(broker.keys.paused)
-        known, paused = pipe.execute()
+        for part in broker.partitions:
+            pipe.smembers(part.keys.queues)
+        paused, *known = pipe.execute()
     paused = {_text(n) for n in paused}
-    return sorted({_text(n) for n in known} | paused | set(broker.settings.queues.names)), paused
+    return sorted({_text(n) for names in known for n in names} | paused | set(broker.settings.queues.names)), paused
 
 
 def queues(broker: Broker | None = None) -> list[QueueInfo]:
     broker = broker or get_broker()
     names, paused = _names_and_paused(broker)
+    parts = broker.partitions
     with broker.redis.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.zcard(broker.keys.queue(name))
-            pipe.zrange(broker.keys.queue(name), 0, 0)
+            for part in parts:  # a queue's jobs may be in several partitions (a batch's, a limit's)
+                pipe.zcard(part.keys.queue(name))
+                pipe.zrange(part.keys.queue(name), 0, 0)
         replies = pipe.execute()
     now = time.time()
     result = []
+    step = 2 * len(parts)
     for i, name in enumerate(names):
-        size, head = replies[2 * i], replies[2 * i + 1]
-        ready = ready_since(entry(head[0], 0.0), now) if head else None
-        result.append(QueueInfo(name, size, 0.0 if ready is None else max(0.0, now - ready), name in paused))
+        mine = replies[step * i : step * (i + 1)]
+        heads = [ready_since(entry(head[0], 0.0), now) for head in mine[1::2] if head]
+        ready = min((moment for moment in heads if moment is not None), default=None)
+        result.append(QueueInfo(name, sum(mine[::2]), 0.0 if ready is None else max(0.0, now - ready), name in paused))
     return result
 
 
@@ -781,21 +786,23 @@ def processes(with_jobs: bool = True, broker: Broker | None = None) -> list[Proc
     """Live worker processes, newest heartbeat first, with the jobs each holds right now."""
     broker = broker or get_broker()
     k = broker.keys
-    members = broker.redis.zrevrange(k.processes, 0, -1, withscores=True)
+    members = broker.redis.zrevrange(k.processes, 0, -1, withscores=True)  # a process beats in every partition
     ids = [_text(m) for m, _ in members]
+    parts = broker.partitions if with_jobs else []
     with broker.redis.pipeline(transaction=False) as pipe:
         for pid in ids:
             pipe.hgetall(k.process(pid))
-            if with_jobs:
-                pipe.hgetall(k.inflight(pid))
+            for part in parts:
+                pipe.hgetall(part.keys.inflight(pid))
         replies = pipe.execute()
-    step = 2 if with_jobs else 1
+    step = 1 + len(parts)
     result = []
     for i, (pid, (_, beat)) in enumerate(zip(ids, members, strict=True)):
         process = ProcessInfo(pid, beat, {_text(a): _text(b) for a, b in replies[step * i].items()})
         if with_jobs:
             started = process.started_jobs()
-            for name, raw in sorted(replies[step * i + 1].items()):
+            held = {name: raw for reply in replies[step * i + 1 : step * (i + 1)] for name, raw in reply.items()}
+            for name, raw in sorted(held.items()):
                 process.jobs.append(RunningJob(_text(name), entry(raw, 0.0), started.get(_text(name))))
         result.append(process)
     return result
@@ -831,26 +838,29 @@ class Stats:
 def dead_count(broker: Broker | None = None) -> int:
     """Dead jobs in the database plus those staged in Redis and not yet written."""
     broker = broker or get_broker()
-    return DeadJob.objects.count() + broker.redis.hlen(broker.keys.dead)
+    return DeadJob.objects.count() + broker.staged_dead()
 
 
 def stats(broker: Broker | None = None) -> Stats:
     broker = broker or get_broker()
-    k = broker.keys
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     names = queue_names(broker)
-    counters = [k.stat("processed"), k.stat("failed"), k.stat("processed", day), k.stat("failed", day), k.stat("expired")]
+    parts = broker.partitions
     with broker.redis.pipeline(transaction=False) as pipe:
-        for key in counters:  # GETs, not MGET: a cluster's pipeline refuses MGET
-            pipe.get(key)
-        pipe.zcard(k.schedule)
-        pipe.zcard(k.retry)
-        for name in names:
-            pipe.zcard(k.queue(name))
+        for k in (part.keys for part in parts):  # each partition counts its own jobs
+            for key in (k.stat("processed"), k.stat("failed"), k.stat("processed", day), k.stat("failed", day), k.stat("expired")):
+                pipe.get(key)  # GETs, not MGET: a cluster's pipeline refuses MGET
+            pipe.zcard(k.schedule)
+            pipe.zcard(k.retry)
+            for name in names:
+                pipe.zcard(k.queue(name))
         replies = pipe.execute()
-    counters, (scheduled, retries), sizes = replies[:5], replies[5:7], replies[7:]
+    step = 7 + len(names)
+    totals = [sum(_number(reply) for reply in replies[i :: step]) for i in range(7)]
+    sizes = [size for i in range(len(parts)) for size in replies[step * i + 7 : step * (i + 1)]]
+    scheduled, retries = int(totals[5]), int(totals[6])
     live = processes(with_jobs=False, broker=broker)
-    processed, failed, processed_today, failed_today, expired = (int(_number(c)) for c in counters)
+    processed, failed, processed_today, failed_today, expired = (int(c) for c in totals[:5])
     return Stats(
         processed=processed, failed=failed, processed_today=processed_today, failed_today=failed_today,
         enqueued=sum(sizes), scheduled=scheduled, retries=retries, dead=dead_count(broker),
@@ -863,17 +873,18 @@ def history(days: int = HISTORY_DAYS, broker: Broker | None = None) -> list[dict
     """Processed and failed per day, oldest first, ending today (UTC): one round trip of GETs
     (not MGET, which a cluster's pipeline refuses)."""
     broker = broker or get_broker()
-    k = broker.keys
     today = datetime.now(UTC).date()
     dates = [(today - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
     with broker.redis.pipeline(transaction=False) as pipe:
-        for name in ("processed", "failed"):
-            for d in dates:
-                pipe.get(k.stat(name, d))
+        for part in broker.partitions:
+            for name in ("processed", "failed"):
+                for d in dates:
+                    pipe.get(part.keys.stat(name, d))
         counts = pipe.execute()
-    processed, failed = counts[:days], counts[days:]
+    summed = [sum(_number(c) for c in counts[i :: 2 * days]) for i in range(2 * days)]
+    processed, failed = summed[:days], summed[days:]
     return [
-        {"date": d, "processed": int(_number(p)), "failed": int(_number(f))}
+        {"date": d, "processed": int(p), "failed": int(f)}
         for d, p, f in zip(dates, processed, failed, strict=True)
     ]
 

@@ -116,6 +116,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             f"ASYNC_JOBS['MAX_PAYLOAD_BYTES'] must be None (no limit) or a positive integer of bytes, got {limit!r}.",
             id="async_jobs.E012",
         ))
+    partitions = merged["CLUSTER_PARTITIONS"]
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or not 1 <= partitions <= cluster.MAX_PARTITIONS:
+        errors.append(Error(
+            f"ASYNC_JOBS['CLUSTER_PARTITIONS'] must be an integer from 1 to {cluster.MAX_PARTITIONS}, got {partitions!r}.",
+            id="async_jobs.E017",
+        ))
+    elif partitions > 1 and (merged["CACHE_ALIAS"] or not str(url).startswith(cluster.PREFIX)):
+        # On one server every partition would live on it: more round trips for nothing.
+        errors.append(Error(
+            f"ASYNC_JOBS['CLUSTER_PARTITIONS'] = {partitions} needs a {cluster.PREFIX} REDIS_URL.",
+            hint="Partitions spread the jobs over a cluster's masters; leave it at 1 on a single server or Sentinel.",
+            id="async_jobs.E017",
+        ))
     if merged["MODE"] not in MODES:
         errors.append(Error(f"ASYNC_JOBS['MODE'] = {merged['MODE']!r}; use one of {sorted(MODES)}.", id="async_jobs.E006"))
     prefetch = merged["PREFETCH"]

@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_RETENTION": 72 * 3600,
     # A bearer token that lets a scraper read views.prometheus_metrics without a staff session.
     "PROMETHEUS_TOKEN": None,
+    # In a Redis Cluster: how many key spaces (hash tags) the jobs are spread over, each in a
+    # slot of its own, so that several masters share the work. 1 on a single server.
+    "CLUSTER_PARTITIONS": 1,
 }
 
 
@@ -133,6 +136,7 @@ class Settings:
     outbox_poll_interval: float
     outbox_databases: tuple[str, ...]
     metrics_retention: float | None
+    cluster_partitions: int
     raw: dict[str, Any] = field(repr=False, compare=False)
 
 
@@ -228,6 +232,7 @@ def build(raw: dict[str, Any]) -> Settings:
         outbox_poll_interval=_seconds(merged["OUTBOX_POLL_INTERVAL"]),
         outbox_databases=tuple(merged["OUTBOX_DATABASES"]),
         metrics_retention=None if merged["METRICS_RETENTION"] is None else _seconds(merged["METRICS_RETENTION"]),
+        cluster_partitions=int(merged["CLUSTER_PARTITIONS"]),
         raw=merged,
     )
 

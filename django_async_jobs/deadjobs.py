@@ -280,28 +280,29 @@ def flush_staged(broker: Broker | None = None, batch: int = FLUSH_BATCH) -> int:
     """
     broker = broker or get_broker()
     batch = max(1, batch)
-    key = broker.keys.dead
     alias = router.db_for_write(DeadJob)
     moved = 0
-    cursor = 0
-    while True:
-        cursor, entries = broker.redis.hscan(key, cursor, count=batch)
-        items = list(entries.items())
-        for start in range(0, len(items), batch):
-            chunk = items[start : start + batch]
-            rows = [build_row(field, value) for field, value in chunk]
-            written = _write(rows, alias)
-            if written is None:
-                return moved
-            if written:
-                for i in written:
-                    _count_in_batch(broker, rows[i])
-                broker.redis.hdel(key, *(chunk[i][0] for i in written))
-                moved += len(written)
-            if len(written) < len(chunk) and not _db_up(alias):
-                return moved
-        if cursor == 0:
-            return moved
+    for key in (part.keys.dead for part in broker.partitions):  # each partition stages its own
+        cursor = 0
+        while True:
+            cursor, entries = broker.redis.hscan(key, cursor, count=batch)
+            items = list(entries.items())
+            for start in range(0, len(items), batch):
+                chunk = items[start : start + batch]
+                rows = [build_row(field, value) for field, value in chunk]
+                written = _write(rows, alias)
+                if written is None:
+                    return moved
+                if written:
+                    for i in written:
+                        _count_in_batch(broker, rows[i])
+                    broker.redis.hdel(key, *(chunk[i][0] for i in written))
+                    moved += len(written)
+                if len(written) < len(chunk) and not _db_up(alias):
+                    return moved
+            if cursor == 0:
+                break
+    return moved
 
 
 def _count_in_batch(broker: Broker, row: DeadJob) -> None:

@@ -17,9 +17,9 @@ from django.test import override_settings
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from django_async_jobs import Batch
+from django_async_jobs import Batch, api
 from django_async_jobs.broker import cluster
-from django_async_jobs.broker.client import Broker, connect, get_broker
+from django_async_jobs.broker.client import Broker, Partitioned, connect, get_broker, open_broker
 from django_async_jobs.broker.keys import Keys
 from django_async_jobs.checks import check_settings
 from django_async_jobs.conf import build, redact_url
@@ -388,3 +388,129 @@ def test_with_the_jobs_master_gone_for_good_an_enqueue_raises_a_redis_error(tmp_
         settings.ASYNC_JOBS = original
         group.stop()
     assert raised and all(isinstance(exc, redis.RedisError) for exc in raised), {type(e) for e in raised}
+
+
+# -- partitions --------------------------------------------------------------------------------
+
+
+def test_partition_zero_keeps_the_tag_and_each_other_partition_has_a_slot_of_its_own():
+    assert Keys.cluster("app", 0) == Keys.cluster("app")
+    tags = [Keys.cluster("app", p) for p in range(3)]
+    assert [k.queue("q") for k in tags] == ["{app}:queue:q", "{app:1}:queue:q", "{app:2}:queue:q"]
+    assert len({key_slot(k.queues.encode()) for k in tags}) == 3
+    assert {key_slot(k.inflight("p").encode()) for k in tags} == {key_slot(k.queues.encode()) for k in tags}
+
+
+@pytest.mark.parametrize("url, partitions, refused", [
+    ("redis+cluster://h:7000/", 3, False),
+    ("redis+cluster://h:7000/", 1, False),
+    ("redis://h:6379/0", 1, False),
+    ("redis://h:6379/0", 2, True),  # one server: partitions would only cost round trips
+    ("redis+sentinel://h:26379/m/0", 2, True),
+    ("redis+cluster://h:7000/", 0, True),
+    ("redis+cluster://h:7000/", "2", True),
+    ("redis+cluster://h:7000/", cluster.MAX_PARTITIONS + 1, True),
+])
+def test_the_check_takes_partitions_only_on_a_cluster(url, partitions, refused):
+    with override_settings(ASYNC_JOBS={"REDIS_URL": url, "CLUSTER_PARTITIONS": partitions}):
+        found = [e for e in check_settings() if e.id == "async_jobs.E017"]
+    assert bool(found) == refused
+
+
+def test_a_single_redis_gets_one_broker_whatever_the_setting():
+    broker = open_broker(build({"REDIS_URL": "redis://127.0.0.1:1/0", "CLUSTER_PARTITIONS": 3}))
+    assert type(broker) is Broker and broker.partitions == [broker]
+
+
+@pytest.fixture
+def partitioned(on_the_cluster, settings):
+    """The broker over three partitions of the test's prefix; all their keys go after."""
+    settings.ASYNC_JOBS = {**settings.ASYNC_JOBS, "CLUSTER_PARTITIONS": 3}
+    broker = get_broker()
+    yield broker
+    broker.flush()
+
+
+def partition_slots(broker):
+    return {key_slot(part.keys.queues.encode()) for part in broker.partitions}
+
+
+def where(broker, queue):
+    """The partitions whose queue ``queue`` holds jobs."""
+    return [i for i, part in enumerate(broker.partitions) if broker.redis.zcard(part.keys.queue(queue))]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queues_spread_over_partitions_and_a_worker_drains_them_all(partitioned, monkeypatch, prefix):
+    assert isinstance(partitioned, Partitioned) and len(partitioned.partitions) == 3
+    key = f"{prefix}:n"
+    for queue in ("critical", "default", "low"):
+        IncrJob.perform_bulk([(key,)] * 20, queue=queue)
+    for _ in range(10):
+        IncrJob.perform_later(key)  # the single push
+    IncrJob.set(wait=0.3).perform_later(key)
+    assert (where(partitioned, "default"), where(partitioned, "critical"), where(partitioned, "low")) == ([1], [2], [2])
+    assert partitioned.queue_size("default") == 30 and partitioned.redis.zcard(partitioned.partitions[1].keys.schedule) == 1
+    assert {q.name: q.size for q in api.queues(partitioned)}["default"] == 30
+    assert api.stats(partitioned).enqueued == 70 and api.stats(partitioned).scheduled == 1
+    monkeypatch.setattr(dead_writer, "INTERVAL", 0.1)
+    w = Worker()
+    w.start()
+    try:
+        FailingJob.perform_later(f"{prefix}:failing", "connection", stop_after=3)  # two retries
+        dead = NoRetryJob.perform_later(f"{prefix}:effects")
+        wait_for(lambda: partitioned.redis.get(key) == b"71", 30, "every job of every partition ran")
+        wait_for(lambda: partitioned.redis.get(f"{prefix}:failing") == b"3", 20, "retried twice, then done")
+        row = wait_for(lambda: DeadJob.objects.filter(job_id=dead.job_id).first(), 20, "the dead job's row")
+        assert row.reason == "retries_exhausted"
+        wait_for(lambda: partitioned.stat("processed") == 75, 10, "counted over the partitions")
+        assert partitioned.stat("failed") == 3 and api.stats(partitioned).processed == 75
+        assert sum(day["processed"] for day in api.history(2, partitioned)) == 75
+        assert [p.process_id for p in api.processes(broker=partitioned)] == [w.process_id]
+        assert all(partitioned.redis.zscore(part.keys.processes, w.process_id) for part in partitioned.partitions)
+    finally:
+        w.stop(timeout=2)
+    used = {key_slot(name) for name in _keys_of(partitioned)}
+    assert used <= partition_slots(partitioned) and len(used) > 1  # each step in one partition's slot
+    assert all(partitioned.redis.hlen(part.keys.inflight(w.process_id)) == 0 for part in partitioned.partitions)
+    assert not partitioned.staged_dead()
+
+
+def _keys_of(broker):
+    return [key for part in broker.partitions for key in broker.redis.scan_iter(match=part.keys.pattern)]
+
+
+def test_jobs_that_name_shared_keys_stay_in_partition_zero(partitioned, prefix):
+    """A unique job's lock, a batch's keys are partition 0's: their settle step must reach them."""
+    assert UntilExecutedJob.perform_later(f"{prefix}:u", "a")
+    batch = Batch(description="partitioned")
+    with batch.jobs():
+        MemberJob.perform_later(f"{prefix}:runs", "j0")
+    IncrJob.perform_later(f"{prefix}:n")
+    assert where(partitioned, "default") == [0, 1]
+    assert partitioned.redis.zcard(partitioned.keys.queue("default")) == 2
+
+
+def test_a_killed_workers_jobs_in_another_partition_are_recovered(partitioned, spawn, redis_cluster, prefix):
+    key = f"{prefix}:trace"
+    gate = f"{key}:gate"
+    start = lambda: spawn("-c", "2", redis_url=redis_cluster.url(), overrides={"CLUSTER_PARTITIONS": 3})  # noqa: E731
+    a = start()
+    wait_for(lambda: registered(partitioned), START_TIMEOUT, "worker A registered")
+    for name in ("x", "y"):
+        TraceJob.perform_later(key, name, gate=gate)  # "default": partition 1
+    wait_for(lambda: partitioned.redis.llen(key) == 2, START_TIMEOUT, "A started both jobs")
+    assert partitioned.redis.hlen(partitioned.partitions[1].keys.inflight(next(iter(registered(partitioned))))) == 2
+    a.send(signal.SIGKILL)
+    a.wait(30)
+    partitioned.redis.rpush(gate, *[1] * 4)
+    b = start()
+    wait_for(
+        lambda: sorted(e for e in partitioned.redis.lrange(key, 0, -1) if e.startswith(b"done:")) == [
+            f"done:x:{b.pid}".encode(), f"done:y:{b.pid}".encode(),
+        ],
+        START_TIMEOUT + 10, "B recovered and ran both",
+    )
+    b.send(signal.SIGTERM)
+    assert b.wait(15) == 0
+    assert registered(partitioned) == {} and partitioned.queue_size("default") == 0

@@ -74,7 +74,7 @@ def test_the_other_queues_keep_their_order(broker, queues):
     api.pause_queue("default")
     spec = parse_queues(queues)
     fetcher = fetcher_for(broker, spec)
-    items = fetcher._fetch(new=True)
+    items = fetcher._fetch(fetcher._lanes[0], new=True)
     fetched = queues_of(items)
     assert sorted(fetched) == ["critical"] * 3 + ["low"] * 3
     if spec.strict:
@@ -86,12 +86,13 @@ def test_every_queue_paused_costs_no_fetch(broker):
     IncrJob.perform_later("k")
     api.pause_queue("default")
     fetcher = fetcher_for(broker, QueueSpec(("default",), (1,), strict=True))
-    attempts = fetcher._attempt
-    assert fetcher._fetch(new=True) == [] and fetcher._dry
-    assert fetcher._attempt == attempts  # no round trip made, no attempt numbered
+    lane = fetcher._lanes[0]
+    attempts = lane.attempt
+    assert fetcher._fetch(lane, new=True) == [] and fetcher._dry
+    assert lane.attempt == attempts  # no round trip made, no attempt numbered
     api.resume_queue("default")
     fetcher._paused_read_at -= PAUSED_RECHECK  # as a second later
-    assert queues_of(fetcher._fetch(new=True)) == ["default"]
+    assert queues_of(fetcher._fetch(lane, new=True)) == ["default"]
 
 
 def test_pause_refuses_names_that_are_not_queue_names(broker):

@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import cache
@@ -140,14 +141,16 @@ def today() -> str:
 class Broker:
     """Every Redis operation of the project, named after what it does to a job."""
 
-    def __init__(self, settings: Settings, connection: redis.Redis | RedisCluster | None = None) -> None:
+    def __init__(
+        self, settings: Settings, connection: redis.Redis | RedisCluster | None = None, partition: int = 0
+    ) -> None:
         self.settings = settings
         self.redis = connection if connection is not None else connect(settings)
         # A cluster runs a Lua step only on keys of one slot (hence the tagged keys), and its
         # pipelines refuse PUBLISH and MGET (and MULTI, in redis-py 5.0): the few places that
         # differ ask ``self.cluster``.
         self.cluster = isinstance(self.redis, RedisCluster)
-        self.keys = Keys.cluster(settings.key_prefix) if self.cluster else Keys(settings.key_prefix)
+        self.keys = Keys.cluster(settings.key_prefix, partition) if self.cluster else Keys(settings.key_prefix)
         # Plain redis-py clients get per-thread direct connections (see _command), and so do
         # clusters (to the master of the keys' slot, see _cluster_command); fakes, other client
         # classes and Sentinel's pools (whose connections find the master on every connect, and
@@ -155,7 +158,10 @@ class Broker:
         self._direct = type(self.redis) is redis.Redis and type(self.redis.connection_pool) is redis.ConnectionPool
         self._local = threading.local()
         k = self.keys
-        self._prelude = ((k.queues, k.seq, k.dead), (k.queue_base, k.notify))  # see _frame
+        # Every partition wakes idle workers on partition 0's channel: a worker listens to one
+        # (a cluster carries a PUBLISH to every node, whichever slot its name is in).
+        notify = Keys.cluster(settings.key_prefix).notify if partition else k.notify
+        self._prelude = ((k.queues, k.seq, k.dead), (k.queue_base, notify))  # see _frame
         self._push_heads: dict[tuple[str, Any], bytes] = {}  # see push_one
         self._settle_cache: tuple[tuple[str, str], list[str]] = (("", ""), [])  # see _settle_keys
         self._push_tail = b"*3\r\n" + _resp("PUBLISH", k.notify, "ready")
@@ -167,6 +173,12 @@ class Broker:
                 "pick", "find", "relay", "rate_limit", "concurrency", "checkpoint", "batch", "metrics", "metrics_read",
             )
         }
+
+    @property
+    def partitions(self) -> list[Broker]:
+        """The brokers of each key space the jobs are spread over (``Partitioned``): this one
+        alone but in a cluster with ``CLUSTER_PARTITIONS`` over 1."""
+        return [self]
 
     def _frame(self, keys: list[str], args: list[Any]) -> tuple[list[str], list[Any]]:
         """A script's keys and args behind those lib.lua, every script's prelude, reads first:
@@ -635,7 +647,7 @@ class Broker:
     def cancelled_in_flight(self, process_id: str) -> frozenset[str]:
         """The ids of the jobs this process holds that ``mark_cancelled`` marked: two round
         trips, at each heartbeat (one when it holds nothing)."""
-        fields = self.redis.hkeys(self.keys.inflight(process_id))
+        fields = [f for part in self.partitions for f in part.redis.hkeys(part.keys.inflight(process_id))]
         if not fields:
             return frozenset()
         ids = sorted({(f.decode() if isinstance(f, bytes) else f).rpartition(":")[0] for f in fields})
@@ -702,13 +714,20 @@ class Broker:
     # -- inspection --------------------------------------------------------------------------
 
     def queue_size(self, name: str) -> int:
-        return self.redis.zcard(self.keys.queue(name))
+        return sum(part.redis.zcard(part.keys.queue(name)) for part in self.partitions)
 
     def inflight(self, process_id: str) -> dict[bytes, bytes]:
-        return self.redis.hgetall(self.keys.inflight(process_id))
+        held: dict[bytes, bytes] = {}
+        for part in self.partitions:
+            held.update(part.redis.hgetall(part.keys.inflight(process_id)))
+        return held
+
+    def staged_dead(self) -> int:
+        """Dead jobs staged in Redis, not yet written to the database."""
+        return sum(part.redis.hlen(part.keys.dead) for part in self.partitions)
 
     def stat(self, name: str, day: str | None = None) -> int:
-        return int(self.redis.get(self.keys.stat(name, day)) or 0)
+        return sum(int(part.redis.get(part.keys.stat(name, day)) or 0) for part in self.partitions)
 
     # -- operations (dashboard and ``jobs`` command) -----------------------------------------
 
@@ -735,8 +754,9 @@ class Broker:
                 return
 
     def clear_queue(self, name: str) -> int:
-        """Empty a queue and forget its name at once; returns how many jobs went."""
-        return self._run("clear", [self.keys.queue(name)], [name])
+        """Empty a queue and forget its name at once (in every partition); returns how many
+        jobs went."""
+        return sum(part._run("clear", [part.keys.queue(name)], [name]) for part in self.partitions)
 
     def pause_queue(self, name: str) -> bool:
         """Stop every worker fetching from ``name``; its jobs stay. False if it was paused."""
@@ -769,9 +789,10 @@ class Broker:
     def flush(self) -> int:
         """Delete every key of this prefix (tests and ``jobs clear --all``), on every server."""
         deleted = 0
-        for server in self.servers():
-            for batch in _chunks(server.scan_iter(match=self.keys.pattern, count=1000), 1000):
-                deleted += self.redis.delete(*batch)  # a cluster's client splits it by slot
+        for part in self.partitions:
+            for server in self.servers():
+                for batch in _chunks(server.scan_iter(match=part.keys.pattern, count=1000), 1000):
+                    deleted += self.redis.delete(*batch)  # a cluster's client splits it by slot
         return deleted
 
     def servers(self) -> list[redis.Redis]:
@@ -804,6 +825,127 @@ class Broker:
                 info, keys = pipe.execute()
             replies.append((info, keys))
         return replies
+
+
+# What a payload names that its settle step must reach in the same slot: a unique job's locks,
+# a concurrency limit's keys, a batch's. Those keys are partition 0's, so such a job is too.
+KEYED = ('"lock":', '"cc":', '"batch":')
+
+
+class Partitioned(Broker):
+    """A cluster's broker for ``CLUSTER_PARTITIONS`` over 1: this object is partition 0, which
+    keeps what the deployment shares (pauses, signals, recurring entries, unique jobs' locks,
+    batches, concurrency and rate limits, metrics, results, the outbox relay), and ``parts``
+    holds a ``Broker`` per partition. A plain job goes to the partition its queue's name
+    hashes to, so a queue keeps its order; a job whose payload names shared keys (``KEYED``)
+    goes to partition 0. A worker fetches from every partition (``Fetcher``), and what it does
+    to a job it holds goes to the partition it fetched the job from (``hold``)."""
+
+    def __init__(self, settings: Settings, connection: RedisCluster) -> None:
+        super().__init__(settings, connection)
+        self.parts = [Broker(settings, self.redis, partition) for partition in range(settings.cluster_partitions)]
+        self._homes: dict[str, Broker] = {}  # in-flight field -> its partition, for this process's jobs
+
+    @property
+    def partitions(self) -> list[Broker]:
+        return self.parts
+
+    def partition_of(self, queue: str, payload: str) -> Broker:
+        """Where a job goes: see the class docstring. crc32, not hash(): every process agrees."""
+        if any(marker in payload for marker in KEYED):
+            return self.parts[0]
+        return self.parts[zlib.crc32(queue.encode()) % len(self.parts)]
+
+    def hold(self, part: Broker, fields: Iterable[str]) -> None:
+        """Remember where the fields this process fetched are, until they are settled."""
+        for field in fields:
+            self._homes[field] = part
+
+    def _holder(self, field: str) -> Broker:
+        return self._homes.get(field, self.parts[0])
+
+    def _by_home(self, fields: Iterable[str]) -> dict[Broker, list[str]]:
+        groups: dict[Broker, list[str]] = {}
+        for field in fields:
+            groups.setdefault(self._holder(field), []).append(field)
+        return groups
+
+    def _forget(self, fields: Iterable[str]) -> None:
+        for field in fields:
+            self._homes.pop(field, None)
+
+    def push_one(self, queue: str, priority: int, payload: str) -> None:
+        self.partition_of(queue, payload).push_routed([queue, priority, payload])
+
+    def push_routed(self, entries: list[Any], client: Any = None) -> int:
+        groups: dict[Broker, list[Any]] = {}
+        for i in range(0, len(entries), 3):
+            groups.setdefault(self.partition_of(entries[i], entries[i + 2]), []).extend(entries[i : i + 3])
+        return sum(part.push_routed(group, client) for part, group in groups.items())
+
+    def schedule(self, entries: list[tuple[str, float]], client: Any = None) -> int:
+        groups: dict[Broker, list[tuple[str, float]]] = {}
+        for payload, at in entries:
+            queue = route([payload])[:1]  # a payload naming no queue: partition 0's poller buries it
+            part = self.partition_of(queue[0], payload) if queue else self.parts[0]
+            groups.setdefault(part, []).append((payload, at))
+        return sum(part.schedule(group, client) for part, group in groups.items())
+
+    def settle(self, process_id: str, ops: list[tuple[str, str, Any, Any, int]], limit_keys: Iterable[str] = ()) -> None:
+        groups: dict[Broker, list[tuple[str, str, Any, Any, int]]] = {}
+        for op in ops:
+            groups.setdefault(self._holder(op[1]), []).append(op)
+        for part, group in groups.items():  # a retry after a partial failure: settled fields are skipped
+            part.settle(process_id, group, limit_keys if part is self.parts[0] else ())
+        self._forget(op[1] for op in ops)
+
+    def heartbeat(
+        self, process_id: str, info: dict[str, Any], ttl: float, stranded: Iterable[str] = (), max_recoveries: int = 0
+    ) -> tuple[int, int]:
+        """The process beats in every partition: each has its registry, which its recovery and
+        its concurrency limits read."""
+        stranded = list(stranded)
+        groups = self._by_home(stranded)
+        back = dead = 0
+        for part in self.parts:
+            b, d = part.heartbeat(process_id, info, ttl, groups.get(part, ()), max_recoveries)
+            back, dead = back + b, dead + d
+        self._forget(stranded)
+        return back, dead
+
+    def recover(self, timeout: float, max_recoveries: int) -> tuple[int, int, int]:
+        totals = [part.recover(timeout, max_recoveries) for part in self.parts]
+        return max(t[0] for t in totals), sum(t[1] for t in totals), sum(t[2] for t in totals)
+
+    def release(self, process_id: str, max_recoveries: int, unstarted: Iterable[str] = ()) -> tuple[int, int]:
+        groups = self._by_home(unstarted)
+        back = dead = 0
+        for part in self.parts:
+            b, d = part.release(process_id, max_recoveries, groups.get(part, ()))
+            back, dead = back + b, dead + d
+        self._homes.clear()
+        return back, dead
+
+    def poll(self) -> tuple[int, float | None]:
+        moved, wait = 0, None
+        for part in self.parts:
+            m, w = part.poll()
+            moved += m
+            if w is not None:
+                wait = w if wait is None else min(wait, w)
+        return moved, wait
+
+    def checkpoint(self, process_id: str, field: str, payload: bytes) -> bool:
+        return self._holder(field).checkpoint(process_id, field, payload)
+
+
+def open_broker(settings: Settings, connection: redis.Redis | RedisCluster | None = None) -> Broker:
+    """The broker for these settings: a ``Partitioned`` one in a cluster with
+    ``CLUSTER_PARTITIONS`` over 1, else a ``Broker``."""
+    broker = Broker(settings, connection)
+    if broker.cluster and settings.cluster_partitions > 1:
+        return Partitioned(settings, broker.redis)
+    return broker
 
 
 def _ignore(index: int) -> None:
@@ -840,7 +982,7 @@ def get_broker() -> Broker:
     if broker is None:
         with _lock:
             if _broker is None:
-                _broker = Broker(get_settings())
+                _broker = open_broker(get_settings())
             broker = _broker
     return broker
 

@@ -26,6 +26,9 @@ SCHEME = "redis+cluster"
 PREFIX = SCHEME + "://"
 DEFAULT_PORT = 6379
 FORM = "redis+cluster://[:password@]host:7000,host2:7001,host3:7002/"
+# CLUSTER_PARTITIONS' ceiling: a worker fetches, polls and beats on every partition, so their
+# count is that many round trips per beat; far more than any cluster has masters.
+MAX_PARTITIONS = 64
 
 # Query options: name -> (how to read the value, where it goes). "node": every node's
 # connections; "tls": the same, and only with ssl=true.

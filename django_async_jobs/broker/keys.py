@@ -1,6 +1,7 @@
 """Every Redis key the project uses, built from ``KEY_PREFIX`` in this one place.
 
-Layout (``p`` is the prefix; in a Redis Cluster ``{KEY_PREFIX}``, see ``Keys.cluster``):
+Layout (``p`` is the prefix; in a Redis Cluster ``{KEY_PREFIX}``, and ``{KEY_PREFIX:<n>}`` for
+partition n > 0 of ``CLUSTER_PARTITIONS``, see ``Keys.cluster``):
 
 =====================================  =========  ===============================================
 key                                    type       holds
@@ -72,14 +73,18 @@ class Keys:
     prefix: str
 
     @classmethod
-    def cluster(cls, key_prefix: str) -> Keys:
-        """The keys in a Redis Cluster: the prefix as a hash tag, ``{KEY_PREFIX}``.
+    def cluster(cls, key_prefix: str, partition: int = 0) -> Keys:
+        """The keys of one partition in a Redis Cluster: the prefix as a hash tag,
+        ``{KEY_PREFIX}`` for partition 0 (the only one before partitions came), else
+        ``{KEY_PREFIX:<partition>}``.
 
         A Lua step may only touch keys of one slot, and it builds some keys itself (a queue's
         from a payload's queue name, a dead process's in-flight hash from its id); with the tag,
-        every key of the key space hashes to the tag's slot, so each step's keys, declared or
-        built, live together on one master. That master carries all the deployment's work."""
-        return cls(f"{{{key_prefix}}}")
+        every key of a partition hashes to the tag's slot, so each step's keys, declared or
+        built, live together on one master. Each partition is a whole key space (queues,
+        schedule, retries, in-flight hashes, processes, stats); ``CLUSTER_PARTITIONS`` of them
+        spread the work over the masters that serve their slots."""
+        return cls(f"{{{key_prefix}}}" if partition == 0 else f"{{{key_prefix}:{partition}}}")
 
     def queue(self, name: str) -> str:
         return f"{self.prefix}:queue:{name}"

@@ -43,7 +43,7 @@ class DeadWriter(threading.Thread):
     def run(self) -> None:
         while not self.stopping.wait(INTERVAL):
             try:
-                if self.broker.redis.hlen(self.broker.keys.dead) and self._lease("dead-flush", FLUSH_LEASE):
+                if self.broker.staged_dead() and self._lease("dead-flush", FLUSH_LEASE):
                     try:
                         flush_staged(self.broker)
                     finally:

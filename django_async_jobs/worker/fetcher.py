@@ -19,6 +19,12 @@ that is stopping or quiet and still owes such an attempt makes one more fetch of
 to take them back. Only a registered process fetches, so a copy that runs after the process
 stopped or was taken for dead cannot put jobs where nobody would recover them.
 
+In a cluster with ``CLUSTER_PARTITIONS`` over 1, the queues are spread over several slots, and
+no one command waits on keys of several slots: the role fetches from one partition after the
+other (a ``Lane`` each, with its own connection and attempt numbers), passes over those whose
+last fetch came back short, and waits for "ready" only once every partition did. An idle
+worker thus sends one fetch per partition per ``IDLE_RECHECK``.
+
 The other design, comparing the in-flight hash with what the process holds at each heartbeat,
 cannot tell a stranded job from one whose fetch reply, settlement or hand-over to the event
 loop is on its way: it would need to stop every thread that moves jobs at each beat, and a late
@@ -92,6 +98,24 @@ def select_queues(spec: QueueSpec, requested: Sequence[str]) -> QueueSpec:
 LEAD = object()  # the fetching role, passed between threads through the buffer
 
 
+class Lane:
+    """The fetching of one partition (``Broker.partitions``): its connection, the numbers of
+    its last attempt and of the last whose reply came back, and whether it came back short."""
+
+    __slots__ = ("broker", "connection", "attempt", "received", "dry")
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self.connection = broker.own_connection()  # the role's, whichever thread leads
+        self.attempt = 0
+        self.received = 0
+        self.dry = False
+
+    @property
+    def owed(self) -> bool:
+        return self.attempt > self.received
+
+
 class Fetcher:
     """The jobs a process holds, and the fetching role its processor threads take in turn.
 
@@ -125,13 +149,12 @@ class Fetcher:
         self._buffer: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._buffer.put(LEAD)
         self._fetching = threading.Lock()  # held by the leader while it fetches
-        self._connection = broker.own_connection()  # the role's, whichever thread leads
-        self._dry = False  # the last fetch came back short: wait for "ready" before the next
+        self._lanes = [Lane(part) for part in broker.partitions]
+        self._turn = 0  # the lane the next fetch tries first
+        # Where each fetched job is, for what the process does to it later (Partitioned).
+        self._hold = broker.hold if len(self._lanes) > 1 else None
         self._backoff = 0.1
         self._pubsub: Any = None
-        # The role's own: the last attempt sent, the last whose reply came back (module docstring).
-        self._attempt = 0
-        self._received = 0
         self._closed = threading.Event()  # stop() ran: not even a fetch of no new jobs any more
         # Paused queues (``api.pause_queue``), read at most once a second in a call of its own,
         # so a fetch neither waits for nor carries anything more; between reads, a fetch that
@@ -162,7 +185,12 @@ class Fetcher:
     @property
     def owed(self) -> bool:
         """An attempt's reply never came back: its jobs may be in our hash and in no thread."""
-        return self._attempt > self._received
+        return any(lane.owed for lane in self._lanes)
+
+    @property
+    def _dry(self) -> bool:
+        """Every partition's last fetch came back short: wait for "ready" before the next."""
+        return all(lane.dry for lane in self._lanes)
 
     def release_slot(self) -> None:
         """A thread is done with its job: settled, handed back or passed to the event loop."""
@@ -175,8 +203,9 @@ class Fetcher:
         self._closed.set()
         if self._fetching.acquire(timeout=timeout):
             self._unsubscribe()
-            if self._connection is not None:
-                self._connection.disconnect()
+            for lane in self._lanes:
+                if lane.connection is not None:
+                    lane.connection.disconnect()
             self._fetching.release()
         for _ in range(threads):
             self._buffer.put(None)
@@ -201,6 +230,8 @@ class Fetcher:
                 # The queues ran dry: wait for the "ready" that every step adding jobs
                 # publishes, rather than a fetch that would find nothing.
                 self._wait_for_work()
+                for lane in self._lanes:
+                    lane.dry = False
                 if self.stopping.is_set():
                     break
             elif self._pubsub is not None:
@@ -208,16 +239,29 @@ class Fetcher:
                     self._drain_messages()  # a busy process must not let messages pile up
                 except Exception:  # a client bug too: the channel is made again when next needed
                     self._unsubscribe()
-            items = self._fetch(new=True)
+            items = self._fetch(self._next_lane(), new=True)
             if items:
                 return items
-        while self.owed and not self._closed.is_set():
-            items = self._fetch(new=False)
+        while not self._closed.is_set():
+            lane = next((lane for lane in self._lanes if lane.owed), None)
+            if lane is None:
+                break
+            items = self._fetch(lane, new=False)
             if items:
                 return items
         return []
 
-    def _fetch(self, new: bool) -> list[tuple[str, bytes]]:
+    def _next_lane(self) -> Lane:
+        """The next partition in turn whose last fetch did not come back short."""
+        lanes = self._lanes
+        for step in range(len(lanes)):
+            index = (self._turn + step) % len(lanes)
+            if not lanes[index].dry:
+                self._turn = index + 1
+                return lanes[index]
+        return lanes[0]  # not reached: _lead waits while every lane is dry
+
+    def _fetch(self, lane: Lane, new: bool) -> list[tuple[str, bytes]]:
         """One attempt: jobs for every free slot (``new``), or only those a lost reply owes us.
         The jobs an earlier attempt owes us come first and may exceed the free slots."""
         queues = self.order.next()
@@ -226,31 +270,35 @@ class Fetcher:
         if self._paused:
             queues = [name for name in queues if name not in self._paused]
             if not queues and new:  # every queue of ours is paused: wait as for empty ones
-                self._dry = True
+                for each in self._lanes:
+                    each.dry = True
                 return []
         with self._held_lock:
             free = self.capacity - self._held if new else 0
             self._held += free
-        self._attempt += 1
+        lane.attempt += 1
         items: list[tuple[bytes, bytes]] = []
         try:
-            items = self.broker.fetch(
-                self.process_id, queues, free, self._connection,
-                attempt=self._attempt, received=self._received,
+            items = lane.broker.fetch(
+                self.process_id, queues, free, lane.connection,
+                attempt=lane.attempt, received=lane.received,
             )
-            self._received = self._attempt
-            self._dry = len(items) < free
+            lane.received = lane.attempt
+            lane.dry = len(items) < free
             self._backoff = 0.1
         except Exception as exc:  # a client bug too must not end the thread: the attempt stays owed
             log_failure(logger, exc, "fetch failed, retrying in %.1fs", self._backoff)
             # Once stopping, only stop() ends the wait: a quiet process still owes the attempt.
             (self._closed if self.stopping.is_set() else self.stopping).wait(self._backoff)
             self._backoff = min(self._backoff * 2, 5.0)
-            self._dry = False
+            lane.dry = False
         finally:
             with self._held_lock:
                 self._held -= free - len(items)
-        return [(field.decode(), raw) for field, raw in items]
+        fetched = [(field.decode(), raw) for field, raw in items]
+        if self._hold is not None and fetched:
+            self._hold(lane.broker, [field for field, _ in fetched])
+        return fetched
 
     def _read_paused(self) -> None:
         self._paused_read_at = time.monotonic()

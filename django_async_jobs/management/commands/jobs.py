@@ -194,7 +194,7 @@ def dead_flush(command: BaseCommand, options: dict[str, Any]) -> None:
     broker = get_broker()
     count = flush_staged(broker)
     command.stdout.write(f"Flushed {count} staged dead job{'s' if count != 1 else ''} to the database.")
-    left = broker.redis.hlen(broker.keys.dead)
+    left = broker.staged_dead()
     if left:
         command.stderr.write(f"{left} still staged in Redis (is the database reachable? see the log).")
 
