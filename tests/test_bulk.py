@@ -76,3 +76,12 @@ def test_perform_all_later_mixes_classes_and_runs_each_jobs_enqueue_chain(broker
     assert [(j["jid"], j["priority"]) for j in queued(broker, "low")] == [(jobs[2].job_id, 3)]
     assert [bool(job) for job in jobs] == [True, False, True]
     assert seen == [jobs[0].job_id, jobs[2].job_id]
+
+
+def test_a_bulk_carries_any_text_byte_for_byte(broker):
+    """The bulk's packets are built by the broker itself (``_resp``): each argument's length
+    is its UTF-8 length, whatever its characters or size."""
+    texts = ["plain", "é", "日本語", "🙂 and \u2028", "x" * 7_000, "\x00\r\n$3\r\n"]
+    items = [("k", texts[i % len(texts)], i) for i in range(1_500)]  # two chunks
+    assert NoteJob.perform_bulk(items) == 1_500
+    assert [j["args"] for j in queued(broker)] == [list(item) for item in items]
