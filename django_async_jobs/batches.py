@@ -215,6 +215,9 @@ class _Block:
 
     def __init__(self, keys: tuple[str, ...], own: bool) -> None:
         self.keys = keys
+        # The payloads' "batch" field: one list for every job of the block, not one per job,
+        # which the garbage collector would walk again and again in a bulk of 200,000.
+        self.field = list(keys)
         self.own = own
         self.waiting: list[ApplicationJob] = []
 
@@ -277,7 +280,7 @@ class BatchMembership:
         block = _block.get()
         if block is None:
             return call_next(job)
-        job.payload["batch"] = list(block.keys)
+        job.payload["batch"] = block.field
         result = call_next(job)
         if job._delivered:
             block.joined(job)
