@@ -17,6 +17,7 @@ step, ``deliver``, decides two things for each job, single or bulk:
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,7 @@ def deliver_all(jobs: Sequence[ApplicationJob], using: str | None) -> int:
     """Send jobs that went through their chains together: the ones whose class waits for a
     commit to that database's outbox or when it commits, the rest now. Returns how many were
     sent, written or deferred."""
-    groups: dict[tuple[str | None, bool], list[ApplicationJob]] = {}
+    groups: defaultdict[tuple[str | None, bool], list[ApplicationJob]] = defaultdict(list)
     routes: dict[type, tuple[str | None, bool]] = {}  # one transaction check per class, not per job
     for job in jobs:
         kind = type(job)
@@ -71,7 +72,7 @@ def deliver_all(jobs: Sequence[ApplicationJob], using: str | None) -> int:
         if route is None:
             alias = commit_alias(kind, using)
             route = routes[kind] = (alias, alias is not None and outbox.applies(kind))
-        groups.setdefault(route, []).append(job)
+        groups[route].append(job)
     for (alias, via_outbox), group in groups.items():
         if alias is None:
             _send_now(group)

@@ -336,6 +336,7 @@ class ApplicationJob:
         push them together: one Redis call per 1,000. Returns how many were enqueued (or deferred
         to the commit); a job a middleware or callback halted is not counted."""
         collected: list[ApplicationJob] = []
+        collect = collected.append  # the chain's push collects each job for the bulk
         for index, job in enumerate(jobs):
             if not isinstance(job, ApplicationJob):
                 raise TypeError(
@@ -344,7 +345,7 @@ class ApplicationJob:
                     f"build them with MyJob(*args), or use MyJob.perform_bulk([args, ...])."
                 )
             job._prepare_enqueue(None, None, using)
-            job._route = collected.append  # the chain's push collects it for the bulk
+            job._route = collect
             try:
                 job._run_enqueue_chain()
             finally:
@@ -370,13 +371,14 @@ class ApplicationJob:
         expires_in = options.get("expires_in")
         if expires_in is not None:
             expires_in = flow.enqueue_expiry(cls, expires_in)
+        priority = options.get("priority")
         jobs = []
         for index, item in enumerate(items):
             args, kwargs = _call_arguments(item, index)
             job = cls(*args, **kwargs)
             job.queue_name = queue
-            if options.get("priority") is not None:
-                job.priority = options["priority"]
+            if priority is not None:
+                job.priority = priority
             job.scheduled_at = run_at
             if expires_in is not None:
                 job._expires_in = expires_in
@@ -470,9 +472,11 @@ class ApplicationJob:
         self.enqueued_at = data["enqueued_at"] = round(time.time(), 3)
         if self.scheduled_at is not None:
             data["at"] = round(self.scheduled_at, 3)
-        for key in CARRIED:
-            if key in self.payload:
-                data[key] = self.payload[key]
+        payload = self.payload
+        if payload:  # most jobs carry nothing
+            for key in CARRIED:
+                if key in payload:
+                    data[key] = payload[key]
         if self.lock_keys is not None:
             data["lock"] = self.lock_keys
         if self.meta:

@@ -46,6 +46,7 @@ class MalformedPayload(ValueError):
 # keeps ids of different processes apart.
 _id_counter: Any = None
 _id_last_ms = 0
+_id_head = f"{0:012x}"  # _id_last_ms in hex: formatted once per millisecond, not per id
 
 
 def _seed_ids() -> None:
@@ -59,13 +60,12 @@ os.register_at_fork(after_in_child=_seed_ids)
 
 def new_job_id() -> str:
     """A 24-hex-digit id, unique and increasing within the process (see above)."""
-    global _id_last_ms
+    global _id_last_ms, _id_head
     now = time.time_ns() // 1_000_000
-    if now < _id_last_ms:
-        now = _id_last_ms
-    else:
+    if now > _id_last_ms:
         _id_last_ms = now
-    return f"{now:012x}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
+        _id_head = f"{now:012x}"
+    return f"{_id_head}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 def _hint(value: Any, tagged: bool) -> str:
