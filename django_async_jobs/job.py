@@ -9,10 +9,12 @@ class's enqueue chain to ``dispatch.deliver``; ``perform_now`` runs its perform 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import inspect
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -337,20 +339,21 @@ class ApplicationJob:
         to the commit); a job a middleware or callback halted is not counted."""
         collected: list[ApplicationJob] = []
         collect = collected.append  # the chain's push collects each job for the bulk
-        for index, job in enumerate(jobs):
-            if not isinstance(job, ApplicationJob):
-                raise TypeError(
-                    f"perform_all_later() takes job instances, got {argument_repr(job)} (a "
-                    f"{type(job).__name__}) at index {index}; "
-                    f"build them with MyJob(*args), or use MyJob.perform_bulk([args, ...])."
-                )
-            job._prepare_enqueue(None, None, using)
-            job._route = collect
-            try:
-                job._run_enqueue_chain()
-            finally:
-                job._route = None
-        return dispatch.deliver_all(collected, using)
+        with _collector_paused():
+            for index, job in enumerate(jobs):
+                if not isinstance(job, ApplicationJob):
+                    raise TypeError(
+                        f"perform_all_later() takes job instances, got {argument_repr(job)} (a "
+                        f"{type(job).__name__}) at index {index}; "
+                        f"build them with MyJob(*args), or use MyJob.perform_bulk([args, ...])."
+                    )
+                job._prepare_enqueue(None, None, using)
+                job._route = collect
+                try:
+                    job._run_enqueue_chain()
+                finally:
+                    job._route = None
+            return dispatch.deliver_all(collected, using)
 
     @classmethod
     def perform_bulk(cls, items: Any, **options: Any) -> int:
@@ -373,17 +376,20 @@ class ApplicationJob:
             expires_in = flow.enqueue_expiry(cls, expires_in)
         priority = options.get("priority")
         jobs = []
-        for index, item in enumerate(items):
-            args, kwargs = _call_arguments(item, index)
-            job = cls(*args, **kwargs)
-            job.queue_name = queue
-            if priority is not None:
-                job.priority = priority
-            job.scheduled_at = run_at
-            if expires_in is not None:
-                job._expires_in = expires_in
-            jobs.append(job)
-        return cls.perform_all_later(jobs, using=options.get("using"))
+        with _collector_paused():
+            for index, item in enumerate(items):
+                args, kwargs = _call_arguments(item, index)
+                job = cls(*args, **kwargs)
+                job.queue_name = queue
+                if priority is not None:
+                    job.priority = priority
+                job.scheduled_at = run_at
+                if expires_in is not None:
+                    job._expires_in = expires_in
+                jobs.append(job)
+            count = cls.perform_all_later(jobs, using=options.get("using"))
+            del jobs  # freed while the collector is off, which would walk them once more
+        return count
 
     def enqueue(
         self,
@@ -530,6 +536,23 @@ def _mapping(data: dict[str, Any], field: str, tagged: bool) -> dict[str, Any]:
     if type(value) is not dict:
         raise MalformedPayload(f"field {field!r} is not an object")
     return load_value(value) if tagged else value
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off during a bulk enqueue. A bulk's jobs all live until its
+    end, and the collector, set off by their allocations, walks every live object again each time
+    they grew by a quarter, to find nothing: a quarter of a 200,000-job bulk's CPU. Reference
+    counting still frees what dies; a cycle made meanwhile waits for the next collection. The
+    collector is process-wide: only the pause that turned it off turns it back on."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _call_arguments(item: Any, index: int) -> tuple[tuple[Any, ...], dict[str, Any]]:

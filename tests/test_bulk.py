@@ -1,5 +1,6 @@
 """perform_all_later / perform_bulk: one Redis round trip per 1,000 jobs, validation up front."""
 
+import gc
 import json
 import time
 
@@ -85,3 +86,29 @@ def test_a_bulk_carries_any_text_byte_for_byte(broker):
     items = [("k", texts[i % len(texts)], i) for i in range(1_500)]  # two chunks
     assert NoteJob.perform_bulk(items) == 1_500
     assert [j["args"] for j in queued(broker)] == [list(item) for item in items]
+
+
+def test_the_garbage_collector_is_paused_during_a_bulk_and_restored_after(broker):
+    seen = []
+
+    def receiver(sender, job, **kwargs):
+        seen.append(gc.isenabled())
+
+    signals.job_enqueued.connect(receiver)
+    try:
+        assert gc.isenabled()
+        NoteJob.perform_bulk([("k", 1), ("k", 2)])
+        assert seen == [False, False] and gc.isenabled()
+        ApplicationJob.perform_all_later([NoteJob("k", 3)])
+        assert seen[2:] == [False] and gc.isenabled()
+        with pytest.raises(TypeError, match="cannot take these arguments"):
+            CountingJob.perform_bulk([(1,), (1, 2, 3, 4, 5)])
+        assert gc.isenabled()  # back on after a bulk that raised
+        gc.disable()  # the caller's own pause: a bulk leaves the collector as it found it
+        try:
+            NoteJob.perform_bulk([("k", 4)])
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        signals.job_enqueued.disconnect(receiver)
