@@ -144,15 +144,23 @@ def _routed(jobs: Sequence[ApplicationJob]) -> list[Any]:
 
 def _push(jobs: Sequence[ApplicationJob]) -> None:
     """Push ready jobs and schedule delayed ones, CHUNK jobs per Redis call; each chunk's jobs
-    are marked enqueued once Redis took it (so a failure part-way says which were not)."""
+    are marked enqueued once Redis took it (so a failure part-way says which were not). Every
+    payload is encoded before the first push: a value JSON cannot carry raises with nothing
+    pushed."""
     broker = get_broker()
     chunks = [jobs[start : start + CHUNK] for start in range(0, len(jobs), CHUNK)]
     if all(job.scheduled_at is None for job in jobs):  # the usual case: stream the chunks
-        broker.push_stream((_routed(chunk) for chunk in chunks), on_pushed=lambda index: _all_enqueued(chunks[index]))
+        routed = [_routed(chunk) for chunk in chunks]
+        broker.push_stream(iter(routed), on_pushed=lambda index: _all_enqueued(chunks[index]))
         return
-    for chunk in chunks:
-        ready = _routed([job for job in chunk if job.scheduled_at is None])
-        delayed = [(encode_job(job.serialize()), job.scheduled_at) for job in chunk if job.scheduled_at is not None]
+    steps = [
+        (
+            _routed([job for job in chunk if job.scheduled_at is None]),
+            [(encode_job(job.serialize()), job.scheduled_at) for job in chunk if job.scheduled_at is not None],
+        )
+        for chunk in chunks
+    ]
+    for chunk, (ready, delayed) in zip(chunks, steps, strict=True):
         if ready and delayed:
             broker.push_and_schedule(ready, delayed)
         elif ready:

@@ -60,6 +60,18 @@ def test_everything_is_validated_before_anything_is_pushed(broker):
     assert queued(broker) == [] and queued(broker, "low") == []
 
 
+@pytest.mark.parametrize("wait", [None, 60])
+def test_a_value_json_cannot_carry_late_in_a_big_bulk_pushes_nothing(broker, wait):
+    """The first chunks are not pushed before a later one is found to hold a value JSON cannot
+    carry: every payload is encoded before the first push."""
+    from django_async_jobs import SerializationError
+
+    items = [("k", i) for i in range(1500)] + [("k", object())]
+    with pytest.raises(SerializationError):
+        NoteJob.perform_bulk(items, **({"wait": wait} if wait else {}))
+    assert queued(broker) == [] and broker.redis.zcard(broker.keys.schedule) == 0
+
+
 def test_perform_all_later_mixes_classes_and_runs_each_jobs_enqueue_chain(broker):
     seen = []
 
