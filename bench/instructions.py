@@ -7,7 +7,7 @@ budget a hot-path change is held to. An instruction count for the same code and 
 to a fraction of a percent whatever else the machine runs. For the current tree and each REF:
 
 * the worker: ``runworker -c 1`` runs under callgrind over a queue of N1 ready jobs, until all
-  ran, then is stopped; again over N2 (its beats and poller stretched as callgrind slows it). ``(I2 - I1) / (N2 - N1)`` is what one job costs the
+  ran, then is stopped; again over N2 (its beats, poller and acknowledgement batches stretched as callgrind slows it). ``(I2 - I1) / (N2 - N1)`` is what one job costs the
   worker process (fetch, decode, run, settle, log, metrics), start-up and shutdown cancelling out;
 * the client: ``perform_later`` N1 times in one process, then N2 times, the same way.
 
@@ -38,7 +38,7 @@ import redis  # noqa: E402
 from bench.config import COUNTER_KEY, REDIS_DB, REDIS_HOST, REDIS_PORT, RESULTS_DIR  # noqa: E402
 from bench.procs import bench_env  # noqa: E402
 from bench.run import _worktree  # noqa: E402
-from bench.systems.ours import SETTINGS, bulk_enqueue, worker_command  # noqa: E402
+from bench.systems.ours import SETTINGS, bulk_enqueue  # noqa: E402
 
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 _CLIENT = """
@@ -68,8 +68,21 @@ def _count(log: Path, what: str) -> int:
 # Callgrind runs the worker some 50 times slower, so work done every few seconds (a beat, the
 # scheduled-job poller) would fall on 50 times fewer jobs than at full speed. These settings
 # stretch those periods by as much; ``SETTINGS`` of each tree supplies the rest.
+SLOWDOWN = 50
 _SLOW_SETTINGS = f"""from {SETTINGS} import *  # noqa: F403
 ASYNC_JOBS = {{**ASYNC_JOBS, "HEARTBEAT_TIMEOUT": 3000, "HEARTBEAT_INTERVAL": 250, "POLL_INTERVAL": 25}}  # noqa: F405
+"""
+# The same for the acknowledgements: the acker waits ``LINGER`` (2 ms) for more finished jobs
+# before a settle round trip, which at full speed gathers ten or more no-op jobs; slowed down,
+# one. Stretched as well, each settle step carries as many jobs as it would at full speed.
+_WORKER = f"""
+import sys
+import django
+django.setup()
+from django.core.management import execute_from_command_line
+from django_async_jobs.worker import acker
+acker.LINGER *= {SLOWDOWN}
+execute_from_command_line(["django", "runworker", "-c", sys.argv[1]])
 """
 
 
@@ -88,7 +101,7 @@ def worker_instructions(tree: Path, jobs: int, conn: redis.Redis, threads: int =
     env = bench_env({"DJANGO_SETTINGS_MODULE": "callgrind_settings", "PYTHONPATH": path})
     log = RESULTS_DIR / "callgrind-worker.log"
     proc = subprocess.Popen(
-        _callgrind(worker_command(1, threads), log), cwd=tree, env=env,
+        _callgrind([sys.executable, "-c", _WORKER, str(threads)], log), cwd=tree, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 1800
