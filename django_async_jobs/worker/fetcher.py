@@ -190,7 +190,10 @@ class Fetcher:
     @property
     def _dry(self) -> bool:
         """Every partition's last fetch came back short: wait for "ready" before the next."""
-        return all(lane.dry for lane in self._lanes)
+        for lane in self._lanes:
+            if not lane.dry:
+                return False
+        return True
 
     def release_slot(self) -> None:
         """A thread is done with its job: settled, handed back or passed to the event loop."""
@@ -254,6 +257,8 @@ class Fetcher:
     def _next_lane(self) -> Lane:
         """The next partition in turn whose last fetch did not come back short."""
         lanes = self._lanes
+        if len(lanes) == 1:
+            return lanes[0]
         for step in range(len(lanes)):
             index = (self._turn + step) % len(lanes)
             if not lanes[index].dry:
