@@ -12,6 +12,8 @@ job with the same score, and no payload travels through a form.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 import math
 import re
@@ -36,6 +38,8 @@ MAX_PER_PAGE = 200
 # Far past any set's last page, and small enough that the offset stays a 64-bit integer for
 # Redis: a larger page number (from a URL, say) is clamped to the last page, not an error.
 MAX_PAGE = 10**15
+# With partitions, how deep a page reaches into a list (each partition's first members, merged).
+MERGED_DEPTH = 10_000
 HISTORY_DAYS = 30
 
 
@@ -263,15 +267,31 @@ class Page(Paging):
 
 
 def page_of(key: str, number: int = 1, per_page: int = 25, broker: Broker | None = None) -> Page:
-    """One page of a sorted set in score order: ZCARD + ZRANGE, whatever the set's size."""
+    """One page of a sorted set in score order: ZCARD + ZRANGE, whatever the set's size.
+
+    With partitions (``CLUSTER_PARTITIONS``) the set is in each of them: the page is merged from
+    each one's first members, so it reaches ``MERGED_DEPTH`` jobs deep at most."""
     broker = broker or get_broker()
     per_page = max(1, min(per_page, MAX_PER_PAGE))
     number = max(1, min(number, MAX_PAGE))
+    keys = broker.twins(key)
+    if len(keys) > 1:
+        number = max(1, min(number, MERGED_DEPTH // per_page))
     start = (number - 1) * per_page
     with broker.redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(key)
-        pipe.zrange(key, start, start + per_page - 1, withscores=True)
-        total, members = pipe.execute()
+        for each in keys:
+            pipe.zcard(each)
+        if len(keys) == 1:
+            pipe.zrange(key, start, start + per_page - 1, withscores=True)
+        else:
+            for each in keys:
+                pipe.zrange(each, 0, start + per_page - 1, withscores=True)
+        replies = pipe.execute()
+    total = sum(replies[: len(keys)])
+    members = replies[-1]
+    if len(keys) > 1:  # Redis's own order: score, then member
+        merged = heapq.merge(*replies[len(keys) :], key=lambda pair: (pair[1], pair[0]))
+        members = list(itertools.islice(merged, start, start + per_page))
     pages = max(1, math.ceil(total / per_page))
     if number > pages:  # past the end (the set shrank): show the last page instead
         return page_of(key, pages, per_page, broker) if total else Page([], 0, 1, per_page)
@@ -296,7 +316,8 @@ def act(key: str, op: str, refs: Iterable[str], broker: Broker | None = None) ->
     picks = parse_refs(refs)
     if not picks:
         return 0
-    return (broker or get_broker()).pick(key, op, picks)
+    broker = broker or get_broker()
+    return sum(broker.pick(each, op, picks) for each in broker.twins(key))  # each job is in one
 
 
 def find_ref(key: str, ref: str, broker: Broker | None = None) -> JobEntry | None:
@@ -307,10 +328,11 @@ def find_ref(key: str, ref: str, broker: Broker | None = None) -> JobEntry | Non
         return None
     score, job_id = picks[0]
     broker = broker or get_broker()
-    for member, found_score in broker.redis.zrangebyscore(key, score, score, withscores=True):
-        job = entry(member, found_score)
-        if job.job_id == job_id:
-            return job
+    for each in broker.twins(key):
+        for member, found_score in broker.redis.zrangebyscore(each, score, score, withscores=True):
+            job = entry(member, found_score)
+            if job.job_id == job_id:
+                return job
     return None
 
 
@@ -373,31 +395,42 @@ class Found:
 def search(key: str, filters: Filters, cursor: int = 0, limit: int = 25, broker: Broker | None = None) -> Found:
     """Jobs of the sorted set ``key`` matching ``filters``, a page at a time: ZSCAN with a MATCH
     pattern (Redis drops most non-matches), at most ``SCAN_CALLS`` calls per page, so a search
-    never loads the whole set, however large; pass the returned cursor for the next page."""
+    never loads the whole set, however large; pass the returned cursor for the next page.
+    With partitions the scan goes through each one's set in turn: the cursor is the partition's
+    scan cursor times the partitions, plus the partition."""
     broker = broker or get_broker()
     limit = max(1, min(limit, MAX_PER_PAGE))
     found: list[JobEntry] = []
     pattern = filters.pattern()
+    keys = broker.twins(key)
+    part, cursor = cursor % len(keys), cursor // len(keys)
     for _ in range(SCAN_CALLS):
-        cursor, members = broker.redis.zscan(key, cursor, match=pattern, count=SCAN_COUNT)
+        cursor, members = broker.redis.zscan(keys[part], cursor, match=pattern, count=SCAN_COUNT)
         found += [job for job in (entry(m, s) for m, s in members) if filters.matches(job)]
-        if cursor == 0 or len(found) >= limit:
+        if cursor == 0:
+            if part == len(keys) - 1:
+                return Found(found, 0)
+            part += 1  # the next partition's set, from its start
+        if len(found) >= limit:
             break
-    return Found(found, cursor)
+    return Found(found, cursor * len(keys) + part)
 
 
 def act_matching(key: str, op: str, filters: Filters, broker: Broker | None = None) -> int:
     """``act`` on every job of ``key`` matching ``filters`` ("all matching"), a scan page at a
     time: each page's jobs are acted on before the next is read. Returns how many were."""
     broker = broker or get_broker()
-    done, cursor, pattern = 0, 0, filters.pattern()
-    while True:
-        cursor, members = broker.redis.zscan(key, cursor, match=pattern, count=SCAN_COUNT * 2)
-        refs = [job.ref for job in (entry(m, s) for m, s in members) if filters.matches(job)]
-        if refs:
-            done += act(key, op, refs, broker)
-        if cursor == 0:
-            return done
+    done, pattern = 0, filters.pattern()
+    for each in broker.twins(key):
+        cursor = 0
+        while True:
+            cursor, members = broker.redis.zscan(each, cursor, match=pattern, count=SCAN_COUNT * 2)
+            refs = [job.ref for job in (entry(m, s) for m, s in members) if filters.matches(job)]
+            if refs:
+                done += act(each, op, refs, broker)
+            if cursor == 0:
+                break
+    return done
 
 
 # -- cancelling a job ------------------------------------------------------------------------------
@@ -467,11 +500,13 @@ def _waiting(job_id: str, broker: Broker) -> list[Place]:
     worker by then). ``find.lua`` looks for the id a bounded part of a set a call: a queue's
     priority band, whose members are ordered by job id, by bisection; the schedule and the retry
     set member by member, in Redis, without sending them here."""
-    keys = broker.keys
-    sets = [("scheduled", keys.schedule, ""), ("retries", keys.retry, "")]
-    limits = [_text(limit) for limit in broker.redis.zrange(keys.blocked, 0, -1)]
-    sets += [("blocked", keys.concurrency_blocked(limit), "") for limit in limits]
-    sets += [("queue", keys.queue(name), name) for name in queue_names(broker)]
+    names = queue_names(broker)
+    sets = []
+    for keys in (part.keys for part in broker.partitions):
+        sets += [("scheduled", keys.schedule, ""), ("retries", keys.retry, "")]
+        limits = [_text(limit) for limit in broker.redis.zrange(keys.blocked, 0, -1)]
+        sets += [("blocked", keys.concurrency_blocked(limit), "") for limit in limits]
+        sets += [("queue", keys.queue(name), name) for name in names]
     found = []
     for kind, key, queue in sets:
         for member, score in broker.find(key, job_id):
@@ -513,14 +548,16 @@ def cancel_refs(key: str, refs: Iterable[str], broker: Broker | None = None) -> 
 
 
 def _remove(broker: Broker, key: str, score: str, job_id: str) -> bool:
-    """Take one job out of a sorted set and send ``job_cancelled``; False if it was gone."""
-    found = [entry(member, 0.0) for member in broker.redis.zrangebyscore(key, score, score)]
-    names = [job.job_class for job in found if job.job_id == job_id]
-    if not broker.pick(key, "delete", [(score, job_id)]):
-        return False
-    job_class = registry.lookup(names[0]) if names else None
-    signals.send(signals.job_cancelled, job_class, job=None, job_id=job_id)
-    return True
+    """Take one job out of a sorted set (in whichever partition holds it) and send
+    ``job_cancelled``; False if it was gone."""
+    for each in broker.twins(key):
+        found = [entry(member, 0.0) for member in broker.redis.zrangebyscore(each, score, score)]
+        names = [job.job_class for job in found if job.job_id == job_id]
+        if broker.pick(each, "delete", [(score, job_id)]):
+            job_class = registry.lookup(names[0]) if names else None
+            signals.send(signals.job_cancelled, job_class, job=None, job_id=job_id)
+            return True
+    return False
 
 
 # -- queues -------------------------------------------------------------------------------------

@@ -514,3 +514,37 @@ def test_a_killed_workers_jobs_in_another_partition_are_recovered(partitioned, s
     b.send(signal.SIGTERM)
     assert b.wait(15) == 0
     assert registered(partitioned) == {} and partitioned.queue_size("default") == 0
+
+
+@pytest.mark.django_db
+def test_the_lists_and_their_actions_cover_every_partition(partitioned, client, prefix):
+    """The dashboard's and the api's job lists merge each partition's set in score order."""
+    jobs = [  # partitions 1, 2, 1, 2
+        IncrJob.set(queue=queue, wait=60 + i).perform_later(f"{prefix}:k{i}")
+        for i, queue in enumerate(("default", "critical", "default", "critical"))
+    ]
+    key = api.set_key("scheduled", partitioned)
+    assert [partitioned.redis.zcard(each) for each in partitioned.twins(key)] == [0, 2, 2]
+    page = api.page_of(key, 1, 3, partitioned)
+    assert page.total == 4 and [e.job_id for e in page.entries] == [j.job_id for j in jobs[:3]]
+    assert [e.job_id for e in api.page_of(key, 2, 3, partitioned).entries] == [jobs[3].job_id]
+    found, cursor, calls = [], 0, 0
+    while True:  # a page a call, the cursor walking the partitions
+        result = api.search(key, api.Filters(text="k"), cursor, 1, partitioned)
+        found += [e.job_id for e in result.entries]
+        cursor, calls = result.cursor, calls + 1
+        if not cursor:
+            break
+    assert sorted(found) == sorted(j.job_id for j in jobs) and calls >= 2
+    assert api.find_ref(key, page.entries[1].ref, partitioned).job_id == jobs[1].job_id
+    assert [p.kind for p in api.locate(jobs[2].job_id, broker=partitioned)] == ["scheduled"]
+    assert api.cancel(jobs[2].job_id, partitioned).removed == ["scheduled"]
+    assert api.act(key, "enqueue", [page.entries[0].ref, page.entries[1].ref], partitioned) == 2
+    assert (where(partitioned, "default"), where(partitioned, "critical")) == ([1], [2])
+    assert api.act_matching(key, "delete", api.Filters(), partitioned) == 1
+    client.force_login(User.objects.create_superuser("admin"))
+    base = "/admin/django_async_jobs/dashboard/"
+    for page_name in ("", "stats.json", "queues/", "queues/default/", "queues/critical/", "busy/", "scheduled/", "retries/"):
+        assert client.get(base + page_name).status_code == 200, page_name
+    assert jobs[1].job_id in client.get(base + "queues/critical/").content.decode()
+    assert client.get(base + "stats.json").json()["stats"]["enqueued"] == 2

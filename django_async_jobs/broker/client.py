@@ -186,6 +186,10 @@ class Broker:
         alone but in a cluster with ``CLUSTER_PARTITIONS`` over 1."""
         return [self]
 
+    def twins(self, key: str) -> list[str]:
+        """``key`` as each partition has it (a queue, the schedule, ...): ``key`` alone here."""
+        return [key]
+
     def _frame(self, keys: list[str], args: list[Any]) -> tuple[list[str], list[Any]]:
         """A script's keys and args behind those lib.lua, every script's prelude, reads first:
         KEYS[1..3] = known queues, sequence, dead stage; ARGV[1..2] = queue key base, channel."""
@@ -928,6 +932,7 @@ class Partitioned(Broker):
 
     def recover(self, timeout: float, max_recoveries: int) -> tuple[int, int, int]:
         totals = [part.recover(timeout, max_recoveries) for part in self.parts]
+        # A stopped process is in every partition's registry: counted once.
         return max(t[0] for t in totals), sum(t[1] for t in totals), sum(t[2] for t in totals)
 
     def release(self, process_id: str, max_recoveries: int, unstarted: Iterable[str] = ()) -> tuple[int, int]:
@@ -950,6 +955,22 @@ class Partitioned(Broker):
 
     def checkpoint(self, process_id: str, field: str, payload: bytes) -> bool:
         return self._holder(field).checkpoint(process_id, field, payload)
+
+    def twins(self, key: str) -> list[str]:
+        head = self.keys.prefix + ":"
+        if not key.startswith(head):
+            return [key]
+        return [part.keys.prefix + key[len(head) - 1 :] for part in self.parts]
+
+    def _owner(self, key: str) -> Broker:
+        """The partition whose key space ``key`` is in: its steps must run there."""
+        return next((part for part in self.parts if key.startswith(part.keys.prefix + ":")), self.parts[0])
+
+    def pick(self, source: str, op: str, picks: list[tuple[str, str]]) -> int:
+        return self._owner(source).pick(source, op, picks)
+
+    def find(self, key: str, job_id: str) -> Iterator[tuple[bytes, float]]:
+        return self._owner(key).find(key, job_id)
 
 
 def open_broker(settings: Settings, connection: redis.Redis | RedisCluster | None = None) -> Broker:
