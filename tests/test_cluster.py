@@ -5,6 +5,7 @@ outbox relay, the dashboard) on a real 3-master cluster of the session's own (``
 
 import json
 import signal
+import threading
 import time
 from io import StringIO
 
@@ -22,10 +23,11 @@ from django_async_jobs.broker import cluster
 from django_async_jobs.broker.client import Broker, Partitioned, connect, get_broker, open_broker
 from django_async_jobs.broker.keys import Keys
 from django_async_jobs.checks import check_settings
-from django_async_jobs.conf import build, redact_url
+from django_async_jobs.conf import QueueSpec, build, redact_url
 from django_async_jobs.models import DeadJob, OutboxJob
 from django_async_jobs.serialization import decode_payload
 from django_async_jobs.worker import dead_writer
+from django_async_jobs.worker.fetcher import Fetcher, QueueOrder
 from django_async_jobs.worker.launcher import Worker
 from tests.helpers import ClusterGroup, registered, wait_for
 from tests.testapp.batch_jobs import CallbackRecordJob, MemberJob
@@ -548,3 +550,29 @@ def test_the_lists_and_their_actions_cover_every_partition(partitioned, client, 
         assert client.get(base + page_name).status_code == 200, page_name
     assert jobs[1].job_id in client.get(base + "queues/critical/").content.decode()
     assert client.get(base + "stats.json").json()["stats"]["enqueued"] == 2
+
+
+def test_the_fetch_takes_the_partitions_in_turn_and_each_keeps_its_own_attempts(partitioned, prefix):
+    """Each partition has its own fetch record: an attempt of partition 2 whose reply was lost is
+    owed there, and a stopping process takes those jobs back from there alone."""
+    partitioned.heartbeat("w", {}, ttl=60)
+    IncrJob.set(queue="default").perform_later(f"{prefix}:a")  # partition 1
+    IncrJob.set(queue="critical").perform_later(f"{prefix}:b")  # partition 2
+    stopping = threading.Event()
+    fetcher = Fetcher(partitioned, "w", QueueOrder(QueueSpec(("critical", "default"), (1, 1), strict=True)), 1, stopping, prefetch=0)
+    lanes = fetcher._lanes
+    assert [lane.broker for lane in lanes] == partitioned.partitions
+    assert [lane.connection.port for lane in lanes] == [partitioned.redis.get_node_from_key(p.keys.queues).port for p in partitioned.partitions]
+    field, raw = fetcher.take()  # partition 0 is empty: the turn goes on to partition 1
+    assert decode_payload(raw)["queue"] == "default" and lanes[0].dry and not lanes[1].dry
+    assert partitioned.redis.hexists(partitioned.partitions[1].keys.inflight("w"), field)
+    partitioned.settle("w", [("ack", field, "", "", 0)])
+    assert partitioned.redis.hlen(partitioned.partitions[1].keys.inflight("w")) == 0
+    lost = partitioned.partitions[2].fetch("w", ["critical"], 1, attempt=1, received=0)  # its reply never came
+    lanes[2].attempt = 1
+    stopping.set()
+    assert fetcher.owed and [lane.owed for lane in lanes] == [False, False, True]
+    assert fetcher.take() == (lost[0][0].decode(), lost[0][1])  # the owed attempt, from partition 2
+    assert not fetcher.owed
+    assert partitioned.release("w", 3, fetcher.unstarted() + [lost[0][0].decode()]) == (1, 0)
+    assert partitioned.queue_size("critical") == 1
