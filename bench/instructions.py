@@ -9,7 +9,9 @@ to a fraction of a percent whatever else the machine runs. For the current tree 
 * the worker: ``runworker -c 1`` runs under callgrind over a queue of N1 ready jobs, until all
   ran, then is stopped; again over N2 (its beats, poller and acknowledgement batches stretched as callgrind slows it). ``(I2 - I1) / (N2 - N1)`` is what one job costs the
   worker process (fetch, decode, run, settle, log, metrics), start-up and shutdown cancelling out;
-* the client: ``perform_later`` N1 times in one process, then N2 times, the same way.
+* the client: ``perform_later`` N1 times in one process, then N2 times, the same way;
+* the processing step: ``processor.process`` of N1, then N2 no-op jobs in one thread (decode,
+  the worker's chain, the settle entry; no Redis, no log line), which no thread timing moves.
 
 The current tree's client fills the worker's queue for every tree, so only worker code differs.
 Counts include everything the process executes: the interpreter, redis-py, the job body. One
@@ -54,6 +56,7 @@ for _ in range(int(sys.argv[1])):
 def _callgrind(cmd: list[str], log: Path) -> list[str]:
     """``cmd`` under callgrind, its summary in ``log``: the worker's own log lines go to a file
     nobody reads, since a pipe left unread would fill and stall the worker's log writes."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     return ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", f"--log-file={log}", *cmd]
 
 
@@ -128,6 +131,39 @@ def client_instructions(tree: Path, jobs: int, conn: redis.Redis) -> int:
     return _count(log, f"client of {tree}")
 
 
+# The processing step alone, in one thread of one process: decode, the worker's chain around a
+# no-op ``perform``, the settle entry (``processor.process``), no Redis and no log line. What the
+# layers cost a job, without the threads whose timing moves the worker's count.
+_STEP = """
+import logging
+import sys
+import django
+django.setup()
+from django_async_jobs import ApplicationJob
+from django_async_jobs.worker import processor
+
+class NoopJob(ApplicationJob):
+    def perform(self, value):
+        pass
+
+# One payload, the same bytes for every tree: only the processing is counted, not its making.
+raw = b'{"jid":"01a24b0000000000000000aa","job":"__main__.NoopJob","queue":"default","args":["x"],"enqueued_at":1796550000.0}'
+logging.getLogger("django_async_jobs").setLevel(logging.WARNING)
+for _ in range(int(sys.argv[1])):
+    processor.process("field", raw)
+"""
+
+
+def step_instructions(tree: Path, jobs: int, conn: redis.Redis) -> int:
+    env = bench_env({"DJANGO_SETTINGS_MODULE": SETTINGS, "PYTHONPATH": str(tree)})
+    log = RESULTS_DIR / "callgrind-step.log"
+    subprocess.run(
+        _callgrind([sys.executable, "-c", _STEP, str(jobs)], log), cwd=tree, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+    )
+    return _count(log, f"processing step of {tree}")
+
+
 def _job() -> type:
     import os
 
@@ -159,14 +195,16 @@ def main(argv: list[str]) -> None:
         started = time.monotonic()
         worker = per_job(worker_instructions, tree, small, large, conn)
         client = per_job(client_instructions, tree, small, large, conn)
-        rows.append((name, worker, client))
-        print(f"{name}: worker {worker:,.0f} client {client:,.0f} instructions/job "
+        step = per_job(step_instructions, tree, small, large, conn)
+        rows.append((name, worker, client, step))
+        print(f"{name}: worker {worker:,.0f} client {client:,.0f} step {step:,.0f} instructions/job "
               f"[{time.monotonic() - started:.0f}s]", flush=True)
-    base_worker, base_client = rows[0][1], rows[0][2]
-    print("\n| tree | worker instructions per job | vs ours | perform_later instructions per job | vs ours |")
-    print("|---|---:|---:|---:|---:|")
-    for name, worker, client in rows:
-        print(f"| {name} | {worker:,.0f} | {worker / base_worker:.3f} | {client:,.0f} | {client / base_client:.3f} |")
+    base = rows[0][1:]
+    print("\n| tree | worker instructions per job | vs ours | perform_later instructions per job | vs ours "
+          "| processing step instructions per job | vs ours |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, *counts in rows:
+        print(f"| {name} | " + " | ".join(f"{count:,.0f} | {count / first:.3f}" for count, first in zip(counts, base, strict=True)) + " |")
 
 
 if __name__ == "__main__":
