@@ -176,6 +176,7 @@ def test_fetches_whose_replies_were_lost_strand_no_job(frozen_redis, spawn, tmp_
     for name in names:
         FileJob.perform_later(str(out), name)
     wait_for(lambda: broker.queue_size("default") == 8, 10, "the slow job fetched")
+    wait_for(lambda: (tmp_path / "gate.started").exists(), 10, "the slow job started")
     # Frozen while the slow job runs: it ends meanwhile, and the thread's next fetches time out.
     if freeze == "sigstop":
         server.freeze()
@@ -216,6 +217,8 @@ def test_a_worker_quieted_while_it_owes_an_attempt_takes_its_jobs_back(frozen_re
     for name in names:
         FileJob.perform_later(str(out), name)
     wait_for(lambda: broker.queue_size("default") == 5, 10, "the slow job fetched")
+    # Running, not only fetched: a fetched job the quiet finds unstarted goes back to its queue.
+    wait_for(lambda: (tmp_path / "gate.started").exists(), 10, "the slow job started")
     server.freeze()
     gate.touch()
     time.sleep(3)  # the job ends, the next fetches time out
