@@ -425,9 +425,9 @@ def act_matching(key: str, op: str, filters: Filters, broker: Broker | None = No
         cursor = 0
         while True:
             cursor, members = broker.redis.zscan(each, cursor, match=pattern, count=SCAN_COUNT * 2)
-            refs = [job.ref for job in (entry(m, s) for m, s in members) if filters.matches(job)]
-            if refs:
-                done += act(each, op, refs, broker)
+            picks = parse_refs(job.ref for job in (entry(m, s) for m, s in members) if filters.matches(job))
+            if picks:  # on the set this scan read: each job is in one partition
+                done += broker.pick(each, op, picks)
             if cursor == 0:
                 break
     return done

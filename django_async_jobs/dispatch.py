@@ -151,7 +151,7 @@ def _push(jobs: Sequence[ApplicationJob]) -> None:
     chunks = [jobs[start : start + CHUNK] for start in range(0, len(jobs), CHUNK)]
     if all(job.scheduled_at is None for job in jobs):  # the usual case: stream the chunks
         routed = [_routed(chunk) for chunk in chunks]
-        broker.push_stream(iter(routed), on_pushed=lambda index: _all_enqueued(chunks[index]))
+        broker.push_stream(routed, on_pushed=lambda index: _all_enqueued(chunks[index]))
         return
     steps = [
         (

@@ -370,10 +370,9 @@ class Broker:
         self._exchange(self._connection(), packed, 3, self._line_replies)
 
     def push_stream(self, chunks: Iterable[list[Any]], on_pushed: Callable[[int], Any] | None = None) -> int:
-        """Push chunk after chunk of routed entries, the next built while Redis runs the previous.
-
-        ``chunks`` is usually a generator that serializes as it goes: a bulk enqueue then pays
-        for Python and Redis side by side instead of one after the other. A connection error
+        """Push chunk after chunk of routed entries, the next sent while Redis runs the previous
+        (the replies are read one chunk behind), so a bulk enqueue pays for packing and Redis
+        side by side instead of one after the other. A connection error
         part-way leaves the chunks before it pushed, as a loop of ``push_routed`` calls would;
         ``on_pushed(i)`` is called as Redis answers for chunk ``i`` (0 first), so the caller
         knows which.
