@@ -23,14 +23,17 @@ class WatchedSignal(Signal):
 
     def connect(self, *args: Any, **kwargs: Any) -> None:
         super().connect(*args, **kwargs)
-        for callback in _watchers:
-            callback()
+        _receivers_changed()
 
     def disconnect(self, *args: Any, **kwargs: Any) -> bool:
         removed = super().disconnect(*args, **kwargs)
-        for callback in _watchers:
-            callback()
+        _receivers_changed()
         return removed
+
+
+def _receivers_changed() -> None:
+    for callback in _watchers:
+        callback()
 
 
 job_enqueued = Signal()

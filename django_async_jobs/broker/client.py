@@ -881,10 +881,7 @@ class Partitioned(Broker):
         return self._homes.get(field, self.parts[0])
 
     def _by_home(self, fields: Iterable[str]) -> dict[Broker, list[str]]:
-        groups: dict[Broker, list[str]] = {}
-        for field in fields:
-            groups.setdefault(self._holder(field), []).append(field)
-        return groups
+        return _grouped(fields, self._holder)
 
     def _forget(self, fields: Iterable[str]) -> None:
         for field in fields:
@@ -894,23 +891,20 @@ class Partitioned(Broker):
         self.partition_of(queue, payload).push_routed([queue, priority, payload])
 
     def push_routed(self, entries: list[Any], client: Any = None) -> int:
-        groups: dict[Broker, list[Any]] = {}
-        for i in range(0, len(entries), 3):
-            groups.setdefault(self.partition_of(entries[i], entries[i + 2]), []).extend(entries[i : i + 3])
-        return sum(part.push_routed(group, client) for part, group in groups.items())
+        jobs = [entries[i : i + 3] for i in range(0, len(entries), 3)]
+        groups = _grouped(jobs, lambda job: self.partition_of(job[0], job[2]))
+        return sum(part.push_routed([x for job in group for x in job], client) for part, group in groups.items())
 
     def schedule(self, entries: list[tuple[str, float]], client: Any = None) -> int:
-        groups: dict[Broker, list[tuple[str, float]]] = {}
-        for payload, at in entries:
-            queue = route([payload])[:1]  # a payload naming no queue: partition 0's poller buries it
-            part = self.partition_of(queue[0], payload) if queue else self.parts[0]
-            groups.setdefault(part, []).append((payload, at))
+        groups = _grouped(entries, lambda entry: self._scheduled_part(entry[0]))
         return sum(part.schedule(group, client) for part, group in groups.items())
 
+    def _scheduled_part(self, payload: str) -> Broker:
+        queue = route([payload])[:1]  # a payload naming no queue: partition 0's poller buries it
+        return self.partition_of(queue[0], payload) if queue else self.parts[0]
+
     def settle(self, process_id: str, ops: list[tuple[str, str, Any, Any, int]], limit_keys: Iterable[str] = ()) -> None:
-        groups: dict[Broker, list[tuple[str, str, Any, Any, int]]] = {}
-        for op in ops:
-            groups.setdefault(self._holder(op[1]), []).append(op)
+        groups = _grouped(ops, lambda op: self._holder(op[1]))
         for part, group in groups.items():  # a retry after a partial failure: settled fields are skipped
             part.settle(process_id, group, limit_keys if part is self.parts[0] else ())
         self._forget(op[1] for op in ops)
@@ -979,6 +973,14 @@ def open_broker(settings: Settings, connection: redis.Redis | RedisCluster | Non
     if broker.cluster and settings.cluster_partitions > 1:
         return Partitioned(settings, broker.redis)
     return broker
+
+
+def _grouped(items: Iterable[Any], part_of: Callable[[Any], Broker]) -> dict[Broker, list[Any]]:
+    """``items`` by the partition ``part_of`` gives each, in their order."""
+    groups: dict[Broker, list[Any]] = {}
+    for item in items:
+        groups.setdefault(part_of(item), []).append(item)
+    return groups
 
 
 def _ignore(index: int) -> None:
